@@ -1,0 +1,174 @@
+//! A quantized model in memory, with real-valued scales: what `import` and `quantize` produce and
+//! what is written as a `.lpk` (see `shared/FORMAT.md`). The integer multipliers and shifts the
+//! device uses are derived here, once, with TFLite's arithmetic.
+
+use anyhow::{bail, Context, Result};
+use lepton_nn::format::{crc32, Header, LayerRecord, Op, Section, HEADER_LEN, INPUT_LUT_LEN, RECORD_LEN, VERSION};
+use lepton_nn::{Padding, Shape};
+
+use crate::quant::{activation_range, channel_multipliers, quantize_pixel, softmax_params, Activation};
+
+/// Scale and zero point of an int8 tensor: `real = scale * (q - zero_point)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+/// Kernel geometry of a convolution or pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub kernel_h: u8,
+    pub kernel_w: u8,
+    pub stride_h: u8,
+    pub stride_w: u8,
+    pub padding: Padding,
+}
+
+/// Int8 weights with one float scale per output channel (symmetric, zero point 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weights {
+    /// Conv: OHWI. Fully connected: `[out, in]`.
+    pub values: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub bias: Vec<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum QOp {
+    Conv2d { window: Window, weights: Weights, activation: Activation },
+    MaxPool2d { window: Window, activation: Activation },
+    AvgPool2d { window: Window, activation: Activation },
+    FullyConnected { weights: Weights, activation: Activation },
+    Reshape,
+    Softmax { beta: f32 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QLayer {
+    pub op: QOp,
+    pub output_shape: Shape,
+    pub output: QParams,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QModel {
+    pub input_shape: Shape,
+    pub input: QParams,
+    pub layers: Vec<QLayer>,
+}
+
+impl QModel {
+    /// Serialize as a `.lpk` blob; the result is parsed back with `lepton-nn` before it is returned.
+    pub fn to_lpk(&self) -> Result<Vec<u8>> {
+        let mut records = Vec::with_capacity(self.layers.len());
+        let mut data = Vec::new(); // sections, offsets relative to the end of the fixed tables
+        let mut input_shape = self.input_shape;
+        let mut input = self.input;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let record = layer_record(layer, input_shape, input, &mut data).with_context(|| format!("layer {i}"))?;
+            records.push(record);
+            input_shape = layer.output_shape;
+            input = layer.output;
+        }
+        let tables = records.len() * RECORD_LEN + INPUT_LUT_LEN;
+        let mut payload = Vec::with_capacity(tables + data.len());
+        for mut record in records {
+            for section in [&mut record.weights, &mut record.bias, &mut record.multipliers, &mut record.shifts] {
+                if section.len > 0 {
+                    section.offset += tables as u32;
+                }
+            }
+            payload.extend_from_slice(&record.encode());
+        }
+        payload.extend((0..=255u8).map(|p| quantize_pixel(p, self.input.scale, self.input.zero_point) as u8));
+        payload.extend_from_slice(&data);
+
+        let header = Header {
+            version: VERSION,
+            payload_len: u32::try_from(payload.len()).context("model larger than 4 GiB")?,
+            payload_crc: crc32(&payload),
+            layer_count: u16::try_from(self.layers.len()).context("too many layers")?,
+            flags: 0,
+            input: self.input_shape,
+            input_scale: self.input.scale,
+        };
+        let mut blob = Vec::with_capacity(HEADER_LEN + payload.len());
+        blob.extend_from_slice(&header.encode());
+        blob.extend_from_slice(&payload);
+        lepton_nn::Model::parse(&blob).map_err(|e| anyhow::anyhow!("internal error: written model does not parse: {e}"))?;
+        Ok(blob)
+    }
+}
+
+fn layer_record(layer: &QLayer, input_shape: Shape, input: QParams, data: &mut Vec<u8>) -> Result<LayerRecord> {
+    let mut r = LayerRecord {
+        input: input_shape,
+        output: layer.output_shape,
+        input_zp: input.zero_point,
+        output_zp: layer.output.zero_point,
+        output_scale: layer.output.scale,
+        ..LayerRecord::default()
+    };
+    let set_window = |r: &mut LayerRecord, w: &Window| {
+        r.kernel_h = w.kernel_h;
+        r.kernel_w = w.kernel_w;
+        r.stride_h = w.stride_h;
+        r.stride_w = w.stride_w;
+        r.padding = w.padding as u8;
+    };
+    match &layer.op {
+        QOp::Conv2d { window, weights, activation } => {
+            r.op = Op::Conv2d as u8;
+            set_window(&mut r, window);
+            set_weights(&mut r, weights, *activation, input, layer.output, data)?;
+        }
+        QOp::FullyConnected { weights, activation } => {
+            r.op = Op::FullyConnected as u8;
+            set_weights(&mut r, weights, *activation, input, layer.output, data)?;
+        }
+        QOp::MaxPool2d { window, activation } | QOp::AvgPool2d { window, activation } => {
+            r.op = if matches!(layer.op, QOp::MaxPool2d { .. }) { Op::MaxPool2d } else { Op::AvgPool2d } as u8;
+            set_window(&mut r, window);
+            (r.act_min, r.act_max) = activation_range(*activation, layer.output.scale, layer.output.zero_point);
+        }
+        QOp::Reshape => r.op = Op::Reshape as u8,
+        QOp::Softmax { beta } => {
+            r.op = Op::Softmax as u8;
+            let (multiplier, left_shift, diff_min) = softmax_params(*beta, input.scale);
+            r.params = [multiplier, left_shift, diff_min];
+        }
+    }
+    Ok(r)
+}
+
+fn set_weights(
+    r: &mut LayerRecord,
+    weights: &Weights,
+    activation: Activation,
+    input: QParams,
+    output: QParams,
+    data: &mut Vec<u8>,
+) -> Result<()> {
+    let channels = r.output.c as usize;
+    if weights.scales.len() != channels || weights.bias.len() != channels {
+        bail!("{} weight scales and {} biases for {channels} output channels", weights.scales.len(), weights.bias.len());
+    }
+    let (multipliers, shifts) = channel_multipliers(input.scale, &weights.scales, output.scale);
+    (r.act_min, r.act_max) = activation_range(activation, output.scale, output.zero_point);
+    r.weights = push_section(data, weights.values.iter().map(|&w| w as u8));
+    r.bias = push_section(data, weights.bias.iter().flat_map(|b| b.to_le_bytes()));
+    r.multipliers = push_section(data, multipliers.iter().flat_map(|m| m.to_le_bytes()));
+    r.shifts = push_section(data, shifts.iter().flat_map(|s| s.to_le_bytes()));
+    Ok(())
+}
+
+/// Append a section, 4-byte aligned so word-reading kernels can use it directly.
+fn push_section(data: &mut Vec<u8>, bytes: impl Iterator<Item = u8>) -> Section {
+    while data.len() % 4 != 0 {
+        data.push(0);
+    }
+    let offset = data.len();
+    data.extend(bytes);
+    Section { offset: offset as u32, len: (data.len() - offset) as u32 }
+}

@@ -1,0 +1,74 @@
+//! The one error type of `lepton-nn`: every malformed model or misuse is one of these.
+
+use core::fmt;
+
+/// Where in a model a problem was found.
+pub type LayerIndex = u16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The blob ends before a structure it declares (`needed` bytes, `available` present).
+    Truncated { needed: usize, available: usize },
+    /// The first four bytes are not `LPTN`.
+    BadMagic,
+    /// A format version this build does not read.
+    UnsupportedVersion { found: u16, supported: u16 },
+    /// The header length field disagrees with this version's header.
+    BadHeaderLength(u16),
+    /// The payload CRC-32 does not match the stored one.
+    CrcMismatch { stored: u32, computed: u32 },
+    /// The model declares no layers, or more than [`crate::format::MAX_LAYERS`].
+    LayerCount(u16),
+    /// A layer's op code is not one this build knows.
+    UnknownOp { layer: LayerIndex, op: u8 },
+    /// A layer parameter is invalid (zero stride, bad padding code, unrepresentable shift, ...).
+    BadParameter { layer: LayerIndex, what: &'static str },
+    /// A layer's input shape or zero point is not what the previous layer produces, or its output
+    /// shape is not what its own parameters produce.
+    ShapeMismatch { layer: LayerIndex, what: &'static str },
+    /// A data section (weights, bias, ...) lies outside the payload or has the wrong length.
+    SectionOutOfRange { layer: LayerIndex, section: &'static str },
+    /// Worst-case accumulator of a layer does not fit in int32: the model cannot be run exactly.
+    AccumulatorOverflow { layer: LayerIndex },
+    /// A size computation overflowed the address space.
+    SizeOverflow,
+    /// The arena given to the engine is smaller than the plan needs.
+    ArenaTooSmall { needed: usize, available: usize },
+    /// A buffer handed to a kernel or the engine has the wrong length.
+    BufferSize { expected: usize, found: usize },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::Truncated { needed, available } => {
+                write!(f, "model truncated: needs {needed} bytes, only {available} present")
+            }
+            Error::BadMagic => write!(f, "not a Lepton model (bad magic; expected \"LPTN\")"),
+            Error::UnsupportedVersion { found, supported } => {
+                write!(f, "model format version {found} is not supported (this build reads version {supported})")
+            }
+            Error::BadHeaderLength(len) => write!(f, "bad header length {len}"),
+            Error::CrcMismatch { stored, computed } => {
+                write!(f, "model corrupt: CRC-32 {computed:#010x} does not match stored {stored:#010x}")
+            }
+            Error::LayerCount(n) => write!(f, "invalid layer count {n}"),
+            Error::UnknownOp { layer, op } => write!(f, "layer {layer}: unknown op code {op}"),
+            Error::BadParameter { layer, what } => write!(f, "layer {layer}: invalid parameter: {what}"),
+            Error::ShapeMismatch { layer, what } => write!(f, "layer {layer}: shapes do not chain: {what}"),
+            Error::SectionOutOfRange { layer, section } => {
+                write!(f, "layer {layer}: {section} section out of range or of the wrong length")
+            }
+            Error::AccumulatorOverflow { layer } => {
+                write!(f, "layer {layer}: worst-case accumulator does not fit in int32")
+            }
+            Error::SizeOverflow => write!(f, "tensor size overflows the address space"),
+            Error::ArenaTooSmall { needed, available } => {
+                write!(f, "arena too small: the model needs {needed} bytes, {available} given")
+            }
+            Error::BufferSize { expected, found } => {
+                write!(f, "buffer has {found} elements, {expected} expected")
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Convolution, int8 activations, per-output-channel int8 weights (OHWI), int32 bias.
+
+use super::window;
+use crate::types::{expect_len, I32Le, Padding, Requant, Shape};
+use crate::Error;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2d<'a> {
+    pub input: Shape,
+    pub output: Shape,
+    pub kernel_h: u8,
+    pub kernel_w: u8,
+    pub stride_h: u8,
+    pub stride_w: u8,
+    pub padding: Padding,
+    pub input_zp: i32,
+    /// `[output.c, kernel_h, kernel_w, input.c]`, symmetric (zero point 0).
+    pub weights: &'a [i8],
+    pub bias: I32Le<'a>,
+    pub requant: Requant<'a>,
+}
+
+pub fn conv2d_s8_scratch_bytes(_p: &Conv2d) -> usize {
+    0
+}
+
+/// `output[oy, ox, oc] = requant(bias[oc] + sum w[oc, ky, kx, ic] * (input[iy, ix, ic] - input_zp))`.
+pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8]) -> Result<(), Error> {
+    let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
+    let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
+    let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
+    let (sh, sw) = (p.stride_h as usize, p.stride_w as usize);
+    expect_len(input.len(), p.input.len()?)?;
+    expect_len(output.len(), p.output.len()?)?;
+    expect_len(p.weights.len(), oc * kh * kw * ic)?;
+    expect_len(p.bias.len(), oc)?;
+    let pad_top = p.padding.leading(ih, kh, sh, oh);
+    let pad_left = p.padding.leading(iw, kw, sw, ow);
+
+    let mut out = output.iter_mut();
+    for oy in 0..oh {
+        let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
+        for ox in 0..ow {
+            let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
+            for (c, filter) in p.weights.chunks_exact(kh * kw * ic).enumerate() {
+                let mut acc = 0i32;
+                for ky in ky0..ky1 {
+                    let iy = (y0 + ky as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (x0 + kx as isize) as usize;
+                        let pixel = &input[(iy * iw + ix) * ic..][..ic];
+                        let taps = &filter[(ky * kw + kx) * ic..][..ic];
+                        for (&x, &w) in pixel.iter().zip(taps) {
+                            acc += w as i32 * (x as i32 - p.input_zp);
+                        }
+                    }
+                }
+                if let Some(o) = out.next() {
+                    *o = p.requant.apply(acc + p.bias.get(c), c);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! # lepton-nn
+//!
+//! Lepton's int8 inference engine: the model format and the integer kernels, `no_std`, no heap,
+//! no panics on any input. The very same code runs on the host (tests, `lepton eval`) and on the
+//! Cortex-M4 firmware. The arithmetic is TensorFlow Lite Micro's (gemmlowp double rounding,
+//! fixed-point softmax), so results are bit-exact with TFLM.
+//!
+//! ```no_run
+//! # fn demo(blob: &[u8], pixels: &[u8; 784]) -> Result<usize, lepton_nn::Error> {
+//! use lepton_nn::{Engine, Model, NoHook};
+//! let model = Model::parse(blob)?;           // validates everything, zero-copy
+//! let engine = Engine::new(model)?;          // plans the arena
+//! let mut arena = [0u8; 32 * 1024];          // the caller owns all memory
+//! let mut input = [0i8; 784];
+//! model.quantize_input(pixels, &mut input)?;
+//! let result = engine.run(&input, &mut arena[..engine.arena_bytes()], &mut NoHook)?;
+//! Ok(result.class())
+//! # }
+//! ```
+#![no_std]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod engine;
+pub mod error;
+pub mod fixedpoint;
+pub mod format;
+pub mod kernels;
+pub mod types;
+
+pub use engine::{Engine, Inference, LayerHook, NoHook};
+pub use error::Error;
+pub use format::{Header, Layer, LayerRecord, Model, Op, Section};
+pub use types::{I32Le, Padding, Requant, Shape};

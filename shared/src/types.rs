@@ -1,0 +1,151 @@
+//! Small value types shared by the format, the kernels and the engine.
+
+use crate::Error;
+
+/// An NHWC tensor shape with batch 1. Vectors (fully-connected) are `1 x 1 x C`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Shape {
+    pub h: u16,
+    pub w: u16,
+    pub c: u16,
+}
+
+impl Shape {
+    pub const fn new(h: u16, w: u16, c: u16) -> Self {
+        Shape { h, w, c }
+    }
+
+    /// Number of elements. Cannot overflow on 64-bit hosts; checked for 32-bit targets.
+    pub fn len(&self) -> Result<usize, Error> {
+        (self.h as usize)
+            .checked_mul(self.w as usize)
+            .and_then(|hw| hw.checked_mul(self.c as usize))
+            .ok_or(Error::SizeOverflow)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.h == 0 || self.w == 0 || self.c == 0
+    }
+}
+
+/// Spatial padding of convolutions and pools, as in TFLite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Padding {
+    Valid = 0,
+    Same = 1,
+}
+
+impl Padding {
+    pub fn from_code(code: u8) -> Option<Padding> {
+        match code {
+            0 => Some(Padding::Valid),
+            1 => Some(Padding::Same),
+            _ => None,
+        }
+    }
+
+    /// Output size of a window of `kernel` sliding by `stride` over `input` (TFLite's rule).
+    pub fn output_size(self, input: usize, kernel: usize, stride: usize) -> Option<usize> {
+        if kernel == 0 || stride == 0 {
+            return None;
+        }
+        match self {
+            Padding::Valid => input.checked_sub(kernel).map(|d| d / stride + 1),
+            Padding::Same => Some(input.div_ceil(stride)),
+        }
+    }
+
+    /// Leading (top or left) padding, TFLite's `ComputePadding`: half of the total, rounded down.
+    pub fn leading(self, input: usize, kernel: usize, stride: usize, output: usize) -> usize {
+        match self {
+            Padding::Valid => 0,
+            Padding::Same => {
+                let needed = output.saturating_sub(1).saturating_mul(stride).saturating_add(kernel);
+                needed.saturating_sub(input) / 2
+            }
+        }
+    }
+}
+
+/// A little-endian array of `i32` inside a byte slice: the model stays zero-copy with no
+/// alignment requirement on the blob.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct I32Le<'a>(&'a [u8]);
+
+impl<'a> I32Le<'a> {
+    /// `bytes.len()` must be a multiple of 4 (the parser guarantees it).
+    pub fn new(bytes: &'a [u8]) -> Self {
+        I32Le(bytes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i`, or 0 when out of range (never panics; callers check lengths up front).
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> i32 {
+        match self.0.get(i * 4..i * 4 + 4) {
+            Some(b) => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => 0,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
+        self.0.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Per-output-channel requantization: TFLite `QuantizeMultiplier` results.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Requant<'a> {
+    pub multipliers: I32Le<'a>,
+    pub shifts: I32Le<'a>,
+    pub output_zp: i32,
+    pub act_min: i8,
+    pub act_max: i8,
+}
+
+impl Requant<'_> {
+    #[inline(always)]
+    pub fn apply(&self, acc: i32, channel: usize) -> i8 {
+        crate::fixedpoint::requantize(
+            acc,
+            self.multipliers.get(channel),
+            self.shifts.get(channel),
+            self.output_zp,
+            self.act_min,
+            self.act_max,
+        )
+    }
+}
+
+/// View an int8 byte buffer as `i8` (same size and alignment: always valid).
+pub fn as_i8(bytes: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have identical size, alignment and validity.
+    unsafe { core::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
+}
+
+/// Mutable counterpart of [`as_i8`].
+pub fn as_i8_mut(bytes: &mut [u8]) -> &mut [i8] {
+    // SAFETY: u8 and i8 have identical size, alignment and validity.
+    unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) }
+}
+
+/// Check a buffer's length against what a kernel expects.
+pub(crate) fn expect_len(found: usize, expected: usize) -> Result<(), Error> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(Error::BufferSize { expected, found })
+    }
+}
