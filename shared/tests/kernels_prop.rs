@@ -1,0 +1,243 @@
+//! Property tests: each reference kernel against a naive wide-integer model of the same maths
+//! (i64/i128 arithmetic, exact rational rounding), on random shapes and values.
+
+use lepton_nn::kernels::*;
+use lepton_nn::{I32Le, Padding, Requant, Shape};
+use proptest::prelude::*;
+
+/// Requantization written from its definition: floor((x*M + 2^30) / 2^31), then x / 2^r rounded
+/// half away from zero, in i128.
+fn naive_requant(acc: i64, m: i32, shift: i32, zp: i32, lo: i8, hi: i8) -> i8 {
+    let x = (acc as i128) << shift.max(0);
+    let high = (x * m as i128 + (1i128 << 30)).div_euclid(1i128 << 31);
+    let r = (-shift).max(0);
+    let q = if r == 0 {
+        high
+    } else {
+        let d = 1i128 << r;
+        let q = (2 * high.abs() + d) / (2 * d);
+        if high < 0 { -q } else { q }
+    };
+    (q + zp as i128).clamp(lo as i128, hi as i128) as i8
+}
+
+fn le(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Leading padding and output size, from TFLite's definitions.
+fn geometry(input: usize, k: usize, s: usize, same: bool) -> (usize, usize) {
+    if same {
+        let out = input.div_ceil(s);
+        let pad = (((out - 1) * s + k).saturating_sub(input)) / 2;
+        (out, pad)
+    } else {
+        ((input - k) / s + 1, 0)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    h: usize,
+    w: usize,
+    ci: usize,
+    co: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    same: bool,
+    in_zp: i32,
+    out_zp: i32,
+    act: (i8, i8),
+    input: Vec<i8>,
+    weights: Vec<i8>,
+    bias: Vec<i32>,
+    mult: Vec<i32>,
+    shift: Vec<i32>,
+}
+
+fn act_range() -> impl Strategy<Value = (i8, i8)> {
+    (any::<i8>(), any::<i8>()).prop_map(|(a, b)| (a.min(b), a.max(b)))
+}
+
+fn conv_case() -> impl Strategy<Value = ConvCase> {
+    (1usize..=9, 1usize..=9, 1usize..=4, 1usize..=5, 1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2, any::<bool>())
+        .prop_filter("VALID needs kernel <= input", |&(h, w, _, _, kh, kw, _, _, same)| same || (kh <= h && kw <= w))
+        .prop_flat_map(|(h, w, ci, co, kh, kw, sh, sw, same)| {
+            (
+                Just((h, w, ci, co, (kh, kw), (sh, sw), same)),
+                -128i32..=127,
+                -128i32..=127,
+                act_range(),
+                prop::collection::vec(any::<i8>(), h * w * ci),
+                prop::collection::vec(any::<i8>(), co * kh * kw * ci),
+                prop::collection::vec(-100_000i32..=100_000, co),
+                prop::collection::vec(1i32 << 30..=i32::MAX, co),
+                prop::collection::vec(-20i32..=1, co),
+            )
+        })
+        .prop_map(|((h, w, ci, co, k, s, same), in_zp, out_zp, act, input, weights, bias, mult, shift)| ConvCase {
+            h, w, ci, co, k, s, same, in_zp, out_zp, act, input, weights, bias, mult, shift,
+        })
+}
+
+fn naive_conv(c: &ConvCase) -> Vec<i8> {
+    let (oh, pt) = geometry(c.h, c.k.0, c.s.0, c.same);
+    let (ow, pl) = geometry(c.w, c.k.1, c.s.1, c.same);
+    let mut out = Vec::new();
+    for oy in 0..oh {
+        for ox in 0..ow {
+            for oc in 0..c.co {
+                let mut acc = c.bias[oc] as i64;
+                for ky in 0..c.k.0 {
+                    for kx in 0..c.k.1 {
+                        let iy = (oy * c.s.0 + ky) as i64 - pt as i64;
+                        let ix = (ox * c.s.1 + kx) as i64 - pl as i64;
+                        if iy < 0 || ix < 0 || iy >= c.h as i64 || ix >= c.w as i64 {
+                            continue;
+                        }
+                        for ic in 0..c.ci {
+                            let x = c.input[(iy as usize * c.w + ix as usize) * c.ci + ic] as i64;
+                            let w = c.weights[((oc * c.k.0 + ky) * c.k.1 + kx) * c.ci + ic] as i64;
+                            acc += w * (x - c.in_zp as i64);
+                        }
+                    }
+                }
+                out.push(naive_requant(acc, c.mult[oc], c.shift[oc], c.out_zp, c.act.0, c.act.1));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn conv2d_matches_naive(c in conv_case()) {
+        let (oh, _) = geometry(c.h, c.k.0, c.s.0, c.same);
+        let (ow, _) = geometry(c.w, c.k.1, c.s.1, c.same);
+        let (bias, mult, shift) = (le(&c.bias), le(&c.mult), le(&c.shift));
+        let p = Conv2d {
+            input: Shape::new(c.h as u16, c.w as u16, c.ci as u16),
+            output: Shape::new(oh as u16, ow as u16, c.co as u16),
+            kernel_h: c.k.0 as u8, kernel_w: c.k.1 as u8, stride_h: c.s.0 as u8, stride_w: c.s.1 as u8,
+            padding: if c.same { Padding::Same } else { Padding::Valid },
+            input_zp: c.in_zp,
+            weights: &c.weights,
+            bias: I32Le::new(&bias),
+            requant: Requant { multipliers: I32Le::new(&mult), shifts: I32Le::new(&shift), output_zp: c.out_zp, act_min: c.act.0, act_max: c.act.1 },
+        };
+        let mut out = vec![0i8; oh * ow * c.co];
+        let mut scratch = vec![0u8; conv2d_s8_scratch_bytes(&p)];
+        conv2d_s8(&p, &c.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(out, naive_conv(&c));
+    }
+
+    #[test]
+    fn fully_connected_matches_naive(
+        (n, m, input, weights, bias, mult, shift) in (1usize..=64, 1usize..=12).prop_flat_map(|(n, m)| (
+            Just(n), Just(m),
+            prop::collection::vec(any::<i8>(), n),
+            prop::collection::vec(any::<i8>(), n * m),
+            prop::collection::vec(-1_000_000i32..=1_000_000, m),
+            prop::collection::vec(0i32..=i32::MAX, m),
+            prop::collection::vec(-31i32..=0, m),
+        )),
+        in_zp in -128i32..=127, out_zp in -128i32..=127, act in act_range(),
+    ) {
+        let (b, mu, sh) = (le(&bias), le(&mult), le(&shift));
+        let p = FullyConnected {
+            input_len: n, output_len: m, input_zp: in_zp, weights: &weights, bias: I32Le::new(&b),
+            requant: Requant { multipliers: I32Le::new(&mu), shifts: I32Le::new(&sh), output_zp: out_zp, act_min: act.0, act_max: act.1 },
+        };
+        let mut out = vec![0i8; m];
+        fully_connected_s8(&p, &input, &mut out, &mut []).unwrap();
+        let want: Vec<i8> = (0..m).map(|o| {
+            let acc: i64 = bias[o] as i64 + (0..n).map(|i| weights[o * n + i] as i64 * (input[i] as i64 - in_zp as i64)).sum::<i64>();
+            naive_requant(acc, mult[o], shift[o], out_zp, act.0, act.1)
+        }).collect();
+        prop_assert_eq!(out, want);
+    }
+
+    #[test]
+    fn pools_match_naive(
+        (h, w, c, k, s, same, input) in (1usize..=10, 1usize..=10, 1usize..=4, 1usize..=3, 1usize..=3, any::<bool>())
+            .prop_filter("VALID needs kernel <= input", |&(h, w, _, k, _, same)| same || (k <= h && k <= w))
+            .prop_flat_map(|(h, w, c, k, s, same)| (Just(h), Just(w), Just(c), Just(k), Just(s), Just(same), prop::collection::vec(any::<i8>(), h * w * c))),
+        act in act_range(),
+    ) {
+        let (oh, pt) = geometry(h, k, s, same);
+        let (ow, pl) = geometry(w, k, s, same);
+        let p = Pool {
+            input: Shape::new(h as u16, w as u16, c as u16), output: Shape::new(oh as u16, ow as u16, c as u16),
+            kernel_h: k as u8, kernel_w: k as u8, stride_h: s as u8, stride_w: s as u8,
+            padding: if same { Padding::Same } else { Padding::Valid }, act_min: act.0, act_max: act.1,
+        };
+        let mut max_out = vec![0i8; oh * ow * c];
+        let mut avg_out = vec![0i8; oh * ow * c];
+        max_pool_s8(&p, &input, &mut max_out, &mut []).unwrap();
+        avg_pool_s8(&p, &input, &mut avg_out, &mut []).unwrap();
+        for oy in 0..oh { for ox in 0..ow { for ch in 0..c {
+            let taps: Vec<i64> = (0..k).flat_map(|ky| (0..k).map(move |kx| (ky, kx)))
+                .filter_map(|(ky, kx)| {
+                    let iy = (oy * s + ky) as i64 - pt as i64;
+                    let ix = (ox * s + kx) as i64 - pl as i64;
+                    (iy >= 0 && ix >= 0 && iy < h as i64 && ix < w as i64).then(|| input[(iy as usize * w + ix as usize) * c + ch] as i64)
+                }).collect();
+            let max = *taps.iter().max().unwrap();
+            let (sum, n) = (taps.iter().sum::<i64>(), taps.len() as i64);
+            let mean = { let q = (2 * sum.abs() + n) / (2 * n); if sum < 0 { -q } else { q } };
+            let at = (oy * ow + ox) * c + ch;
+            prop_assert_eq!(max_out[at] as i64, max.clamp(act.0 as i64, act.1 as i64));
+            prop_assert_eq!(avg_out[at] as i64, mean.clamp(act.0 as i64, act.1 as i64));
+        }}}
+    }
+
+    #[test]
+    fn softmax_tracks_the_real_softmax(row in prop::collection::vec(any::<i8>(), 1..=16), scale in 0.01f64..0.5) {
+        // TFLM's setup for beta = 1 and this input scale (the host computes the same in lepton::quant).
+        let real = scale * (1u64 << 26) as f64;
+        let (q, e) = frexp(real);
+        let m = (q * (1u64 << 31) as f64).round() as i64;
+        let (m, e) = if m == 1 << 31 { (m / 2, e + 1) } else { (m, e) };
+        let diff_min = -((31.0 * (1u64 << 26) as f64 / (1u64 << e) as f64).floor() as i32);
+        let p = Softmax { rows: 1, depth: row.len(), input_multiplier: m as i32, input_left_shift: e, diff_min };
+        let mut out = vec![0i8; row.len()];
+        softmax_s8(&p, &row, &mut out, &mut []).unwrap();
+        let max = *row.iter().max().unwrap() as f64;
+        let exps: Vec<f64> = row.iter().map(|&x| ((x as f64 - max) * scale).exp()).collect();
+        let total: f64 = exps.iter().sum();
+        for (o, e) in out.iter().zip(&exps) {
+            let want = (e / total * 256.0 - 128.0).clamp(-128.0, 127.0);
+            prop_assert!((*o as f64 - want).abs() <= 1.0, "got {o}, real {want}");
+        }
+    }
+
+    #[test]
+    fn argmax_is_the_first_maximum(values in prop::collection::vec(any::<i8>(), 1..=32)) {
+        let max = *values.iter().max().unwrap();
+        prop_assert_eq!(argmax_s8(&values), values.iter().position(|&v| v == max));
+    }
+}
+
+/// `frexp` for positive finite doubles: `x = q * 2^e`, `0.5 <= q < 1`.
+fn frexp(x: f64) -> (f64, i32) {
+    let e = x.log2().floor() as i32 + 1;
+    let q = x / 2f64.powi(e);
+    if q >= 1.0 { (q / 2.0, e + 1) } else if q < 0.5 { (q * 2.0, e - 1) } else { (q, e) }
+}
+
+#[test]
+fn argmax_of_nothing_is_none() {
+    assert_eq!(argmax_s8(&[]), None);
+}
+
+#[test]
+fn kernels_reject_wrong_buffer_sizes() {
+    let p = Pool {
+        input: Shape::new(4, 4, 1), output: Shape::new(2, 2, 1), kernel_h: 2, kernel_w: 2, stride_h: 2, stride_w: 2,
+        padding: Padding::Valid, act_min: -128, act_max: 127,
+    };
+    let mut out = [0i8; 3];
+    assert_eq!(max_pool_s8(&p, &[0; 16], &mut out, &mut []), Err(lepton_nn::Error::BufferSize { expected: 4, found: 3 }));
+}
