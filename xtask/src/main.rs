@@ -1,1 +1,66 @@
-fn main(){}
+//! Build orchestration for Lepton (`cargo xtask ...`), the Rust convention for multi-target
+//! workspaces: host crates build for the PC, the firmware for thumbv7em-none-eabihf.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Lepton build orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every test: host, cross-crate (TFLM bit-exactness, MNIST) and, when present, QEMU.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Test { args } => test(&args),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // One release build serves the data step and every test binary.
+    status(cargo().args(["build", "--release", "--workspace", "--all-targets"]))?;
+    status(cargo().args(["run", "--release", "--quiet", "-p", "lepton", "--", "data"]))?;
+    status(cargo().args(["test", "--release", "--workspace"]).args(args))?;
+    Ok(())
+}
