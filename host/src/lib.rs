@@ -5,7 +5,19 @@
 
 pub mod data;
 pub mod eval;
+pub mod float;
 pub mod import_tflite;
 pub mod progress;
 pub mod qmodel;
 pub mod quant;
+
+/// Write to a temporary file beside `path`, then rename: no half-written file is ever left behind.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

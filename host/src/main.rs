@@ -30,6 +30,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Train the seed CNN (burn; CPU backend `flex` unless LEPTON_DEVICE says otherwise).
+    Train {
+        /// Data directory (default: the cache used by `lepton data`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory: model.bpk, metrics.json, training.svg/png, checkpoints/.
+        #[arg(long, default_value = "models/mnist-cnn")]
+        out: PathBuf,
+        /// Continue from the last checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Train on the first N training images only (quick runs).
+        #[arg(long)]
+        train_images: Option<usize>,
+        /// Evaluate on the first N test images only.
+        #[arg(long)]
+        test_images: Option<usize>,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+    },
     /// Run a Lepton model over the test set on the host and report its accuracy.
     Eval {
         #[arg(long)]
@@ -64,6 +88,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Import { model, out } => import(&model, &out),
+        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size } => {
+            let dir = data::ensure(data.as_deref())?;
+            let mut train = data::load(&dir, Part::Train)?;
+            let mut test = data::load(&dir, Part::Test)?;
+            if let Some(n) = train_images {
+                train = train.truncated(n);
+            }
+            if let Some(n) = test_images {
+                test = test.truncated(n);
+            }
+            if batch_size == 0 {
+                bail!("--batch-size must be at least 1");
+            }
+            let config = lepton::float::train::TrainConfig { epochs, seed, batch_size, learning_rate: 1e-3, train_images: train.len() };
+            let device = lepton::float::device()?;
+            let state = lepton::float::train::train(&train, &test, config, &out, resume, &device)?;
+            if let Some(last) = state.epochs.last() {
+                println!("float test accuracy {:.4} after {} epochs; model in {}", last.test_accuracy, last.epoch, out.display());
+            }
+            Ok(())
+        }
         Command::Eval { model, data, json, logits, images } => {
             evaluate(&model, data.as_deref(), json, logits.as_deref(), images)
         }
@@ -110,12 +155,4 @@ fn evaluate(model: &Path, data_dir: Option<&Path>, json: bool, logits_out: Optio
     Ok(())
 }
 
-/// Write to a temporary file beside `path`, then rename: no half-written file is ever left behind.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
+use lepton::write_atomically;

@@ -1,0 +1,185 @@
+//! `lepton train`: the seed recipe (Adam lr 1e-3, batch 64, 5 epochs, inputs in [0, 1]) with a
+//! progress bar, a checkpoint after every epoch, `--resume`, per-epoch metrics (JSON) and a plot.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::batch::batch;
+use super::model::Cnn;
+use crate::data::Split;
+
+pub const MODEL_FILE: &str = "model.bpk";
+pub const METRICS_FILE: &str = "metrics.json";
+const CHECKPOINTS: &str = "checkpoints";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Training images used (all of them unless limited, e.g. for a quick CI run).
+    pub train_images: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// What a checkpoint and `metrics.json` hold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub config: TrainConfig,
+    pub backend: String,
+    pub epochs: Vec<EpochMetrics>,
+}
+
+fn epoch_dir(out: &Path, epoch: usize) -> PathBuf {
+    out.join(CHECKPOINTS).join(format!("epoch-{epoch:03}"))
+}
+
+/// The newest complete checkpoint (its `state.json` is written last), if any.
+fn last_checkpoint(out: &Path) -> Result<Option<(PathBuf, TrainState)>> {
+    let Ok(entries) = fs::read_dir(out.join(CHECKPOINTS)) else { return Ok(None) };
+    let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("state.json").is_file()).collect();
+    dirs.sort();
+    let Some(dir) = dirs.pop() else { return Ok(None) };
+    let text = fs::read_to_string(dir.join("state.json"))?;
+    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("{}/state.json is corrupt: delete that checkpoint to resume from the one before", dir.display()))?;
+    Ok(Some((dir, state)))
+}
+
+/// Train (or resume) into `out`. Returns the final state.
+pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resume: bool, device: &Device) -> Result<TrainState> {
+    if train.is_empty() {
+        bail!("the training set is empty");
+    }
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let mut model = Cnn::new(&device);
+    let mut optim: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-7).init();
+    let mut state = TrainState { config: config.clone(), backend: format!("{device:?}"), epochs: Vec::new() };
+
+    match (resume, last_checkpoint(out)?) {
+        (true, Some((dir, saved))) => {
+            if saved.config != config {
+                bail!(
+                    "checkpoint in {} was made with {:?}; resuming needs the same settings (got {:?})",
+                    dir.display(), saved.config, config
+                );
+            }
+            model = model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| format!("loading {}", dir.display()))?;
+            optim = optim.load(dir.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| format!("loading optimizer state from {}", dir.display()))?;
+            eprintln!("resuming after epoch {} from {}", saved.epochs.len(), dir.display());
+            state = saved;
+        }
+        (true, None) => eprintln!("no checkpoint in {}: starting from scratch", out.display()),
+        (false, Some(_)) => bail!(
+            "{} already holds training checkpoints: pass --resume to continue them, or choose another --out",
+            out.join(CHECKPOINTS).display()
+        ),
+        (false, None) => {}
+    }
+
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    for epoch in state.epochs.len() + 1..=config.epochs {
+        let started = Instant::now();
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let bar = crate::progress::bar(order.len() as u64, &format!("epoch {epoch}/{}", config.epochs));
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let plain_every = (order.len() / config.batch_size / 10).max(1);
+        for (step, chunk) in order.chunks(config.batch_size).enumerate() {
+            let (x, y) = batch(train, chunk, &device);
+            let logits = model.forward(x);
+            let loss = loss_fn.forward(logits.clone(), y.clone());
+            let hits: i64 = logits.argmax(1).squeeze_dim::<1>(1).equal(y).int().sum().into_scalar();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(config.learning_rate, model, grads);
+            loss_sum += loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
+            correct += hits as usize;
+            seen += chunk.len();
+            bar.inc(chunk.len() as u64);
+            bar.set_message(format!("epoch {epoch}/{} loss {:.4} acc {:.4}", config.epochs, loss_sum / seen as f64, correct as f64 / seen as f64));
+            if bar.is_hidden() && step % plain_every == 0 {
+                eprintln!("epoch {epoch}/{}: {seen}/{} images, loss {:.4}, accuracy {:.4}", config.epochs, order.len(), loss_sum / seen as f64, correct as f64 / seen as f64);
+            }
+        }
+        bar.finish_and_clear();
+        let train_seconds = started.elapsed().as_secs_f64();
+        let (test_loss, test_accuracy) = evaluate(&model, test, &device);
+        let metrics = EpochMetrics {
+            epoch,
+            train_loss: loss_sum / seen as f64,
+            train_accuracy: correct as f64 / seen as f64,
+            test_loss,
+            test_accuracy,
+            seconds: train_seconds,
+        };
+        eprintln!(
+            "epoch {epoch}/{}: loss {:.4}, accuracy {:.4}, test accuracy {:.4} ({:.1} s)",
+            config.epochs, metrics.train_loss, metrics.train_accuracy, metrics.test_accuracy, train_seconds
+        );
+        state.epochs.push(metrics);
+        save_checkpoint(out, epoch, &model, &optim, &state)?;
+        write_outputs(out, &model, &state)?;
+    }
+    Ok(state)
+}
+
+/// Mean cross-entropy and accuracy on `split` (no gradients kept).
+fn evaluate(model: &Cnn, split: &Split, device: &Device) -> (f64, f64) {
+    if split.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let indices: Vec<usize> = (0..split.len()).collect();
+    let (mut loss_sum, mut correct) = (0.0f64, 0i64);
+    for chunk in indices.chunks(500) {
+        let (x, y) = batch(split, chunk, device);
+        let logits = model.forward(x).detach();
+        let loss: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
+        loss_sum += loss as f64 * chunk.len() as f64;
+        correct += logits.argmax(1).squeeze_dim::<1>(1).equal(y).int().sum().into_scalar::<i64>();
+    }
+    (loss_sum / split.len() as f64, correct as f64 / split.len() as f64)
+}
+
+fn save_checkpoint(out: &Path, epoch: usize, model: &Cnn, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
+    let dir = epoch_dir(out, epoch);
+    fs::create_dir_all(&dir)?;
+    model.clone().save_file(dir.join(MODEL_FILE)).map_err(|e| anyhow::anyhow!("{e:?}")).context("saving the model checkpoint")?;
+    optim.save(dir.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{e:?}")).context("saving the optimizer checkpoint")?;
+    // state.json last: its presence marks the checkpoint complete.
+    crate::write_atomically(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    // Keep the two newest checkpoints.
+    if epoch > 2 {
+        let _ = fs::remove_dir_all(epoch_dir(out, epoch - 2));
+    }
+    Ok(())
+}
+
+fn write_outputs(out: &Path, model: &Cnn, state: &TrainState) -> Result<()> {
+    let tmp = out.join(".model.bpk.tmp");
+    model.clone().save_file(&tmp).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    fs::rename(&tmp, out.join(MODEL_FILE))?;
+    crate::write_atomically(&out.join(METRICS_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+    super::plot::training_curves(&state.epochs, &out.join("training.svg"), &out.join("training.png"))?;
+    Ok(())
+}
