@@ -62,3 +62,50 @@ pub fn run_int8(blob: &[u8], split: &Split) -> Result<Int8Run> {
     let predictions = logits.iter().map(|l| lepton_nn::kernels::argmax_s8(l).unwrap_or(0) as u8).collect();
     Ok(Int8Run { logits, predictions })
 }
+
+/// Int8 against float on the same images.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Comparison {
+    pub float_accuracy: f64,
+    /// Fraction of images where int8 and float pick the same class.
+    pub agreement: f64,
+    /// Largest |dequantized int8 logit - float logit| over all images and classes.
+    pub max_logit_error: f64,
+    /// Mean of the same over all images and classes.
+    pub mean_logit_error: f64,
+    /// Real value of one logit step (the logits' quantization scale), to read the errors against.
+    pub logit_scale: f64,
+}
+
+pub fn compare(blob: &[u8], run: &Int8Run, float_logits: &[Vec<f32>], labels: &[u8]) -> Result<Comparison> {
+    let model = parse_model(blob, "model")?;
+    // The logits are the output of the last layer that is not a softmax.
+    let logits_layer = (0..model.layer_count() as u16)
+        .rev()
+        .map(|i| model.record(i))
+        .find(|r| r.op != lepton_nn::Op::Softmax as u8)
+        .ok_or_else(|| anyhow!("model has no logits layer"))?;
+    let (scale, zp) = (logits_layer.output_scale as f64, logits_layer.output_zp as f64);
+    anyhow::ensure!(float_logits.len() == run.logits.len(), "float and int8 runs cover different images");
+    let (mut max, mut sum, mut count, mut agree, mut float_correct) = (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
+    for ((q, f), (&pred, &label)) in run.logits.iter().zip(float_logits).zip(run.predictions.iter().zip(labels)) {
+        anyhow::ensure!(q.len() == f.len(), "int8 model has {} logits, float model {}", q.len(), f.len());
+        for (&q, &f) in q.iter().zip(f) {
+            let e = ((q as f64 - zp) * scale - f as f64).abs();
+            max = max.max(e);
+            sum += e;
+            count += 1;
+        }
+        let float_class = crate::float::infer::argmax(f) as u8;
+        agree += usize::from(float_class == pred);
+        float_correct += usize::from(float_class == label);
+    }
+    let n = run.logits.len().max(1) as f64;
+    Ok(Comparison {
+        float_accuracy: float_correct as f64 / n,
+        agreement: agree as f64 / n,
+        max_logit_error: max,
+        mean_logit_error: sum / count.max(1) as f64,
+        logit_scale: scale,
+    })
+}

@@ -7,8 +7,11 @@ pub mod data;
 pub mod eval;
 pub mod float;
 pub mod import_tflite;
+pub mod pipeline;
 pub mod progress;
 pub mod qmodel;
+pub mod quantize;
+pub mod report;
 pub mod quant;
 
 /// Write to a temporary file beside `path`, then rename: no half-written file is ever left behind.

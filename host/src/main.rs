@@ -54,10 +54,33 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
     },
+    /// Post-training int8 quantization of a trained float model into a Lepton model (.lpk).
+    Quantize {
+        /// The float model directory written by `lepton train`.
+        #[arg(long = "float")]
+        float_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Training images used to calibrate activation ranges.
+        #[arg(long, default_value_t = 1000)]
+        calibration: usize,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The cost table of a Lepton model: per layer op, shapes, parameters, MACs, bytes, arena.
+    Report {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a Lepton model over the test set on the host and report its accuracy.
     Eval {
         #[arg(long)]
         model: PathBuf,
+        /// The float model to compare with (a `lepton train` directory).
+        #[arg(long = "float")]
+        float_model: Option<PathBuf>,
         /// Data directory (default: the cache used by `lepton data`).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -109,8 +132,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Eval { model, data, json, logits, images } => {
-            evaluate(&model, data.as_deref(), json, logits.as_deref(), images)
+        Command::Quantize { float_dir, out, calibration, data } => {
+            let blob = lepton::pipeline::quantize(&float_dir, data.as_deref(), calibration)?;
+            write_atomically(&out, &blob)?;
+            eprintln!("wrote {} ({} bytes)", out.display(), blob.len());
+            Ok(())
+        }
+        Command::Report { model, json } => {
+            let blob = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+            let report = lepton::report::report(&blob).with_context(|| model.display().to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                lepton::report::print_table(&report);
+            }
+            Ok(())
+        }
+        Command::Eval { model, float_model, data, json, logits, images } => {
+            evaluate(&model, float_model.as_deref(), data.as_deref(), json, logits.as_deref(), images)
         }
     }
 }
@@ -128,7 +167,14 @@ fn import(model: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn evaluate(model: &Path, data_dir: Option<&Path>, json: bool, logits_out: Option<&Path>, images: Option<usize>) -> Result<()> {
+fn evaluate(
+    model: &Path,
+    float_model: Option<&Path>,
+    data_dir: Option<&Path>,
+    json: bool,
+    logits_out: Option<&Path>,
+    images: Option<usize>,
+) -> Result<()> {
     let blob = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     eval::parse_model(&blob, &model.display().to_string())?;
     let mut test = data::load_part(data_dir, Part::Test)?;
@@ -136,21 +182,30 @@ fn evaluate(model: &Path, data_dir: Option<&Path>, json: bool, logits_out: Optio
         test = test.truncated(n);
     }
     let run = eval::run_int8(&blob, &test)?;
-    let accuracy = run.accuracy(&test.labels);
     if let Some(path) = logits_out {
         write_atomically(path, serde_json::to_string(&run.logits)?.as_bytes())?;
     }
+    let mut report = serde_json::json!({
+        "model": model.display().to_string(),
+        "images": test.len(),
+        "int8_accuracy": run.accuracy(&test.labels),
+    });
+    if let Some(float_model) = float_model {
+        let float_logits = lepton::pipeline::float_logits(float_model, &test)?;
+        let cmp = eval::compare(&blob, &run, &float_logits, &test.labels)?;
+        let fields = serde_json::to_value(&cmp)?;
+        report.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        report["float_model"] = float_model.display().to_string().into();
+    }
     if json {
-        let report = serde_json::json!({
-            "model": model.display().to_string(),
-            "images": test.len(),
-            "int8_accuracy": accuracy,
-        });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("model          {}", model.display());
-        println!("images         {}", test.len());
-        println!("int8 accuracy  {:.4}", accuracy);
+        for (k, v) in report.as_object().unwrap() {
+            match v.as_f64() {
+                Some(x) if v.is_f64() => println!("{k:<18} {x:.6}"),
+                _ => println!("{k:<18} {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())),
+            }
+        }
     }
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! here only (its `Tensor` would clash with tract's in one module).
 
 pub mod batch;
+pub mod calibrate;
+pub mod export;
 pub mod infer;
 pub mod model;
 pub mod plot;

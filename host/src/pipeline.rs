@@ -1,0 +1,28 @@
+//! The steps that tie the float model (burn) to the integer one: quantize a trained model,
+//! compute float logits for comparison.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::data::{self, Part, Split};
+use crate::float;
+
+/// `lepton quantize`: load the float model in `float_dir`, calibrate on `calibration` training
+/// images, quantize, and return the `.lpk` bytes.
+pub fn quantize(float_dir: &Path, data_dir: Option<&Path>, calibration: usize) -> Result<Vec<u8>> {
+    let device = float::device()?;
+    let model = float::infer::load(float_dir, &device)?;
+    let train = data::load_part(data_dir, Part::Train)?;
+    eprintln!("calibrating on {} training images ...", calibration.min(train.len()));
+    let ranges = float::calibrate::activation_ranges(&model, &train, calibration, &device);
+    let qmodel = crate::quantize::quantize_cnn(&float::export::FloatCnn::from_model(&model), &ranges)?;
+    qmodel.to_lpk()
+}
+
+/// Float logits of every image in `split` from a float model directory.
+pub fn float_logits(float_dir: &Path, split: &Split) -> Result<Vec<Vec<f32>>> {
+    let device = float::device()?;
+    let model = float::infer::load(float_dir, &device)?;
+    Ok(float::infer::logits(&model, split, &device))
+}
