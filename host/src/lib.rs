@@ -9,6 +9,7 @@ pub mod float;
 pub mod import_tflite;
 pub mod pipeline;
 pub mod progress;
+pub mod qemu;
 pub mod qmodel;
 pub mod quantize;
 pub mod report;

@@ -149,3 +149,9 @@ pub(crate) fn expect_len(found: usize, expected: usize) -> Result<(), Error> {
         Err(Error::BufferSize { expected, found })
     }
 }
+
+/// View an `i8` buffer as bytes (same size and alignment: always valid).
+pub fn as_u8(values: &[i8]) -> &[u8] {
+    // SAFETY: u8 and i8 have identical size, alignment and validity.
+    unsafe { core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len()) }
+}

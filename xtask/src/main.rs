@@ -7,6 +7,12 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod firmware;
+mod qemu;
+
+/// The committed quantized MNIST model.
+pub const DEFAULT_MODEL: &str = "models/mnist-cnn/int8.lpk";
+
 #[derive(Parser)]
 #[command(about = "Lepton build orchestration")]
 struct Cli {
@@ -16,6 +22,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Build the firmware, run it on QEMU over the MNIST test set and compare every logit with the host.
+    Qemu {
+        /// The Lepton model to load into the model partition.
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// First N test images (default: all 10,000).
+        #[arg(long)]
+        images: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run every test: host, cross-crate (TFLM bit-exactness, MNIST) and, when present, QEMU.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
@@ -34,11 +51,16 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { args } => test(&args),
+        Cmd::Qemu { model, images, json } => {
+            let elf = firmware::build(&[])?;
+            let report = qemu::run(&root().join(model), images, &elf)?;
+            qemu::print(&report, json)
+        }
     }
 }
 
 /// The workspace root (xtask lives one level below it).
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
@@ -48,7 +70,7 @@ fn cargo() -> Command {
     cmd
 }
 
-fn status(cmd: &mut Command) -> Result<()> {
+pub fn status(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {

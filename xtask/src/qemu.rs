@@ -1,0 +1,74 @@
+//! `cargo xtask qemu`: the firmware on QEMU over the MNIST test set, every logit compared with
+//! the host running the same model through `lepton-nn`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use lepton::data::{self, Part, PIXELS};
+use lepton::qemu::{self, DeviceRun};
+use serde_json::json;
+
+pub struct QemuReport {
+    pub json: serde_json::Value,
+    pub run: DeviceRun,
+    pub mismatches: usize,
+}
+
+pub fn run(model_path: &Path, images: Option<usize>, elf: &Path) -> Result<QemuReport> {
+    let model = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
+    lepton::eval::parse_model(&model, &model_path.display().to_string())?;
+    let mut test = data::load_part(None, Part::Test)?;
+    if let Some(n) = images {
+        test = test.truncated(n);
+    }
+    eprintln!("xtask: host inference on {} images ...", test.len());
+    let host = lepton::eval::run_int8(&model, &test)?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("xtask: device inference on {} images (QEMU netduinoplus2, {jobs} instances, -icount shift=0) ...", test.len());
+    let started = std::time::Instant::now();
+    let device = qemu::run(elf, &model, &test.images, PIXELS, jobs)?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let mismatches = host.logits.iter().zip(&device.results).filter(|(h, d)| **h != d.logits).count();
+    let correct = device.results.iter().zip(&test.labels).filter(|(d, &l)| d.class == l).count();
+    let instructions: Vec<u64> = device.results.iter().map(|r| r.instructions as u64).collect();
+    let elf_bytes = std::fs::read(elf)?;
+    let json = json!({
+        "images": test.len(),
+        "accuracy": correct as f64 / test.len() as f64,
+        "host_accuracy": host.accuracy(&test.labels),
+        "mismatches": mismatches,
+        "instructions_per_inference": {
+            "mean": instructions.iter().sum::<u64>() as f64 / instructions.len().max(1) as f64,
+            "min": instructions.iter().min(),
+            "max": instructions.iter().max(),
+        },
+        "stack_peak_bytes": device.stack_peak_bytes,
+        "arena_bytes": device.arena_bytes,
+        "flash_code_bytes": qemu::flash_code_bytes(&elf_bytes)?,
+        "flash_model_bytes": device.model_bytes,
+        "seconds": seconds,
+    });
+    Ok(QemuReport { json, run: device, mismatches })
+}
+
+pub fn print(report: &QemuReport, as_json: bool) -> Result<()> {
+    let j = &report.json;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(j)?);
+    } else {
+        println!("images                 {}", j["images"]);
+        println!("device accuracy        {:.4}  (host {:.4})", j["accuracy"].as_f64().unwrap_or(0.0), j["host_accuracy"].as_f64().unwrap_or(0.0));
+        println!("logit mismatches       {}  (images whose device logits differ from the host's in any bit)", j["mismatches"]);
+        let ipi = &j["instructions_per_inference"];
+        println!("instructions/inference mean {:.0}, min {}, max {}  (TIM2 under -icount shift=0)", ipi["mean"].as_f64().unwrap_or(0.0), ipi["min"], ipi["max"]);
+        println!("stack peak             {} bytes (painted)", j["stack_peak_bytes"]);
+        println!("arena                  {} bytes", j["arena_bytes"]);
+        println!("flash: code {} bytes, model {} bytes", j["flash_code_bytes"], j["flash_model_bytes"]);
+        println!("wall time              {:.1} s", j["seconds"].as_f64().unwrap_or(0.0));
+    }
+    if report.mismatches > 0 {
+        bail!("{} images differ between device and host", report.mismatches);
+    }
+    Ok(())
+}
