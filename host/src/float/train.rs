@@ -78,16 +78,16 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resum
 
     match (resume, last_checkpoint(out)?) {
         (true, Some((dir, saved))) => {
-            if saved.config != config {
+            if (TrainConfig { epochs: config.epochs, ..saved.config.clone() }) != config {
                 bail!(
-                    "checkpoint in {} was made with {:?}; resuming needs the same settings (got {:?})",
+                    "checkpoint in {} was made with {:?}; resuming needs the same settings but --epochs (got {:?})",
                     dir.display(), saved.config, config
                 );
             }
             model = model.try_load_file(dir.join(MODEL_FILE)).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| format!("loading {}", dir.display()))?;
             optim = optim.load(dir.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| format!("loading optimizer state from {}", dir.display()))?;
             eprintln!("resuming after epoch {} from {}", saved.epochs.len(), dir.display());
-            state = saved;
+            state = TrainState { config: config.clone(), ..saved };
         }
         (true, None) => eprintln!("no checkpoint in {}: starting from scratch", out.display()),
         (false, Some(_)) => bail!(

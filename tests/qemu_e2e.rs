@@ -1,0 +1,52 @@
+//! The firmware on QEMU's STM32F405 over all 10,000 MNIST test images with the committed model:
+//! every logit bit-exact with the host, the same accuracy. Runs `cargo xtask qemu --json`, which
+//! builds the firmware, loads the model into the flash partition and streams the images.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn device_is_bit_exact_with_the_host_on_all_test_images() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo).current_dir(root).args(["xtask", "qemu", "--json"]).output().expect("cargo xtask runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cargo xtask qemu failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(r["images"], 10_000);
+    assert_eq!(r["mismatches"], 0, "{r}");
+    assert_eq!(r["accuracy"], r["host_accuracy"], "{r}");
+    assert!(r["accuracy"].as_f64().unwrap() > 0.99, "{r}");
+    let ipi = &r["instructions_per_inference"];
+    assert!(ipi["min"].as_u64().unwrap() > 1_000_000, "an inference of 2.8 M MACs cannot take fewer instructions: {r}");
+    assert!(r["stack_peak_bytes"].as_u64().unwrap() > 0 && r["stack_peak_bytes"].as_u64().unwrap() < 16 * 1024, "{r}");
+    assert_eq!(r["arena_bytes"], 27_040);
+    assert_eq!(r["flash_model_bytes"].as_u64().unwrap(), std::fs::metadata(root.join("models/mnist-cnn/int8.lpk")).unwrap().len());
+}
+
+#[test]
+fn missing_or_corrupt_model_stops_the_firmware_cleanly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile_dir();
+    let mut model = std::fs::read(root.join("models/mnist-cnn/int8.lpk")).unwrap();
+    let n = model.len();
+    model[n - 10] ^= 0x55; // payload byte: CRC mismatch
+    let bad = dir.join("corrupt.lpk");
+    std::fs::write(&bad, &model).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "qemu", "--images", "1", "--skip-host-check", "--model"])
+        .arg(&bad)
+        .output()
+        .expect("cargo xtask runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("exited with code 3") && stderr.contains("CRC"), "{stderr}");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lepton-qemu-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
