@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod flash;
 pub mod float;
 pub mod import_tflite;
 pub mod pipeline;

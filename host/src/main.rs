@@ -74,6 +74,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a model into a board's model partition with a debug probe (probe-rs).
+    Flash {
+        /// probe-rs target name.
+        #[arg(long, default_value = lepton::flash::DEFAULT_CHIP)]
+        chip: String,
+        #[arg(long)]
+        model: PathBuf,
+        /// Flash address of the model partition.
+        #[arg(long, default_value = "0x080C0000")]
+        address: String,
+    },
     /// Run a Lepton model over the test set on the host and report its accuracy.
     Eval {
         #[arg(long)]
@@ -137,6 +148,10 @@ fn run(cli: Cli) -> Result<()> {
             write_atomically(&out, &blob)?;
             eprintln!("wrote {} ({} bytes)", out.display(), blob.len());
             Ok(())
+        }
+        Command::Flash { chip, model, address } => {
+            let bytes = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+            lepton::flash::flash(&chip, lepton::flash::parse_address(&address)?, &bytes)
         }
         Command::Report { model, json } => {
             let blob = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;

@@ -147,3 +147,18 @@ fn truncated_partial_and_mismatched_data_are_clear_errors() {
     let e = lepton::data::parse_split(&imgs, &labels).unwrap_err();
     assert!(e.to_string().contains("label 1 is 12"), "{e}");
 }
+
+#[test]
+fn flash_without_a_probe_says_so() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mnist-cnn/int8.lpk");
+    let e = err(lepton(&["flash", "--model", s(&model)]));
+    assert!(e.contains("no debug probe attached"), "{e}");
+    let e = err(lepton(&["flash", "--model", s(&model), "--chip", "NOPE123"]));
+    assert!(e.contains("unknown chip"), "{e}");
+    let e = err(lepton(&["flash", "--model", s(&model), "--address", "0x20000000"]));
+    assert!(e.contains("not in STM32F405RGTx's flash"), "{e}");
+    let e = err(lepton(&["flash", "--model", s(&model), "--address", "0x080F8000"]));
+    assert!(e.contains("does not fit"), "{e}");
+    let e = err(lepton(&["flash", "--model", s(&tflite())]));
+    assert!(e.contains("refusing to flash an invalid model"), "{e}");
+}

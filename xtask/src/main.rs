@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod firmware;
 mod qemu;
 
@@ -22,6 +23,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The main job, end to end on the QEMU board: data, train, quantize, judge, firmware, device run.
+    Demo {
+        /// Reuse the committed model (models/mnist-cnn) instead of training (saves ~4 minutes).
+        #[arg(long)]
+        reuse_model: bool,
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+        /// First N test images on the device (default: all 10,000).
+        #[arg(long)]
+        images: Option<usize>,
+    },
     /// Build the firmware, run it on QEMU over the MNIST test set and compare every logit with the host.
     Qemu {
         /// The Lepton model to load into the model partition.
@@ -55,6 +67,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { args } => test(&args),
+        Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
         Cmd::Qemu { model, images, json, skip_host_check } => {
             let elf = firmware::build(&[])?;
             let report = qemu::run(&root().join(model), images, &elf, !skip_host_check)?;
