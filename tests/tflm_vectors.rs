@@ -81,7 +81,7 @@ fn softmax_fixed_point_internals() {
 fn every_layer_bit_exact_on_the_20_traced_cases() {
     let v = vectors();
     let blob = json_blob();
-    let engine = Engine::new(Model::parse(&blob).unwrap()).unwrap();
+    let engine = Engine::reference(Model::parse(&blob).unwrap()).unwrap();
     let mut arena = vec![0u8; engine.arena_bytes()];
     let traced: Vec<_> = v["cases"].as_array().unwrap().iter().filter(|c| c.get("layer_outputs_int8").is_some()).collect();
     assert_eq!(traced.len(), 20);
@@ -105,15 +105,17 @@ fn logits_and_softmax_bit_exact_on_all_100_cases() {
     let v = vectors();
     let blob = json_blob();
     let model = Model::parse(&blob).unwrap();
-    let engine = Engine::new(model).unwrap();
-    let mut arena = vec![0u8; engine.arena_bytes()];
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 100);
-    for case in cases {
-        let input: Vec<i8> = ints(&case["input_int8"]);
-        let out = engine.run(&input, &mut arena, &mut NoHook).unwrap();
-        assert_eq!(out.logits, ints::<i8>(&case["logits_int8"]).as_slice(), "case {} logits", case["index"]);
-        assert_eq!(out.probabilities.unwrap(), ints::<i8>(&case["softmax_int8"]).as_slice(), "case {} softmax", case["index"]);
+    for engine in [Engine::reference(model).unwrap(), Engine::new(model).unwrap()] {
+        let mut arena = vec![0u8; engine.arena_bytes()];
+        for case in cases {
+            let input: Vec<i8> = ints(&case["input_int8"]);
+            let out = engine.run(&input, &mut arena, &mut NoHook).unwrap();
+            let which = if engine.is_optimized() { "optimized" } else { "reference" };
+            assert_eq!(out.logits, ints::<i8>(&case["logits_int8"]).as_slice(), "{which} case {} logits", case["index"]);
+            assert_eq!(out.probabilities.unwrap(), ints::<i8>(&case["softmax_int8"]).as_slice(), "{which} case {} softmax", case["index"]);
+        }
     }
 }
 
@@ -147,10 +149,18 @@ fn tflite_import_gives_the_same_bits_as_the_json_model() {
 #[test]
 fn planned_arena_is_smaller_than_tflm() {
     let blob = json_blob();
-    let engine = Engine::new(Model::parse(&blob).unwrap()).unwrap();
-    // Largest live pair: 26x26x32 + 13x13x32 = 27,040 bytes (TFLM's arena for this model: 31,984).
-    assert_eq!(engine.arena_bytes(), 26 * 26 * 32 + 13 * 13 * 32);
-    let mut small = vec![0u8; engine.arena_bytes() - 1];
-    let err = engine.run(&[0; 784], &mut small, &mut NoHook).unwrap_err();
+    let model = Model::parse(&blob).unwrap();
+    // Reference kernels, one layer at a time: the largest live pair is 26x26x32 + 13x13x32 =
+    // 27,040 bytes (TFLM's arena for this model: 31,984).
+    let reference = Engine::reference(model).unwrap();
+    assert_eq!(reference.arena_bytes(), 26 * 26 * 32 + 13 * 13 * 32);
+    let mut small = vec![0u8; reference.arena_bytes() - 1];
+    let err = reference.run(&[0; 784], &mut small, &mut NoHook).unwrap_err();
     assert_eq!(err, lepton_nn::Error::ArenaTooSmall { needed: 27_040, available: 27_039 });
+    // Fused conv + pool never stores 26x26x32: the largest step is conv2+pool2,
+    // 13x13x32 in + 5x5x64 out + the four 288-tap i16 patches of a 2x2 pooling window
+    // (4 x 576 bytes, +3 for word alignment).
+    let optimized = Engine::new(model).unwrap();
+    assert_eq!(optimized.arena_bytes(), 13 * 13 * 32 + 5 * 5 * 64 + 4 * 2 * 288 + 3);
+    assert!(optimized.arena_bytes() <= 10_240);
 }

@@ -69,18 +69,21 @@ fn model_bytes() -> &'static [u8] {
     MODEL
 }
 
-/// Instructions (or timer ticks) spent in each layer of the last inference.
+/// Instructions (or timer ticks) spent in each layer of the last inference. A step that fuses
+/// several layers is charged to its last layer; the others read 0.
 struct LayerTimer {
     started: u32,
-    per_layer: heapless::Vec<u32, MAX_LAYERS>,
+    per_layer: [u32; MAX_LAYERS],
 }
 
 impl LayerHook for LayerTimer {
     fn before_layer(&mut self, _index: usize, _layer: &Layer) {
         self.started = counter::now();
     }
-    fn after_layer(&mut self, _index: usize, _layer: &Layer, _output: &[i8]) {
-        let _ = self.per_layer.push(counter::now().wrapping_sub(self.started));
+    fn after_layer(&mut self, index: usize, _layer: &Layer, _output: &[i8]) {
+        if let Some(slot) = self.per_layer.get_mut(index) {
+            *slot = counter::now().wrapping_sub(self.started);
+        }
     }
 }
 
@@ -147,7 +150,7 @@ fn run() -> i32 {
         if model.quantize_input(&pixels[..input_len], &mut input[..input_len]).is_err() {
             return exit::BAD_MODEL;
         }
-        let mut timer = LayerTimer { started: 0, per_layer: heapless::Vec::new() };
+        let mut timer = LayerTimer { started: 0, per_layer: [0; MAX_LAYERS] };
         counter::icount_start();
         let t0 = counter::now();
         let result = engine.run(&input[..input_len], arena, &mut timer);
@@ -160,7 +163,7 @@ fn run() -> i32 {
                 return exit::INFERENCE;
             }
         };
-        let prediction = Prediction { class: result.class() as u8, logits: result.logits, instructions, per_layer: &timer.per_layer };
+        let prediction = Prediction { class: result.class() as u8, logits: result.logits, instructions, per_layer: &timer.per_layer[..model.layer_count()] };
         if let Some(p) = result.probabilities {
             let confidence = (p[prediction.class as usize] as i32 + 128) as f32 / 256.0;
             defmt::debug!("image {}: class {} ({}%)", images, prediction.class, micromath::F32Ext::round(confidence * 100.0));

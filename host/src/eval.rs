@@ -24,10 +24,16 @@ pub fn parse_model<'a>(blob: &'a [u8], name: &str) -> Result<Model<'a>> {
     Model::parse(blob).map_err(|e| anyhow!("{name}: {e}"))
 }
 
-/// Run the model on every image of `split`, using all cores (one arena per thread).
+/// Run the model on every image of `split` with the reference kernels (the oracle), using all
+/// cores (one arena per thread).
 pub fn run_int8(blob: &[u8], split: &Split) -> Result<Int8Run> {
+    run_int8_with(blob, split, false)
+}
+
+/// [`run_int8`] with the optimized kernels (`optimized = true`) or the reference ones.
+pub fn run_int8_with(blob: &[u8], split: &Split, optimized: bool) -> Result<Int8Run> {
     let model = parse_model(blob, "model")?;
-    let engine = Engine::new(model).map_err(|e| anyhow!("model: {e}"))?;
+    let engine = if optimized { Engine::new(model) } else { Engine::reference(model) }.map_err(|e| anyhow!("model: {e}"))?;
     let count = split.len();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
     let per_thread = count.div_ceil(threads);

@@ -29,6 +29,9 @@ enum Command {
         /// Where to write the Lepton model.
         #[arg(long)]
         out: PathBuf,
+        /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
+        #[arg(long, value_enum, default_value_t)]
+        weights: lepton::qmodel::Packing,
     },
     /// Train the seed CNN (burn; CPU backend `flex` unless LEPTON_DEVICE says otherwise).
     Train {
@@ -64,6 +67,9 @@ enum Command {
         /// Training images used to calibrate activation ranges.
         #[arg(long, default_value_t = 1000)]
         calibration: usize,
+        /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
+        #[arg(long, value_enum, default_value_t)]
+        weights: lepton::qmodel::Packing,
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -121,7 +127,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
-        Command::Import { model, out } => import(&model, &out),
+        Command::Import { model, out, weights } => import(&model, &out, weights),
         Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size } => {
             let dir = data::ensure(data.as_deref())?;
             let mut train = data::load(&dir, Part::Train)?;
@@ -143,8 +149,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Quantize { float_dir, out, calibration, data } => {
-            let blob = lepton::pipeline::quantize(&float_dir, data.as_deref(), calibration)?;
+        Command::Quantize { float_dir, out, calibration, data, weights } => {
+            let blob = lepton::pipeline::quantize(&float_dir, data.as_deref(), calibration)?.to_lpk_with(weights)?;
             write_atomically(&out, &blob)?;
             eprintln!("wrote {} ({} bytes)", out.display(), blob.len());
             Ok(())
@@ -169,14 +175,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn import(model: &Path, out: &Path) -> Result<()> {
+fn import(model: &Path, out: &Path, weights: lepton::qmodel::Packing) -> Result<()> {
     let bytes = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let qmodel = match model.extension().and_then(|e| e.to_str()) {
         Some("tflite") => lepton::import_tflite::import_tflite(&bytes),
         _ => bail!("{}: unknown model type (expected a .tflite file)", model.display()),
     }
     .with_context(|| format!("importing {}", model.display()))?;
-    let blob = qmodel.to_lpk()?;
+    let blob = qmodel.to_lpk_with(weights)?;
     write_atomically(out, &blob)?;
     eprintln!("wrote {} ({} layers, {} bytes)", out.display(), qmodel.layers.len(), blob.len());
     Ok(())

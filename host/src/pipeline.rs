@@ -9,15 +9,14 @@ use crate::data::{self, Part, Split};
 use crate::float;
 
 /// `lepton quantize`: load the float model in `float_dir`, calibrate on `calibration` training
-/// images, quantize, and return the `.lpk` bytes.
-pub fn quantize(float_dir: &Path, data_dir: Option<&Path>, calibration: usize) -> Result<Vec<u8>> {
+/// images, and quantize.
+pub fn quantize(float_dir: &Path, data_dir: Option<&Path>, calibration: usize) -> Result<crate::qmodel::QModel> {
     let device = float::device()?;
     let model = float::infer::load(float_dir, &device)?;
     let train = data::load_part(data_dir, Part::Train)?;
     eprintln!("calibrating on {} training images ...", calibration.min(train.len()));
     let ranges = float::calibrate::activation_ranges(&model, &train, calibration, &device);
-    let qmodel = crate::quantize::quantize_cnn(&float::export::FloatCnn::from_model(&model), &ranges)?;
-    qmodel.to_lpk()
+    crate::quantize::quantize_cnn(&float::export::FloatCnn::from_model(&model), &ranges)
 }
 
 /// Float logits of every image in `split` from a float model directory.

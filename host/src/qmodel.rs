@@ -4,9 +4,21 @@
 
 use anyhow::{bail, Context, Result};
 use lepton_nn::format::{crc32, Header, LayerRecord, Op, Section, HEADER_LEN, INPUT_LUT_LEN, RECORD_LEN, VERSION};
-use lepton_nn::{Padding, Shape};
+use lepton_nn::{Padding, Shape, WeightLayout};
 
 use crate::quant::{activation_range, channel_multipliers, quantize_pixel, softmax_params, Activation};
+
+/// How weights are stored for the device: the flash/instructions trade-off of a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Packing {
+    /// TFLite's order (OHWI / `[out, in]`): the reference kernels' natural input.
+    Canonical,
+    /// int8, re-ordered for the DSP kernels (4 channels x 4 taps per step): no flash cost.
+    Int8,
+    /// Pre-widened to i16 pairs for SMLAD: twice the weight flash, fewest instructions.
+    #[default]
+    I16,
+}
 
 /// Scale and zero point of an int8 tensor: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,14 +71,20 @@ pub struct QModel {
 }
 
 impl QModel {
-    /// Serialize as a `.lpk` blob; the result is parsed back with `lepton-nn` before it is returned.
+    /// Serialize as a `.lpk` blob with [`Packing::default`].
     pub fn to_lpk(&self) -> Result<Vec<u8>> {
+        self.to_lpk_with(Packing::default())
+    }
+
+    /// Serialize with the weights laid out as `packing` says, where a layer can use it. The
+    /// result is parsed back with `lepton-nn` before it is returned.
+    pub fn to_lpk_with(&self, packed: Packing) -> Result<Vec<u8>> {
         let mut records = Vec::with_capacity(self.layers.len());
         let mut data = Vec::new(); // sections, offsets relative to the end of the fixed tables
         let mut input_shape = self.input_shape;
         let mut input = self.input;
         for (i, layer) in self.layers.iter().enumerate() {
-            let record = layer_record(layer, input_shape, input, &mut data).with_context(|| format!("layer {i}"))?;
+            let record = layer_record(layer, input_shape, input, packed, &mut data).with_context(|| format!("layer {i}"))?;
             records.push(record);
             input_shape = layer.output_shape;
             input = layer.output;
@@ -101,7 +119,7 @@ impl QModel {
     }
 }
 
-fn layer_record(layer: &QLayer, input_shape: Shape, input: QParams, data: &mut Vec<u8>) -> Result<LayerRecord> {
+fn layer_record(layer: &QLayer, input_shape: Shape, input: QParams, packed: Packing, data: &mut Vec<u8>) -> Result<LayerRecord> {
     let mut r = LayerRecord {
         input: input_shape,
         output: layer.output_shape,
@@ -121,11 +139,11 @@ fn layer_record(layer: &QLayer, input_shape: Shape, input: QParams, data: &mut V
         QOp::Conv2d { window, weights, activation } => {
             r.op = Op::Conv2d as u8;
             set_window(&mut r, window);
-            set_weights(&mut r, weights, *activation, input, layer.output, data)?;
+            set_weights(&mut r, weights, *activation, input, layer.output, packed, data)?;
         }
         QOp::FullyConnected { weights, activation } => {
             r.op = Op::FullyConnected as u8;
-            set_weights(&mut r, weights, *activation, input, layer.output, data)?;
+            set_weights(&mut r, weights, *activation, input, layer.output, packed, data)?;
         }
         QOp::MaxPool2d { window, activation } | QOp::AvgPool2d { window, activation } => {
             r.op = if matches!(layer.op, QOp::MaxPool2d { .. }) { Op::MaxPool2d } else { Op::AvgPool2d } as u8;
@@ -148,6 +166,7 @@ fn set_weights(
     activation: Activation,
     input: QParams,
     output: QParams,
+    packed: Packing,
     data: &mut Vec<u8>,
 ) -> Result<()> {
     let channels = r.output.c as usize;
@@ -156,11 +175,30 @@ fn set_weights(
     }
     let (multipliers, shifts) = channel_multipliers(input.scale, &weights.scales, output.scale);
     (r.act_min, r.act_max) = activation_range(activation, output.scale, output.zero_point);
-    r.weights = push_section(data, weights.values.iter().map(|&w| w as u8));
+    let taps = weights.values.len() / channels.max(1);
+    let layout = match packed {
+        _ if taps % 4 != 0 => WeightLayout::Canonical,
+        Packing::Canonical => WeightLayout::Canonical,
+        Packing::Int8 => WeightLayout::Oc4Quads,
+        Packing::I16 => WeightLayout::Oc4PairsI16,
+    };
+    r.weight_layout = layout as u8;
+    r.weights = push_section(data, relayout(&weights.values, channels, taps, layout).into_iter().map(|w| w as u8));
     r.bias = push_section(data, weights.bias.iter().flat_map(|b| b.to_le_bytes()));
     r.multipliers = push_section(data, multipliers.iter().flat_map(|m| m.to_le_bytes()));
     r.shifts = push_section(data, shifts.iter().flat_map(|s| s.to_le_bytes()));
     Ok(())
+}
+
+/// Canonical `[channel][tap]` weights in `layout`'s order (padding channels are zero).
+pub fn relayout(values: &[i8], channels: usize, taps: usize, layout: WeightLayout) -> Vec<i8> {
+    let mut out = vec![0i8; layout.bytes(channels, taps).unwrap_or(0)];
+    for c in 0..channels {
+        for t in 0..taps {
+            layout.put(&mut out, c, t, taps, values[c * taps + t]);
+        }
+    }
+    out
 }
 
 /// Append a section, 4-byte aligned so word-reading kernels can use it directly.

@@ -162,3 +162,14 @@ fn flash_without_a_probe_says_so() {
     let e = err(lepton(&["flash", "--model", s(&tflite())]));
     assert!(e.contains("refusing to flash an invalid model"), "{e}");
 }
+
+#[test]
+fn optimized_kernels_match_the_reference_on_all_test_images() {
+    let blob = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mnist-cnn/int8.lpk")).unwrap();
+    let test = lepton::data::load_part(None, lepton::data::Part::Test).unwrap();
+    let reference = lepton::eval::run_int8_with(&blob, &test, false).unwrap();
+    let optimized = lepton::eval::run_int8_with(&blob, &test, true).unwrap();
+    assert_eq!(reference.logits.len(), 10_000);
+    let differing = reference.logits.iter().zip(&optimized.logits).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "optimized logits differ from the reference on {differing} images");
+}

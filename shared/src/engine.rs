@@ -7,11 +7,16 @@
 //! layer, the least any plan without in-place kernels can use.
 
 use crate::format::{Layer, Model};
-use crate::kernels::{self, avg_pool_s8, conv2d_s8, fully_connected_s8, max_pool_s8, softmax_s8};
+use crate::kernels::fast;
+use crate::kernels::{self, avg_pool_s8, conv2d_s8, fully_connected_s8, max_pool_s8, softmax_s8, Conv2d, FullyConnected, Pool};
 use crate::types::{as_i8, as_i8_mut, expect_len};
 use crate::Error;
 
-/// Called around every layer: timing and tracing on the device, per-layer checks on the host.
+/// Called around every step: timing and tracing on the device, per-layer checks on the host.
+///
+/// A step is one layer, or a conv and the max-pool fused into it by the optimized engine; then
+/// `before_layer` gets the conv's index, `after_layer` the pool's index and output, and the
+/// conv's output (never stored) is not reported.
 pub trait LayerHook {
     fn before_layer(&mut self, _index: usize, _layer: &Layer) {}
     fn after_layer(&mut self, _index: usize, _layer: &Layer, _output: &[i8]) {}
@@ -66,20 +71,78 @@ impl Placement {
     }
 }
 
+/// The kernel that runs one step.
+#[derive(Clone, Copy, Debug)]
+enum Kernel<'a> {
+    Reference(Layer<'a>),
+    Conv(Conv2d<'a>),
+    ConvMaxPool(Conv2d<'a>, Pool),
+    Conv1ChannelMaxPool(Conv2d<'a>, Pool),
+    FullyConnected(FullyConnected<'a>),
+}
+
+/// One step of a plan: layers `first..=last` run by `kernel`.
+#[derive(Clone, Copy, Debug)]
+struct Step<'a> {
+    first: usize,
+    last: usize,
+    kernel: Kernel<'a>,
+}
+
 /// A model with its memory plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Engine<'m> {
     model: Model<'m>,
     arena_bytes: usize,
+    optimized: bool,
 }
 
 impl<'m> Engine<'m> {
+    /// The optimized engine: fused and DSP kernels wherever they apply, reference kernels elsewhere.
     pub fn new(model: Model<'m>) -> Result<Self, Error> {
-        let mut arena_bytes = model.input_shape().len()?;
-        for i in 0..model.layer_count() {
-            arena_bytes = arena_bytes.max(layer_footprint(&model.layer(i)?)?);
+        Self::plan(model, true)
+    }
+
+    /// Reference kernels only, one layer at a time: the oracle, and every layer's output visible.
+    pub fn reference(model: Model<'m>) -> Result<Self, Error> {
+        Self::plan(model, false)
+    }
+
+    fn plan(model: Model<'m>, optimized: bool) -> Result<Self, Error> {
+        let mut engine = Engine { model, arena_bytes: model.input_shape().len()?, optimized };
+        let mut i = 0;
+        while i < model.layer_count() {
+            let step = engine.step(i)?;
+            engine.arena_bytes = engine.arena_bytes.max(step_footprint(&step, &model)?);
+            i = step.last + 1;
         }
-        Ok(Engine { model, arena_bytes })
+        Ok(engine)
+    }
+
+    /// The step starting at layer `i`.
+    fn step(&self, i: usize) -> Result<Step<'m>, Error> {
+        let layer = self.model.layer(i)?;
+        let single = |kernel| Ok(Step { first: i, last: i, kernel });
+        if !self.optimized {
+            return single(Kernel::Reference(layer));
+        }
+        let next = if i + 1 < self.model.layer_count() { Some(self.model.layer(i + 1)?) } else { None };
+        match (layer, next) {
+            (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_maxpool_s8_fast_supported(&c, &p) => {
+                Ok(Step { first: i, last: i + 1, kernel: Kernel::ConvMaxPool(c, p) })
+            }
+            (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_c1_maxpool_s8_fast_supported(&c, &p) => {
+                Ok(Step { first: i, last: i + 1, kernel: Kernel::Conv1ChannelMaxPool(c, p) })
+            }
+            (Layer::Conv2d(c), _) if fast::conv2d_s8_fast_supported(&c) => single(Kernel::Conv(c)),
+            (Layer::FullyConnected(f), _) if fast::fully_connected_s8_fast_supported(&f) => single(Kernel::FullyConnected(f)),
+            _ => single(Kernel::Reference(layer)),
+        }
+    }
+
+    /// Whether this engine uses the optimized kernels.
+    pub fn is_optimized(&self) -> bool {
+        self.optimized
     }
 
     pub fn model(&self) -> &Model<'m> {
@@ -104,17 +167,21 @@ impl<'m> Engine<'m> {
         let mut current = Placement { at_start: true, len: input_len };
         let mut logits = current;
         let mut probabilities = None;
-        for i in 0..self.model.layer_count() {
-            let layer = self.model.layer(i)?;
-            hook.before_layer(i, &layer);
+        let mut i = 0;
+        while i < self.model.layer_count() {
+            let step = self.step(i)?;
+            let first = self.model.layer(step.first)?;
+            let layer = self.model.layer(step.last)?;
+            hook.before_layer(step.first, &first);
             let out_len = output_len(&layer)?;
             let output = Placement { at_start: !current.at_start, len: out_len };
             if !matches!(layer, Layer::Reshape { .. }) {
-                run_layer(&layer, arena, current, output)?;
+                run_step(&step.kernel, arena, current, output)?;
                 current = output;
             }
             current.len = out_len;
-            hook.after_layer(i, &layer, as_i8(&arena[current.range(arena_len)]));
+            hook.after_layer(step.last, &layer, as_i8(&arena[current.range(arena_len)]));
+            i = step.last + 1;
             if matches!(layer, Layer::Softmax(_)) {
                 probabilities = Some(current);
             } else {
@@ -130,14 +197,26 @@ impl<'m> Engine<'m> {
     }
 }
 
-/// Input + scratch + output bytes a layer needs at once (a reshape needs nothing extra).
-fn layer_footprint(layer: &Layer) -> Result<usize, Error> {
-    if let Layer::Reshape { .. } = layer {
+/// Bytes of scratch a step's kernel asks for.
+fn step_scratch_bytes(kernel: &Kernel) -> usize {
+    match kernel {
+        Kernel::Reference(layer) => scratch_bytes(layer),
+        Kernel::Conv(c) => fast::conv2d_s8_fast_scratch_bytes(c),
+        Kernel::ConvMaxPool(c, p) => fast::conv2d_maxpool_s8_fast_scratch_bytes(c, p),
+        Kernel::Conv1ChannelMaxPool(c, p) => fast::conv2d_c1_maxpool_s8_fast_scratch_bytes(c, p),
+        Kernel::FullyConnected(f) => fast::fully_connected_s8_fast_scratch_bytes(f),
+    }
+}
+
+/// Input + scratch + output bytes a step needs at once (a reshape needs nothing extra).
+fn step_footprint(step: &Step, model: &Model) -> Result<usize, Error> {
+    let (first, last) = (model.layer(step.first)?, model.layer(step.last)?);
+    if let Layer::Reshape { .. } = last {
         return Ok(0);
     }
-    input_len(layer)?
-        .checked_add(output_len(layer)?)
-        .and_then(|n| n.checked_add(scratch_bytes(layer)))
+    input_len(&first)?
+        .checked_add(output_len(&last)?)
+        .and_then(|n| n.checked_add(step_scratch_bytes(&step.kernel)))
         .ok_or(Error::SizeOverflow)
 }
 
@@ -161,8 +240,8 @@ fn output_len(layer: &Layer) -> Result<usize, Error> {
     }
 }
 
-/// Split the arena into the input, scratch and output of one layer and run its kernel.
-fn run_layer(layer: &Layer, arena: &mut [u8], input: Placement, output: Placement) -> Result<(), Error> {
+/// Split the arena into the input, scratch and output of one step and run its kernel.
+fn run_step(kernel: &Kernel, arena: &mut [u8], input: Placement, output: Placement) -> Result<(), Error> {
     let arena_len = arena.len();
     if input.len + output.len > arena_len {
         return Err(Error::ArenaTooSmall { needed: input.len + output.len, available: arena_len });
@@ -171,6 +250,13 @@ fn run_layer(layer: &Layer, arena: &mut [u8], input: Placement, output: Placemen
     let (scratch, high) = rest.split_at_mut(arena_len - low.len() - if input.at_start { output.len } else { input.len });
     let (input, output) = if input.at_start { (&*low, high) } else { (&*high, low) };
     let (input, output) = (as_i8(input), as_i8_mut(output));
+    let layer = match kernel {
+        Kernel::Reference(layer) => layer,
+        Kernel::Conv(c) => return fast::conv2d_s8_fast(c, input, output, scratch),
+        Kernel::ConvMaxPool(c, p) => return fast::conv2d_maxpool_s8_fast(c, p, input, output, scratch),
+        Kernel::Conv1ChannelMaxPool(c, p) => return fast::conv2d_c1_maxpool_s8_fast(c, p, input, output, scratch),
+        Kernel::FullyConnected(f) => return fast::fully_connected_s8_fast(f, input, output, scratch),
+    };
     match layer {
         Layer::Conv2d(p) => conv2d_s8(p, input, output, scratch),
         Layer::MaxPool2d(p) => max_pool_s8(p, input, output, scratch),

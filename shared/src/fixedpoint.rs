@@ -11,10 +11,11 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     if a == b && a == i32::MIN {
         return i32::MAX;
     }
-    let ab = a as i64 * b as i64;
-    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    // C++ integer division truncates toward zero; so does Rust's `/`.
-    ((ab + nudge) / (1i64 << 31)) as i32
+    // gemmlowp computes `(ab + nudge) / 2^31` with C's truncating division and a sign-dependent
+    // nudge (2^30, or 1 - 2^30 for negative products). Writing ab = q*2^31 + r (0 <= r < 2^31),
+    // both branches equal q + [r >= 2^30], i.e. floor((ab + 2^30) / 2^31): one add and an
+    // arithmetic shift (SMULL, ADDS, ADC, two shifts on the M4) instead of a 64-bit division.
+    ((a as i64 * b as i64 + (1 << 30)) >> 31) as i32
 }
 
 /// `RoundingDivideByPOT`: `x / 2^exponent` rounded to nearest, ties away from zero.
@@ -192,6 +193,35 @@ pub fn get_reciprocal(x: i32, integer_bits: i32) -> (i32, i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shift form against gemmlowp's literal division form.
+    #[test]
+    fn srdhm_equals_the_gemmlowp_division_form() {
+        fn gemmlowp(a: i32, b: i32) -> i32 {
+            if a == b && a == i32::MIN {
+                return i32::MAX;
+            }
+            let ab = a as i64 * b as i64;
+            let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+            ((ab + nudge) / (1i64 << 31)) as i32
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let specials = [0, 1, -1, i32::MIN, i32::MAX, 1 << 30, -(1 << 30), (1 << 30) + 1, 3, -3];
+        for &a in &specials {
+            for &b in &specials {
+                assert_eq!(saturating_rounding_doubling_high_mul(a, b), gemmlowp(a, b), "{a} {b}");
+            }
+        }
+        for _ in 0..1_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (a, b) = (x as i32, (x >> 32) as i32);
+            assert_eq!(saturating_rounding_doubling_high_mul(a, b), gemmlowp(a, b), "{a} {b}");
+            let small = (a >> 12, b);
+            assert_eq!(saturating_rounding_doubling_high_mul(small.0, small.1), gemmlowp(small.0, small.1));
+        }
+    }
 
     #[test]
     fn srdhm_saturates_the_only_overflow() {

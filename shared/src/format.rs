@@ -5,13 +5,13 @@
 //! typed [`Error`] for any malformed input. Once parsed, [`Model::layer`] cannot fail.
 
 use crate::kernels::{Conv2d, FullyConnected, Pool, Softmax};
-use crate::types::{I32Le, Padding, Requant, Shape};
+use crate::types::{I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::Error;
 
 pub const MAGIC: [u8; 4] = *b"LPTN";
 pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 32;
-pub const RECORD_LEN: usize = 80;
+pub const RECORD_LEN: usize = 88;
 /// Pixel (0..=255) to quantized input lookup table, right after the layer table.
 pub const INPUT_LUT_LEN: usize = 256;
 pub const MAX_LAYERS: u16 = 64;
@@ -143,6 +143,8 @@ pub struct LayerRecord {
     pub bias: Section,
     pub multipliers: Section,
     pub shifts: Section,
+    /// How the weights section is ordered (see [`WeightLayout`]).
+    pub weight_layout: u8,
 }
 
 impl Default for LayerRecord {
@@ -166,6 +168,7 @@ impl Default for LayerRecord {
             bias: Section::default(),
             multipliers: Section::default(),
             shifts: Section::default(),
+            weight_layout: 0,
         }
     }
 }
@@ -193,6 +196,7 @@ impl LayerRecord {
             b[48 + 8 * i..52 + 8 * i].copy_from_slice(&s.offset.to_le_bytes());
             b[52 + 8 * i..56 + 8 * i].copy_from_slice(&s.len.to_le_bytes());
         }
+        b[80] = self.weight_layout;
         b
     }
 
@@ -217,6 +221,7 @@ impl LayerRecord {
             bias: section(56),
             multipliers: section(64),
             shifts: section(72),
+            weight_layout: b[80],
         }
     }
 }
@@ -394,7 +399,8 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Conv2d<'a>
         .checked_mul(rec.input.c as usize)
         .ok_or(Error::SizeOverflow)?;
     let channels = rec.output.c as usize;
-    let weights = section(payload, i, rec.weights, "weights", channels.checked_mul(taps).ok_or(Error::SizeOverflow)?)?;
+    let layout = weight_layout(i, rec, taps)?;
+    let weights = section(payload, i, rec.weights, "weights", layout.bytes(channels, taps).ok_or(Error::SizeOverflow)?)?;
     let weights = crate::types::as_i8(weights);
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * channels)?);
     check_accumulator(i, taps, bias)?;
@@ -408,6 +414,7 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Conv2d<'a>
         padding,
         input_zp: rec.input_zp,
         weights,
+        layout,
         bias,
         requant: requant(payload, i, rec, channels)?,
     })
@@ -440,7 +447,8 @@ fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<F
         return Err(Error::ShapeMismatch { layer: i, what: "fully-connected output must be 1x1xN" });
     }
     let output_len = rec.output.c as usize;
-    let weights = section(payload, i, rec.weights, "weights", output_len.checked_mul(input_len).ok_or(Error::SizeOverflow)?)?;
+    let layout = weight_layout(i, rec, input_len)?;
+    let weights = section(payload, i, rec.weights, "weights", layout.bytes(output_len, input_len).ok_or(Error::SizeOverflow)?)?;
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * output_len)?);
     check_accumulator(i, input_len, bias)?;
     Ok(FullyConnected {
@@ -448,6 +456,7 @@ fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<F
         output_len,
         input_zp: rec.input_zp,
         weights: crate::types::as_i8(weights),
+        layout,
         bias,
         requant: requant(payload, i, rec, output_len)?,
     })
@@ -471,6 +480,14 @@ fn softmax(i: u16, rec: &LayerRecord) -> Result<Softmax, Error> {
     }
     let depth = rec.input.c as usize;
     Ok(Softmax { rows: rec.input.len()? / depth.max(1), depth, input_multiplier: multiplier, input_left_shift: left_shift, diff_min })
+}
+
+fn weight_layout(i: u16, rec: &LayerRecord, taps: usize) -> Result<WeightLayout, Error> {
+    let layout = WeightLayout::from_code(rec.weight_layout).ok_or(Error::BadParameter { layer: i, what: "unknown weight layout" })?;
+    if layout.needs_quads() && taps % 4 != 0 {
+        return Err(Error::BadParameter { layer: i, what: "OC4 weight layouts need a multiple of 4 taps per channel" });
+    }
+    Ok(layout)
 }
 
 fn requant<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord, channels: usize) -> Result<Requant<'a>, Error> {

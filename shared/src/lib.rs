@@ -20,6 +20,7 @@
 #![no_std]
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod dsp;
 pub mod engine;
 pub mod error;
 pub mod fixedpoint;
@@ -30,4 +31,4 @@ pub mod types;
 pub use engine::{Engine, Inference, LayerHook, NoHook};
 pub use error::Error;
 pub use format::{Header, Layer, LayerRecord, Model, Op, Section};
-pub use types::{I32Le, Padding, Requant, Shape};
+pub use types::{I32Le, Padding, Requant, Shape, WeightLayout};

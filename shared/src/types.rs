@@ -155,3 +155,80 @@ pub fn as_u8(values: &[i8]) -> &[u8] {
     // SAFETY: u8 and i8 have identical size, alignment and validity.
     unsafe { core::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len()) }
 }
+
+/// Order of a conv or fully-connected weights section. Both hold the same int8 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WeightLayout {
+    /// `[out][taps]`: OHWI for conv, `[out, in]` for fully connected (TFLite's order).
+    Canonical = 0,
+    /// Groups of 4 output channels; within a group, for each quad of 4 taps, the 4 channels'
+    /// 4 bytes one after the other: `[out / 4][taps / 4][4 channels][4 taps]`. The last group is
+    /// padded with zero channels. One word load per channel and quad feeds two SMLADs.
+    Oc4Quads = 1,
+    /// The [`WeightLayout::Oc4Quads`] order pre-widened to i16 and paired for SMLAD: per group,
+    /// quad and channel two words, `(w0, w2)` and `(w1, w3)`. Twice the flash, no unpacking.
+    Oc4PairsI16 = 2,
+}
+
+impl WeightLayout {
+    pub fn from_code(code: u8) -> Option<WeightLayout> {
+        match code {
+            0 => Some(WeightLayout::Canonical),
+            1 => Some(WeightLayout::Oc4Quads),
+            2 => Some(WeightLayout::Oc4PairsI16),
+            _ => None,
+        }
+    }
+
+    /// Bytes of a weights section for `channels` x `taps` weights in this layout.
+    pub fn bytes(self, channels: usize, taps: usize) -> Option<usize> {
+        match self {
+            WeightLayout::Canonical => channels.checked_mul(taps),
+            WeightLayout::Oc4Quads => channels.div_ceil(4).checked_mul(4)?.checked_mul(taps),
+            WeightLayout::Oc4PairsI16 => channels.div_ceil(4).checked_mul(8)?.checked_mul(taps),
+        }
+    }
+
+    /// Store weight `(channel, tap)` into a section of this layout.
+    pub fn put(self, weights: &mut [i8], channel: usize, tap: usize, taps: usize, value: i8) {
+        let at = self.index(channel, tap, taps);
+        if self == WeightLayout::Oc4PairsI16 {
+            let [lo, hi] = (value as i16).to_le_bytes();
+            weights[at] = lo as i8;
+            weights[at + 1] = hi as i8;
+        } else {
+            weights[at] = value;
+        }
+    }
+
+    /// Whether the layout needs the taps per channel to be a multiple of 4.
+    pub fn needs_quads(self) -> bool {
+        self != WeightLayout::Canonical
+    }
+
+    /// Weight `(channel, tap)` of a section in this layout.
+    #[inline(always)]
+    pub fn weight(self, weights: &[i8], channel: usize, tap: usize, taps: usize) -> i32 {
+        match self {
+            WeightLayout::Oc4PairsI16 => {
+                let at = self.index(channel, tap, taps);
+                i16::from_le_bytes([weights[at] as u8, weights[at + 1] as u8]) as i32
+            }
+            _ => weights[self.index(channel, tap, taps)] as i32,
+        }
+    }
+
+    /// Byte index of weight `(channel, tap)` in a section of this layout (of its low byte for i16).
+    #[inline(always)]
+    pub fn index(self, channel: usize, tap: usize, taps: usize) -> usize {
+        match self {
+            WeightLayout::Canonical => channel * taps + tap,
+            WeightLayout::Oc4Quads => (((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 4 + tap % 4,
+            WeightLayout::Oc4PairsI16 => {
+                let j = tap % 4;
+                ((((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 2 + j % 2) * 4 + (j / 2) * 2
+            }
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //! (i64/i128 arithmetic, exact rational rounding), on random shapes and values.
 
 use lepton_nn::kernels::*;
-use lepton_nn::{I32Le, Padding, Requant, Shape};
+use lepton_nn::kernels::fast::*;
+use lepton_nn::{I32Le, Padding, Requant, Shape, WeightLayout};
 use proptest::prelude::*;
 
 /// Requantization written from its definition: floor((x*M + 2^30) / 2^31), then x / 2^r rounded
@@ -124,6 +125,7 @@ proptest! {
             padding: if c.same { Padding::Same } else { Padding::Valid },
             input_zp: c.in_zp,
             weights: &c.weights,
+            layout: WeightLayout::Canonical,
             bias: I32Le::new(&bias),
             requant: Requant { multipliers: I32Le::new(&mult), shifts: I32Le::new(&shift), output_zp: c.out_zp, act_min: c.act.0, act_max: c.act.1 },
         };
@@ -147,7 +149,7 @@ proptest! {
     ) {
         let (b, mu, sh) = (le(&bias), le(&mult), le(&shift));
         let p = FullyConnected {
-            input_len: n, output_len: m, input_zp: in_zp, weights: &weights, bias: I32Le::new(&b),
+            input_len: n, output_len: m, input_zp: in_zp, weights: &weights, layout: WeightLayout::Canonical, bias: I32Le::new(&b),
             requant: Requant { multipliers: I32Le::new(&mu), shifts: I32Le::new(&sh), output_zp: out_zp, act_min: act.0, act_max: act.1 },
         };
         let mut out = vec![0i8; m];
@@ -240,4 +242,184 @@ fn kernels_reject_wrong_buffer_sizes() {
     };
     let mut out = [0i8; 3];
     assert_eq!(max_pool_s8(&p, &[0; 16], &mut out, &mut []), Err(lepton_nn::Error::BufferSize { expected: 4, found: 3 }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimized kernels against the reference kernels (the oracle), bit for bit.
+
+/// Weights re-laid out in `layout`, in a word-aligned buffer as the model file guarantees.
+fn aligned_layout(values: &[i8], channels: usize, taps: usize, layout: WeightLayout) -> Vec<u32> {
+    let mut bytes = vec![0i8; layout.bytes(channels, taps).unwrap()];
+    for c in 0..channels {
+        for t in 0..taps {
+            layout.put(&mut bytes, c, t, taps, values[c * taps + t]);
+        }
+    }
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    bytes.chunks(4).map(|q| u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])).collect()
+}
+
+fn as_bytes(words: &[u32]) -> &[i8] {
+    // SAFETY: reading u32 storage as bytes is always valid.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<i8>(), words.len() * 4) }
+}
+
+fn oc4_layout() -> impl Strategy<Value = WeightLayout> {
+    prop_oneof![Just(WeightLayout::Oc4Quads), Just(WeightLayout::Oc4PairsI16)]
+}
+
+#[derive(Debug, Clone)]
+struct FastCase {
+    conv: ConvCase,
+    pool: (usize, usize),
+}
+
+/// Shapes the optimized conv kernels take: VALID, input channels a multiple of 4 (or exactly 1),
+/// right shifts only; a max-pool after it.
+fn fast_case(one_channel: bool) -> impl Strategy<Value = FastCase> {
+    let ci = if one_channel { Just(1usize).boxed() } else { prop_oneof![Just(4usize), Just(8), Just(12)].boxed() };
+    (3usize..=10, 3usize..=10, ci, 1usize..=9, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2, 1usize..=3)
+        .prop_filter("VALID conv and pool fit", |&(h, w, _, _, kh, kw, s, pk, ps)| {
+            kh <= h && kw <= w && (h - kh) / s + 1 >= pk && (w - kw) / s + 1 >= pk && ps >= 1
+        })
+        .prop_flat_map(|(h, w, ci, co, kh, kw, s, pk, ps)| {
+            (
+                Just((h, w, ci, co, (kh, kw), (s, s), false)),
+                -128i32..=127,
+                -128i32..=127,
+                act_range(),
+                prop::collection::vec(any::<i8>(), h * w * ci),
+                prop::collection::vec(any::<i8>(), co * kh * kw * ci),
+                prop::collection::vec(-100_000i32..=100_000, co),
+                prop::collection::vec(0i32..=i32::MAX, co),
+                prop::collection::vec(-20i32..=0, co),
+                Just((pk, ps)),
+            )
+        })
+        .prop_map(|((h, w, ci, co, k, s, same), in_zp, out_zp, act, input, weights, bias, mult, shift, pool)| FastCase {
+            conv: ConvCase { h, w, ci, co, k, s, same, in_zp, out_zp, act, input, weights, bias, mult, shift },
+            pool,
+        })
+}
+
+struct Built {
+    bias: Vec<u8>,
+    mult: Vec<u8>,
+    shift: Vec<u8>,
+    words: Vec<u32>,
+    len: usize,
+}
+
+fn build(c: &ConvCase, layout: WeightLayout) -> Built {
+    let taps = c.k.0 * c.k.1 * c.ci;
+    let len = layout.bytes(c.co, taps).unwrap();
+    Built { bias: le(&c.bias), mult: le(&c.mult), shift: le(&c.shift), words: aligned_layout(&c.weights, c.co, taps, layout), len }
+}
+
+fn conv_params<'a>(c: &ConvCase, b: &'a Built, layout: WeightLayout) -> Conv2d<'a> {
+    let (oh, _) = geometry(c.h, c.k.0, c.s.0, false);
+    let (ow, _) = geometry(c.w, c.k.1, c.s.1, false);
+    Conv2d {
+        input: Shape::new(c.h as u16, c.w as u16, c.ci as u16),
+        output: Shape::new(oh as u16, ow as u16, c.co as u16),
+        kernel_h: c.k.0 as u8, kernel_w: c.k.1 as u8, stride_h: c.s.0 as u8, stride_w: c.s.1 as u8,
+        padding: Padding::Valid,
+        input_zp: c.in_zp,
+        weights: &as_bytes(&b.words)[..b.len],
+        layout,
+        bias: I32Le::new(&b.bias),
+        requant: Requant { multipliers: I32Le::new(&b.mult), shifts: I32Le::new(&b.shift), output_zp: c.out_zp, act_min: c.act.0, act_max: c.act.1 },
+    }
+}
+
+fn pool_after(conv: &Conv2d, (k, s): (usize, usize), act: (i8, i8)) -> Pool {
+    let (h, w) = (conv.output.h as usize, conv.output.w as usize);
+    Pool {
+        input: conv.output,
+        output: Shape::new(((h - k) / s + 1) as u16, ((w - k) / s + 1) as u16, conv.output.c),
+        kernel_h: k as u8, kernel_w: k as u8, stride_h: s as u8, stride_w: s as u8,
+        padding: Padding::Valid, act_min: act.0, act_max: act.1,
+    }
+}
+
+/// Reference conv then reference max-pool.
+fn reference_conv_pool(conv: &Conv2d, pool: Option<&Pool>, input: &[i8]) -> Vec<i8> {
+    let mut out = vec![0i8; conv.output.len().unwrap()];
+    conv2d_s8(conv, input, &mut out, &mut []).unwrap();
+    match pool {
+        None => out,
+        Some(p) => {
+            let mut pooled = vec![0i8; p.output.len().unwrap()];
+            max_pool_s8(p, &out, &mut pooled, &mut []).unwrap();
+            pooled
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn fast_conv_matches_reference(f in fast_case(false), layout in oc4_layout()) {
+        let b = build(&f.conv, layout);
+        let p = conv_params(&f.conv, &b, layout);
+        prop_assert!(conv2d_s8_fast_supported(&p));
+        let mut out = vec![0i8; p.output.len().unwrap()];
+        let mut scratch = vec![0u8; conv2d_s8_fast_scratch_bytes(&p)];
+        conv2d_s8_fast(&p, &f.conv.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(out, reference_conv_pool(&p, None, &f.conv.input));
+    }
+
+    #[test]
+    fn fused_conv_maxpool_matches_reference(f in fast_case(false), pool_act in act_range(), layout in oc4_layout()) {
+        let b = build(&f.conv, layout);
+        let p = conv_params(&f.conv, &b, layout);
+        let pool = pool_after(&p, f.pool, pool_act);
+        prop_assert!(conv2d_maxpool_s8_fast_supported(&p, &pool));
+        let mut out = vec![0i8; pool.output.len().unwrap()];
+        let mut scratch = vec![0u8; conv2d_maxpool_s8_fast_scratch_bytes(&p, &pool)];
+        conv2d_maxpool_s8_fast(&p, &pool, &f.conv.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(out, reference_conv_pool(&p, Some(&pool), &f.conv.input));
+    }
+
+    #[test]
+    fn one_channel_conv_maxpool_matches_reference(f in fast_case(true), pool_act in act_range()) {
+        let b = build(&f.conv, WeightLayout::Canonical);
+        let p = conv_params(&f.conv, &b, WeightLayout::Canonical);
+        let pool = pool_after(&p, f.pool, pool_act);
+        prop_assert!(conv2d_c1_maxpool_s8_fast_supported(&p, &pool));
+        let mut out = vec![0i8; pool.output.len().unwrap()];
+        let mut scratch = vec![0u8; conv2d_c1_maxpool_s8_fast_scratch_bytes(&p, &pool)];
+        conv2d_c1_maxpool_s8_fast(&p, &pool, &f.conv.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(out, reference_conv_pool(&p, Some(&pool), &f.conv.input));
+    }
+
+    #[test]
+    fn fast_fully_connected_matches_reference(
+        (n, m, input, weights, bias, mult, shift) in (1usize..=40, 1usize..=13).prop_flat_map(|(n4, m)| (
+            Just(4 * n4), Just(m),
+            prop::collection::vec(any::<i8>(), 4 * n4),
+            prop::collection::vec(any::<i8>(), 4 * n4 * m),
+            prop::collection::vec(-1_000_000i32..=1_000_000, m),
+            prop::collection::vec(0i32..=i32::MAX, m),
+            prop::collection::vec(-31i32..=2, m),
+        )),
+        in_zp in -128i32..=127, out_zp in -128i32..=127, act in act_range(), layout in oc4_layout(),
+    ) {
+        let (b, mu, sh) = (le(&bias), le(&mult), le(&shift));
+        let words = aligned_layout(&weights, m, n, layout);
+        let requant = Requant { multipliers: I32Le::new(&mu), shifts: I32Le::new(&sh), output_zp: out_zp, act_min: act.0, act_max: act.1 };
+        let fast = FullyConnected { input_len: n, output_len: m, input_zp: in_zp, weights: as_bytes(&words), layout, bias: I32Le::new(&b), requant };
+        let reference = FullyConnected { weights: &weights, layout: WeightLayout::Canonical, ..fast };
+        prop_assert!(fully_connected_s8_fast_supported(&fast));
+        let (mut got, mut want) = (vec![0i8; m], vec![0i8; m]);
+        let mut scratch = vec![0u8; fully_connected_s8_fast_scratch_bytes(&fast)];
+        fully_connected_s8_fast(&fast, &input, &mut got, &mut scratch).unwrap();
+        fully_connected_s8(&reference, &input, &mut want, &mut []).unwrap();
+        // The re-laid-out weights through the reference kernel give the same result too.
+        let mut relaid = vec![0i8; m];
+        fully_connected_s8(&fast, &input, &mut relaid, &mut []).unwrap();
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(relaid, want);
+    }
 }

@@ -1,7 +1,7 @@
 //! Convolution, int8 activations, per-output-channel int8 weights (OHWI), int32 bias.
 
 use super::window;
-use crate::types::{expect_len, I32Le, Padding, Requant, Shape};
+use crate::types::{expect_len, I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -14,8 +14,9 @@ pub struct Conv2d<'a> {
     pub stride_w: u8,
     pub padding: Padding,
     pub input_zp: i32,
-    /// `[output.c, kernel_h, kernel_w, input.c]`, symmetric (zero point 0).
+    /// Symmetric (zero point 0), `[output.c, kernel_h, kernel_w, input.c]` in `layout`'s order.
     pub weights: &'a [i8],
+    pub layout: WeightLayout,
     pub bias: I32Le<'a>,
     pub requant: Requant<'a>,
 }
@@ -32,7 +33,8 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
     let (sh, sw) = (p.stride_h as usize, p.stride_w as usize);
     expect_len(input.len(), p.input.len()?)?;
     expect_len(output.len(), p.output.len()?)?;
-    expect_len(p.weights.len(), oc * kh * kw * ic)?;
+    let taps = kh * kw * ic;
+    expect_len(p.weights.len(), p.layout.bytes(oc, taps).unwrap_or(usize::MAX))?;
     expect_len(p.bias.len(), oc)?;
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
@@ -42,16 +44,16 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
         for ox in 0..ow {
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-            for (c, filter) in p.weights.chunks_exact(kh * kw * ic).enumerate() {
+            for c in 0..oc {
                 let mut acc = 0i32;
                 for ky in ky0..ky1 {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
                         let pixel = &input[(iy * iw + ix) * ic..][..ic];
-                        let taps = &filter[(ky * kw + kx) * ic..][..ic];
-                        for (&x, &w) in pixel.iter().zip(taps) {
-                            acc += w as i32 * (x as i32 - p.input_zp);
+                        for (i, &x) in pixel.iter().enumerate() {
+                            let w = p.layout.weight(p.weights, c, (ky * kw + kx) * ic + i, taps);
+                            acc += w * (x as i32 - p.input_zp);
                         }
                     }
                 }

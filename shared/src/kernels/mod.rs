@@ -7,6 +7,7 @@
 pub mod argmax;
 pub mod avg_pool;
 pub mod conv2d;
+pub mod fast;
 pub mod fully_connected;
 pub mod max_pool;
 pub mod softmax;

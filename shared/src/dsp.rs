@@ -1,0 +1,100 @@
+//! The Cortex-M4 DSP instructions the optimized kernels are built on, through stable
+//! `core::arch::asm!` on the device and bit-exact portable Rust everywhere else, so the host
+//! runs (and tests) exactly the same kernel code.
+
+/// Pack two i16 into a word: `lo` in bits 0..16, `hi` in bits 16..32.
+#[inline(always)]
+pub fn pack16(lo: i32, hi: i32) -> u32 {
+    (lo as u16 as u32) | ((hi as u16 as u32) << 16)
+}
+
+/// `SMLAD acc, a, b`: `acc + a.lo * b.lo + a.hi * b.hi` (signed 16x16 products).
+#[inline(always)]
+pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: i32;
+        // SAFETY: pure register arithmetic. Not `preserves_flags`: SMLAD may set Q.
+        unsafe { core::arch::asm!("smlad {o}, {a}, {b}, {c}", o = lateout(reg) out, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        let (al, ah) = (a as u16 as i16 as i32, (a >> 16) as u16 as i16 as i32);
+        let (bl, bh) = (b as u16 as i16 as i32, (b >> 16) as u16 as i16 as i32);
+        acc.wrapping_add(al * bl).wrapping_add(ah * bh)
+    }
+}
+
+/// `SXTB16 x`: bytes 0 and 2 of `x`, sign-extended into the low and high halfwords.
+#[inline(always)]
+pub fn sxtb16(x: u32) -> u32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: u32;
+        // SAFETY: pure register arithmetic.
+        unsafe { core::arch::asm!("sxtb16 {o}, {x}", o = lateout(reg) out, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        pack16(x as u8 as i8 as i32, (x >> 16) as u8 as i8 as i32)
+    }
+}
+
+/// `SXTB16 x, ROR #8`: bytes 1 and 3 of `x`, sign-extended into the low and high halfwords.
+#[inline(always)]
+pub fn sxtb16_ror8(x: u32) -> u32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: u32;
+        // SAFETY: pure register arithmetic.
+        unsafe { core::arch::asm!("sxtb16 {o}, {x}, ror #8", o = lateout(reg) out, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        pack16((x >> 8) as u8 as i8 as i32, (x >> 24) as u8 as i8 as i32)
+    }
+}
+
+/// `SSUB16 a, b`: halfword-wise `a - b` (wrapping).
+#[inline(always)]
+pub fn ssub16(a: u32, b: u32) -> u32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: u32;
+        // SAFETY: pure register arithmetic. SSUB16 sets the GE flags, not the condition flags.
+        unsafe { core::arch::asm!("ssub16 {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        let lo = (a as u16 as i16).wrapping_sub(b as u16 as i16);
+        let hi = ((a >> 16) as u16 as i16).wrapping_sub((b >> 16) as u16 as i16);
+        pack16(lo as i32, hi as i32)
+    }
+}
+
+/// Four int8 inputs `x0..x3` (one little-endian word) minus a zero point, as the two i16 pairs
+/// SMLAD consumes against [`sxtb16`] / [`sxtb16_ror8`] of a weight word: `(x0, x2)`, `(x1, x3)`.
+#[inline(always)]
+pub fn widen_quad(word: u32, zp_pair: u32) -> (u32, u32) {
+    (ssub16(sxtb16(word), zp_pair), ssub16(sxtb16_ror8(word), zp_pair))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn portable_semantics() {
+        assert_eq!(smlad(pack16(-3, 4), pack16(5, -6), 10), 10 - 15 - 24);
+        assert_eq!(sxtb16(0x80_11_7F_22), pack16(0x22, 0x11));
+        assert_eq!(sxtb16(0x01_80_02_FF), pack16(-1, -128));
+        assert_eq!(sxtb16_ror8(0x80_11_7F_22), pack16(0x7F, -128));
+        assert_eq!(ssub16(pack16(-128, 127), pack16(127, -128)), pack16(-255, 255));
+        let (a, b) = widen_quad(u32::from_le_bytes([1, 2, 3, 0x80]), pack16(-128, -128));
+        assert_eq!((a, b), (pack16(129, 131), pack16(130, 0)));
+    }
+}
