@@ -153,7 +153,7 @@ fn run() -> i32 {
         let mut timer = LayerTimer { started: 0, per_layer: [0; MAX_LAYERS] };
         counter::icount_start();
         let t0 = counter::now();
-        let result = engine.run(&input[..input_len], arena, &mut timer);
+        let result = infer(&engine, &input[..input_len], arena, &mut timer);
         let instructions = counter::now().wrapping_sub(t0);
         counter::icount_stop();
         let result = match result {
@@ -182,6 +182,13 @@ fn run() -> i32 {
 }
 
 static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
+
+/// One inference. Kept out of line so the inference code (everything `lepton-nn` inlines into
+/// it) is one symbol whose size `cargo xtask bench` reports.
+#[inline(never)]
+fn infer<'a>(engine: &Engine, input: &[i8], arena: &'a mut [u8], timer: &mut LayerTimer) -> Result<lepton_nn::Inference<'a>, lepton_nn::Error> {
+    engine.run(input, arena, timer)
+}
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

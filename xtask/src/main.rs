@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod firmware;
 mod qemu;
@@ -23,6 +24,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Benchmark the firmware on QEMU: instructions per layer and per inference, RAM, stack, code, model bytes.
+    Bench {
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// Images to average over (counts vary by a few instructions with the data).
+        #[arg(long, default_value_t = 20)]
+        images: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The main job, end to end on the QEMU board: data, train, quantize, judge, firmware, device run.
     Demo {
         /// Reuse the committed model (models/mnist-cnn) instead of training (saves ~4 minutes).
@@ -67,6 +78,10 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { args } => test(&args),
+        Cmd::Bench { model, images, json } => {
+            let elf = firmware::build(&[])?;
+            bench::bench(&root().join(model), images, &elf, json).map(|_| ())
+        }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
         Cmd::Qemu { model, images, json, skip_host_check } => {
             let elf = firmware::build(&[])?;
