@@ -20,7 +20,7 @@ fn device_is_bit_exact_with_the_host_on_all_test_images() {
     let ipi = &r["instructions_per_inference"];
     assert!(ipi["min"].as_u64().unwrap() > 1_000_000, "an inference of 2.8 M MACs cannot take fewer instructions: {r}");
     assert!(r["stack_peak_bytes"].as_u64().unwrap() > 0 && r["stack_peak_bytes"].as_u64().unwrap() < 16 * 1024, "{r}");
-    assert_eq!(r["arena_bytes"], 27_040);
+    assert_eq!(r["arena_bytes"], 9_315);
     assert_eq!(r["flash_model_bytes"].as_u64().unwrap(), std::fs::metadata(root.join("models/mnist-cnn/int8.lpk")).unwrap().len());
 }
 

@@ -73,10 +73,14 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// The cost table of a Lepton model: per layer op, shapes, parameters, MACs, bytes, arena.
+    /// The cost table of a Lepton model: per layer op, shapes, parameters, MACs, bytes, arena,
+    /// and device instructions when `cargo xtask bench` has measured them.
     Report {
         #[arg(long)]
         model: PathBuf,
+        /// Bench results (default: MODEL.bench.json beside the model, written by `cargo xtask bench`).
+        #[arg(long)]
+        bench: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -159,9 +163,14 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
             lepton::flash::flash(&chip, lepton::flash::parse_address(&address)?, &bytes)
         }
-        Command::Report { model, json } => {
+        Command::Report { model, json, bench } => {
             let blob = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
-            let report = lepton::report::report(&blob).with_context(|| model.display().to_string())?;
+            let mut report = lepton::report::report(&blob).with_context(|| model.display().to_string())?;
+            let bench_path = bench.unwrap_or_else(|| model.with_extension("lpk.bench.json"));
+            if let Ok(text) = fs::read_to_string(&bench_path) {
+                let bench: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", bench_path.display()))?;
+                report = report.with_bench(&bench);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -91,7 +91,8 @@ fn small_training_run_quantizes_and_evaluates() {
     let report: serde_json::Value = serde_json::from_str(&ok(lepton(&["report", "--model", s(&lpk), "--json"]))).unwrap();
     assert_eq!(report["macs"], 2_794_240);
     assert_eq!(report["parameters"], 93_322);
-    assert_eq!(report["arena_bytes"], 27_040);
+    assert_eq!(report["arena_bytes"], 9_315);
+    assert_eq!(report["weight_layouts"], serde_json::json!(["canonical", "i16"]));
 }
 
 #[test]
