@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_train;
 mod demo;
 mod firmware;
 mod qemu;
@@ -24,6 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Seconds per training epoch: `lepton train` and, when TensorFlow is installed, the seed's Keras script.
+    BenchTrain {
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+    },
     /// Benchmark the firmware on QEMU: instructions per layer and per inference, RAM, stack, code, model bytes.
     Bench {
         #[arg(long, default_value = DEFAULT_MODEL)]
@@ -78,6 +84,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { args } => test(&args),
+        Cmd::BenchTrain { epochs } => bench_train::bench_train(epochs),
         Cmd::Bench { model, images, json } => {
             let elf = firmware::build(&[])?;
             bench::bench(&root().join(model), images, &elf, json).map(|_| ())
