@@ -9,6 +9,7 @@ pub mod flash;
 pub mod float;
 pub mod import_tflite;
 pub mod pipeline;
+pub mod onnx;
 pub mod progress;
 pub mod qemu;
 pub mod qmodel;

@@ -84,6 +84,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export the trained float model as ONNX (opset 13).
+    ExportOnnx {
+        /// The float model directory written by `lepton train`.
+        #[arg(long = "float")]
+        float_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a model into a board's model partition with a debug probe (probe-rs).
     Flash {
         /// probe-rs target name.
@@ -99,7 +107,7 @@ enum Command {
     Eval {
         #[arg(long)]
         model: PathBuf,
-        /// The float model to compare with (a `lepton train` directory).
+        /// The float model to compare with: a `lepton train` directory (burn) or an .onnx file (tract).
         #[arg(long = "float")]
         float_model: Option<PathBuf>,
         /// Data directory (default: the cache used by `lepton data`).
@@ -157,6 +165,12 @@ fn run(cli: Cli) -> Result<()> {
             let blob = lepton::pipeline::quantize(&float_dir, data.as_deref(), calibration)?.to_lpk_with(weights)?;
             write_atomically(&out, &blob)?;
             eprintln!("wrote {} ({} bytes)", out.display(), blob.len());
+            Ok(())
+        }
+        Command::ExportOnnx { float_dir, out } => {
+            let bytes = lepton::pipeline::export_onnx(&float_dir)?;
+            write_atomically(&out, &bytes)?;
+            eprintln!("wrote {} ({} bytes, ONNX opset {})", out.display(), bytes.len(), lepton::onnx::OPSET);
             Ok(())
         }
         Command::Flash { chip, model, address } => {

@@ -147,3 +147,28 @@ fn bad_input_gives_clear_errors() {
     assert!(e.contains("holds no images"), "{e}");
     assert!(data::load_part(Some(&empty), Part::Test).is_err());
 }
+
+/// The exported ONNX model, run by tract, against burn on all 10,000 test images: the same class
+/// on every image and logits within 1e-4.
+#[test]
+fn exported_onnx_matches_burn_on_all_test_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("mnist.onnx");
+    ok(lepton(&["export-onnx", "--float", "models/mnist-cnn", "--out", s(&onnx)]));
+    let test = data::load_part(None, Part::Test).unwrap();
+    let from_tract = lepton::onnx::float_logits(&onnx, &test).unwrap();
+    let from_burn = lepton::pipeline::float_logits(&root().join("models/mnist-cnn"), &test).unwrap();
+    assert_eq!(from_tract.len(), 10_000);
+    let mut max_diff = 0f32;
+    for (i, (t, b)) in from_tract.iter().zip(&from_burn).enumerate() {
+        assert_eq!(lepton::float::infer::argmax(t), lepton::float::infer::argmax(b), "image {i}: {t:?} vs {b:?}");
+        for (x, y) in t.iter().zip(b) {
+            max_diff = max_diff.max((x - y).abs());
+        }
+    }
+    assert!(max_diff <= 1e-4, "largest logit difference {max_diff}");
+    // `lepton eval --float FILE.onnx` uses tract as the float reference.
+    let r: serde_json::Value =
+        serde_json::from_str(&ok(lepton(&["eval", "--model", "models/mnist-cnn/int8.lpk", "--float", s(&onnx), "--json", "--images", "500"]))).unwrap();
+    assert!(r["agreement"].as_f64().unwrap() >= 0.99, "{r}");
+}
