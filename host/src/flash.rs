@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn addresses_parse() {
         assert_eq!(parse_address("0x080C0000").unwrap(), 0x080C_0000);
-        assert_eq!(parse_address("134479872").unwrap(), 0x080C_0000);
+        assert_eq!(parse_address("135004160").unwrap(), 0x080C_0000);
         assert!(parse_address("zz").is_err());
     }
 }

@@ -106,8 +106,9 @@ mod tests {
         let q = activation_qparams(0.5, 2.0);
         assert_eq!(q.zero_point, -128);
         assert!((q.scale - 2.0 / 255.0).abs() < 1e-9);
+        // Symmetric range: the real zero point -0.5 rounds half away from zero, as TfLiteRound does.
         let q = activation_qparams(-1.0, 1.0);
-        assert_eq!(q.zero_point, 0);
+        assert_eq!(q.zero_point, -1);
     }
 
     #[test]
