@@ -7,6 +7,7 @@ pub mod data;
 pub mod eval;
 pub mod flash;
 pub mod float;
+pub mod import_onnx;
 pub mod import_tflite;
 pub mod pipeline;
 pub mod onnx;

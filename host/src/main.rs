@@ -22,10 +22,17 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Convert a TFLite full-integer (int8) model into a Lepton model (.lpk).
+    /// Convert a TFLite full-integer model, or a float ONNX CNN (calibrated and quantized), into a
+    /// Lepton model (.lpk).
     Import {
-        /// The .tflite file.
+        /// The .tflite or .onnx file.
         model: PathBuf,
+        /// Data directory for ONNX calibration (default: the cache used by `lepton data`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Training images used to calibrate an ONNX model's activation ranges.
+        #[arg(long, default_value_t = 1000)]
+        calibration: usize,
         /// Where to write the Lepton model.
         #[arg(long)]
         out: PathBuf,
@@ -139,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
-        Command::Import { model, out, weights } => import(&model, &out, weights),
+        Command::Import { model, out, weights, data, calibration } => import(&model, &out, weights, data.as_deref(), calibration),
         Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size } => {
             let dir = data::ensure(data.as_deref())?;
             let mut train = data::load(&dir, Part::Train)?;
@@ -198,11 +205,15 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn import(model: &Path, out: &Path, weights: lepton::qmodel::Packing) -> Result<()> {
+fn import(model: &Path, out: &Path, weights: lepton::qmodel::Packing, data_dir: Option<&Path>, calibration: usize) -> Result<()> {
     let bytes = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let qmodel = match model.extension().and_then(|e| e.to_str()) {
         Some("tflite") => lepton::import_tflite::import_tflite(&bytes),
-        _ => bail!("{}: unknown model type (expected a .tflite file)", model.display()),
+        Some("onnx") => {
+            let train = data::load_part(data_dir, Part::Train)?;
+            lepton::import_onnx::import_onnx(model, &train, calibration)
+        }
+        _ => bail!("{}: unknown model type (expected a .tflite or .onnx file)", model.display()),
     }
     .with_context(|| format!("importing {}", model.display()))?;
     let blob = qmodel.to_lpk_with(weights)?;

@@ -51,47 +51,146 @@ pub fn oihw_to_ohwi(w: &[f32], o: usize, i: usize, h: usize, k: usize) -> Vec<f3
     out
 }
 
-/// Quantize the seed CNN given its 7 calibrated activation ranges (see `float::calibrate`).
-/// The model ends with a softmax (beta 1) so the device can report a confidence.
+/// A float layer to quantize (weights as exported by burn or read from ONNX).
+#[derive(Clone, Debug)]
+pub struct FloatLayer {
+    pub op: FloatOp,
+    /// Name of the tensor this layer produces (after a fused ReLU), for calibration.
+    pub output_name: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum FloatOp {
+    Conv { weights_oihw: Vec<f32>, bias: Vec<f32>, in_c: usize, out_c: usize, kernel: (usize, usize), stride: (usize, usize), padding: Padding, relu: bool },
+    Pool { max: bool, kernel: (usize, usize), stride: (usize, usize) },
+    /// Flatten to a vector. `chw = Some((c, h, w))` when the source flattened in NCHW order: the
+    /// next dense layer's inputs are then permuted to the engine's NHWC order.
+    Flatten { chw: Option<(usize, usize, usize)> },
+    Dense { weights_out_in: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize, relu: bool },
+    Softmax,
+}
+
+fn window(kernel: (usize, usize), stride: (usize, usize), padding: Padding) -> Result<Window> {
+    let b = |x: usize| u8::try_from(x).map_err(|_| anyhow::anyhow!("kernel or stride {x} larger than 255"));
+    Ok(Window { kernel_h: b(kernel.0)?, kernel_w: b(kernel.1)?, stride_h: b(stride.0)?, stride_w: b(stride.1)?, padding })
+}
+
+fn relu(on: bool) -> Activation {
+    if on {
+        Activation::Relu
+    } else {
+        Activation::None
+    }
+}
+
+/// Quantize a sequence of float layers on a 28x28x1 input in [0, 1]. `ranges` holds the
+/// calibrated `(min, max)` of every conv and dense output, in order. Pools and reshapes keep
+/// their input's parameters (as TFLite does); a softmax outputs scale 1/256, zero point -128.
+pub fn quantize_sequence(layers: &[FloatLayer], ranges: &[(f32, f32)]) -> Result<QModel> {
+    let input = QParams { scale: 1.0 / 255.0, zero_point: -128 };
+    let (mut shape, mut q) = (Shape::new(28, 28, 1), input);
+    let mut ranges = ranges.iter();
+    let mut permute: Option<(usize, usize, usize)> = None;
+    let mut out = Vec::new();
+    let dim = |x: usize| u16::try_from(x).map_err(|_| anyhow::anyhow!("dimension {x} too large"));
+    for layer in layers {
+        let (op, next_shape, next_q) = match &layer.op {
+            FloatOp::Conv { weights_oihw, bias, in_c, out_c, kernel, stride, padding, relu: r } => {
+                ensure!(*in_c == shape.c as usize, "conv expects {in_c} channels, got {}", shape.c);
+                let w = oihw_to_ohwi(weights_oihw, *out_c, *in_c, kernel.0, kernel.1);
+                let &(lo, hi) = ranges.next().ok_or_else(|| anyhow::anyhow!("missing calibration range"))?;
+                let oq = activation_qparams(lo, hi);
+                let oh = padding.output_size(shape.h as usize, kernel.0, stride.0).ok_or_else(|| anyhow::anyhow!("conv kernel larger than input"))?;
+                let ow = padding.output_size(shape.w as usize, kernel.1, stride.1).ok_or_else(|| anyhow::anyhow!("conv kernel larger than input"))?;
+                let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels(&w, *out_c, bias, q.scale), activation: relu(*r) };
+                (op, Shape::new(dim(oh)?, dim(ow)?, dim(*out_c)?), oq)
+            }
+            FloatOp::Pool { max, kernel, stride } => {
+                let w = window(*kernel, *stride, Padding::Valid)?;
+                let oh = Padding::Valid.output_size(shape.h as usize, kernel.0, stride.0).ok_or_else(|| anyhow::anyhow!("pool larger than input"))?;
+                let ow = Padding::Valid.output_size(shape.w as usize, kernel.1, stride.1).ok_or_else(|| anyhow::anyhow!("pool larger than input"))?;
+                let op = if *max { QOp::MaxPool2d { window: w, activation: Activation::None } } else { QOp::AvgPool2d { window: w, activation: Activation::None } };
+                (op, Shape::new(dim(oh)?, dim(ow)?, shape.c), q)
+            }
+            FloatOp::Flatten { chw } => {
+                permute = *chw;
+                (QOp::Reshape, Shape::new(1, 1, dim(shape.len()?)?), q)
+            }
+            FloatOp::Dense { weights_out_in, bias, inputs, outputs, relu: r } => {
+                ensure!(*inputs == shape.len()?, "dense expects {inputs} inputs, got {}", shape.len()?);
+                let w = match permute.take() {
+                    Some((c, h, wd)) => nchw_columns_to_nhwc(weights_out_in, *outputs, c, h, wd),
+                    None => weights_out_in.clone(),
+                };
+                let &(lo, hi) = ranges.next().ok_or_else(|| anyhow::anyhow!("missing calibration range"))?;
+                let op = QOp::FullyConnected { weights: quantize_channels(&w, *outputs, bias, q.scale), activation: relu(*r) };
+                (op, Shape::new(1, 1, dim(*outputs)?), activation_qparams(lo, hi))
+            }
+            FloatOp::Softmax => (QOp::Softmax { beta: 1.0 }, shape, QParams { scale: 1.0 / 256.0, zero_point: -128 }),
+        };
+        out.push(QLayer { op, output_shape: next_shape, output: next_q });
+        (shape, q) = (next_shape, next_q);
+    }
+    Ok(QModel { input_shape: Shape::new(28, 28, 1), input, layers: out })
+}
+
+/// Dense weights `[out][c*h*w]` reading an NCHW-flattened input, re-indexed to read an
+/// NHWC-flattened one.
+fn nchw_columns_to_nhwc(w: &[f32], outputs: usize, c: usize, h: usize, wd: usize) -> Vec<f32> {
+    let inputs = c * h * wd;
+    let mut out = vec![0.0; w.len()];
+    for o in 0..outputs {
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..wd {
+                    out[o * inputs + (y * wd + x) * c + ch] = w[o * inputs + (ch * h + y) * wd + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The seed CNN as a layer sequence (burn flattens in NHWC order, like Keras).
+pub fn cnn_layers(cnn: &FloatCnn) -> Vec<FloatLayer> {
+    let mut layers = Vec::new();
+    for (i, c) in cnn.convs.iter().enumerate() {
+        layers.push(FloatLayer {
+            op: FloatOp::Conv {
+                weights_oihw: c.weights_oihw.clone(),
+                bias: c.bias.clone(),
+                in_c: c.in_c,
+                out_c: c.out_c,
+                kernel: (c.kernel, c.kernel),
+                stride: (1, 1),
+                padding: Padding::Valid,
+                relu: true,
+            },
+            output_name: format!("relu{}", i + 1),
+        });
+        if i < 2 {
+            layers.push(FloatLayer { op: FloatOp::Pool { max: true, kernel: (2, 2), stride: (2, 2) }, output_name: format!("pool{}", i + 1) });
+        }
+    }
+    layers.push(FloatLayer { op: FloatOp::Flatten { chw: None }, output_name: "flat".into() });
+    for (i, d) in cnn.dense.iter().enumerate() {
+        let relu = i + 1 < cnn.dense.len();
+        layers.push(FloatLayer {
+            op: FloatOp::Dense { weights_out_in: d.weights_out_in.clone(), bias: d.bias.clone(), inputs: d.inputs, outputs: d.outputs, relu },
+            output_name: format!("fc{}", i + 1),
+        });
+    }
+    layers.push(FloatLayer { op: FloatOp::Softmax, output_name: "softmax".into() });
+    layers
+}
+
+/// Quantize the seed CNN given its 7 calibrated activation ranges (conv1, pool1, conv2, pool2,
+/// conv3, fc1, logits; see `float::calibrate`). The model ends with a softmax (beta 1) so the
+/// device can report a confidence. Pools share their conv's parameters, so the pool ranges only
+/// confirm them.
 pub fn quantize_cnn(cnn: &FloatCnn, ranges: &[(f32, f32)]) -> Result<QModel> {
     ensure!(cnn.convs.len() == 3 && cnn.dense.len() == 2 && ranges.len() == 7, "not the seed CNN");
-    let input = QParams { scale: 1.0 / 255.0, zero_point: -128 };
-    let q: Vec<QParams> = ranges.iter().map(|&(lo, hi)| activation_qparams(lo, hi)).collect();
-    // Pools keep their input's parameters (TFLite does the same), so conv outputs use the range
-    // seen before pooling; the pool ranges only confirm it.
-    let (c1, c2, c3, h, logits) = (q[0], q[2], q[4], q[5], q[6]);
-    let conv_window = Window { kernel_h: 3, kernel_w: 3, stride_h: 1, stride_w: 1, padding: Padding::Valid };
-    let pool_window = Window { kernel_h: 2, kernel_w: 2, stride_h: 2, stride_w: 2, padding: Padding::Valid };
-    let conv = |k: usize, in_q: QParams, out_q: QParams, out_shape: Shape| {
-        let p = &cnn.convs[k];
-        let w = oihw_to_ohwi(&p.weights_oihw, p.out_c, p.in_c, p.kernel, p.kernel);
-        QLayer {
-            op: QOp::Conv2d { window: conv_window, weights: quantize_channels(&w, p.out_c, &p.bias, in_q.scale), activation: Activation::Relu },
-            output_shape: out_shape,
-            output: out_q,
-        }
-    };
-    let dense = |k: usize, in_q: QParams, out_q: QParams, activation: Activation| {
-        let p = &cnn.dense[k];
-        QLayer {
-            op: QOp::FullyConnected { weights: quantize_channels(&p.weights_out_in, p.outputs, &p.bias, in_q.scale), activation },
-            output_shape: Shape::new(1, 1, p.outputs as u16),
-            output: out_q,
-        }
-    };
-    let pool = |shape: Shape, q: QParams| QLayer { op: QOp::MaxPool2d { window: pool_window, activation: Activation::None }, output_shape: shape, output: q };
-    let layers = vec![
-        conv(0, input, c1, Shape::new(26, 26, 32)),
-        pool(Shape::new(13, 13, 32), c1),
-        conv(1, c1, c2, Shape::new(11, 11, 64)),
-        pool(Shape::new(5, 5, 64), c2),
-        conv(2, c2, c3, Shape::new(3, 3, 64)),
-        QLayer { op: QOp::Reshape, output_shape: Shape::new(1, 1, 576), output: c3 },
-        dense(0, c3, h, Activation::Relu),
-        dense(1, h, logits, Activation::None),
-        QLayer { op: QOp::Softmax { beta: 1.0 }, output_shape: Shape::new(1, 1, 10), output: QParams { scale: 1.0 / 256.0, zero_point: -128 } },
-    ];
-    Ok(QModel { input_shape: Shape::new(28, 28, 1), input, layers })
+    quantize_sequence(&cnn_layers(cnn), &[ranges[0], ranges[2], ranges[4], ranges[5], ranges[6]])
 }
 
 #[cfg(test)]
