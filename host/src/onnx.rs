@@ -122,14 +122,33 @@ pub fn export(cnn: &FloatCnn) -> Result<Vec<u8>> {
     Ok(model.encode_to_vec())
 }
 
-/// Float logits of every image of `split` with tract running the ONNX model at `path`
-/// (input `[1, 1, 28, 28]` in [0, 1], NCHW).
+/// Float logits of every image of `split` with tract running the ONNX model at `path` (images
+/// in [0, 1], NCHW `[1, 1, 28, 28]` or NHWC `[1, 28, 28, 1]` as the model's input says). When
+/// the graph ends with a Softmax, its input (the logits) is read instead of the probabilities.
 pub fn float_logits(path: &Path, split: &Split) -> Result<Vec<Vec<f32>>> {
-    let model = tract_onnx::onnx()
-        .model_for_path(path)
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let proto = ModelProto::decode(&bytes[..]).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
+    let graph = proto.graph.context("ONNX model has no graph")?;
+    let logits = graph.node.last().filter(|n| n.op_type == "Softmax").and_then(|n| n.input.first().cloned());
+    let nhwc = graph
+        .input
+        .iter()
+        .find(|i| !graph.initializer.iter().any(|t| t.name == i.name))
+        .and_then(|i| match i.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(t) => t.shape.as_ref()?.dim.last().cloned(),
+        })
+        .is_some_and(|d| d.value == Some(tensor_shape_proto::dimension::Value::DimValue(1)));
+    let shape: [usize; 4] = if nhwc { [1, 28, 28, 1] } else { [1, 1, 28, 28] };
+    let mut model = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
         .map_err(|e| anyhow!("{e:?}"))
-        .with_context(|| format!("loading {} with tract-onnx", path.display()))?
-        .with_input_fact(0, f32::fact([1usize, 1, 28, 28]).into())
+        .with_context(|| format!("loading {} with tract-onnx", path.display()))?;
+    if let Some(name) = logits {
+        let outlet = model.find_outlet_label(&name).with_context(|| format!("tensor {name} not found by tract"))?;
+        model = model.with_output_outlets(&[outlet]).map_err(|e| anyhow!("{e:?}"))?;
+    }
+    let model = model
+        .with_input_fact(0, f32::fact(shape).into())
         .map_err(|e| anyhow!("{e:?}"))?
         .into_optimized()
         .map_err(|e| anyhow!("{e:?}"))?
@@ -139,7 +158,7 @@ pub fn float_logits(path: &Path, split: &Split) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(split.len());
     for i in 0..split.len() {
         let pixels: Vec<f32> = split.image(i).iter().map(|&p| p as f32 / 255.0).collect();
-        let input = Tensor::from_shape(&[1, 1, 28, 28], &pixels).map_err(|e| anyhow!("{e:?}"))?;
+        let input = Tensor::from_shape(&shape, &pixels).map_err(|e| anyhow!("{e:?}"))?;
         let result = model.run(tvec!(input.into())).map_err(|e| anyhow!("{e:?}"))?;
         let view = result[0].to_plain_array_view::<f32>().map_err(|e| anyhow!("{e:?}"))?;
         out.push(view.iter().copied().collect());
