@@ -86,12 +86,24 @@ pub fn symbol_bytes(elf: &[u8], filter: impl Fn(&str) -> bool) -> Result<u64> {
 /// Run `elf` on QEMU with `model` in the model partition over `images` (each `image_len` bytes),
 /// split across `jobs` parallel QEMU instances. Results come back in image order.
 pub fn run(elf: &Path, model: &[u8], images: &[u8], image_len: usize, jobs: usize) -> Result<DeviceRun> {
+    run_with(elf, Some(model), images, image_len, jobs)
+}
+
+/// [`run`], with `model = None` for a firmware that embeds its model (nothing is loaded into the
+/// partition).
+pub fn run_with(elf: &Path, model: Option<&[u8]>, images: &[u8], image_len: usize, jobs: usize) -> Result<DeviceRun> {
     ensure!(image_len > 0 && images.len() % image_len == 0, "images are not a whole number of {image_len}-byte images");
-    ensure!(model.len() <= MODEL_PARTITION_BYTES, "model is {} bytes; the partition holds {MODEL_PARTITION_BYTES}", model.len());
     let qemu = qemu_binary()?;
     let work = tempfile::tempdir()?;
-    let model_path = work.path().join("model.lpk");
-    std::fs::write(&model_path, model)?;
+    let model_path = match model {
+        Some(model) => {
+            ensure!(model.len() <= MODEL_PARTITION_BYTES, "model is {} bytes; the partition holds {MODEL_PARTITION_BYTES}", model.len());
+            let path = work.path().join("model.lpk");
+            std::fs::write(&path, model)?;
+            Some(path)
+        }
+        None => None,
+    };
     let count = images.len() / image_len;
     let jobs = jobs.clamp(1, count.max(1));
     let per_job = count.div_ceil(jobs);
@@ -100,7 +112,7 @@ pub fn run(elf: &Path, model: &[u8], images: &[u8], image_len: usize, jobs: usiz
         let handles: Vec<_> = (0..jobs)
             .map(|j| {
                 let chunk = &images[(j * per_job * image_len).min(images.len())..((j + 1) * per_job * image_len).min(images.len())];
-                let (qemu, work, model_path) = (&qemu, work.path(), &model_path);
+                let (qemu, work, model_path) = (&qemu, work.path(), model_path.as_deref());
                 s.spawn(move || run_one(qemu, elf, model_path, chunk, image_len, &work.join(format!("job{j}"))))
             })
             .collect();
@@ -118,7 +130,7 @@ pub fn run(elf: &Path, model: &[u8], images: &[u8], image_len: usize, jobs: usiz
     Ok(total)
 }
 
-fn run_one(qemu: &Path, elf: &Path, model: &Path, images: &[u8], image_len: usize, dir: &Path) -> Result<DeviceRun> {
+fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, images: &[u8], image_len: usize, dir: &Path) -> Result<DeviceRun> {
     std::fs::create_dir_all(dir)?;
     let images_path = dir.join("images.bin");
     let results_path = dir.join("results.bin");
@@ -129,7 +141,9 @@ fn run_one(qemu: &Path, elf: &Path, model: &Path, images: &[u8], image_len: usiz
     cmd.arg("--signal=KILL").arg(timeout.as_secs().to_string()).arg(qemu);
     cmd.args(["-M", "netduinoplus2", "-nographic", "-monitor", "none", "-serial", "none"]);
     cmd.args(["-semihosting-config", "enable=on,target=native", "-icount", "shift=0"]);
-    cmd.arg("-device").arg(format!("loader,file={},addr={MODEL_ADDRESS:#x}", model.display()));
+    if let Some(model) = model {
+        cmd.arg("-device").arg(format!("loader,file={},addr={MODEL_ADDRESS:#x}", model.display()));
+    }
     cmd.arg("-kernel").arg(elf);
     cmd.arg("-append").arg(format!("{} {}", images_path.display(), results_path.display()));
     let out = cmd.output().with_context(|| format!("starting {}", qemu.display()))?;

@@ -25,11 +25,23 @@ fn ensure_flip_link() -> Result<()> {
 
 /// Build the firmware in release mode with `features` and return the ELF path.
 pub fn build(features: &[&str]) -> Result<PathBuf> {
+    build_variant("qemu", true, features, None)
+}
+
+/// Build a firmware variant into its own target directory: `default_features` off for a board,
+/// `embedded` = the model to put in the image (feature `embedded-model`).
+pub fn build_variant(name: &str, default_features: bool, features: &[&str], embedded: Option<&std::path::Path>) -> Result<PathBuf> {
     ensure_flip_link()?;
-    let target_dir = target_dir();
+    let target_dir = if name == "qemu" { target_dir() } else { target_dir().with_file_name(format!("firmware-{name}")) };
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root().join("firmware")).env_remove("CARGO_TARGET_DIR");
+    if let Some(model) = embedded {
+        cmd.env("LEPTON_MODEL", model);
+    }
     cmd.args(["build", "--release", "--target-dir"]).arg(&target_dir);
+    if !default_features {
+        cmd.arg("--no-default-features");
+    }
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }

@@ -13,7 +13,8 @@ pub struct QemuReport {
     pub mismatches: usize,
 }
 
-pub fn run(model_path: &Path, images: Option<usize>, elf: &Path, host_check: bool) -> Result<QemuReport> {
+/// `in_partition`: load the model into the flash partition (false for a firmware that embeds it).
+pub fn run(model_path: &Path, images: Option<usize>, elf: &Path, host_check: bool, in_partition: bool) -> Result<QemuReport> {
     let model = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let mut test = data::load_part(None, Part::Test)?;
     if let Some(n) = images {
@@ -29,7 +30,7 @@ pub fn run(model_path: &Path, images: Option<usize>, elf: &Path, host_check: boo
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).min(test.len().max(1));
     eprintln!("xtask: device inference on {} images (QEMU netduinoplus2, {jobs} instances, -icount shift=0) ...", test.len());
     let started = std::time::Instant::now();
-    let device = qemu::run(elf, &model, &test.images, PIXELS, jobs)?;
+    let device = qemu::run_with(elf, in_partition.then_some(&model[..]), &test.images, PIXELS, jobs)?;
     let seconds = started.elapsed().as_secs_f64();
 
     let mismatches = if host_check { host.logits.iter().zip(&device.results).filter(|(h, d)| **h != d.logits).count() } else { 0 };
