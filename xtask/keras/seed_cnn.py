@@ -36,7 +36,7 @@ model = tf.keras.Sequential([
     L.Conv2D(64, 3, activation="relu"), L.MaxPooling2D(), L.Conv2D(64, 3, activation="relu"),
     L.Flatten(), L.Dense(64, activation="relu"), L.Dense(10),
 ])
-model.compile(tf.keras.optimizers.Adam(1e-3), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"])
+model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 for e in range(1, epochs + 1):
     t = time.time()
     model.fit(x, y, batch_size=64, epochs=1, verbose=0)
