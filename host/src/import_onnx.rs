@@ -11,7 +11,8 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use lepton_nn::Padding;
 use prost::Message;
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
-use tract_onnx::prelude::*;
+
+use crate::onnx::TractRunner;
 
 use crate::data::Split;
 use crate::qmodel::QModel;
@@ -22,8 +23,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
     let model = ModelProto::decode(bytes).map_err(|e| anyhow!("not an ONNX model: {e}"))?;
     let graph = model.graph.context("ONNX model has no graph")?;
     let inits: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let input = graph.input.iter().find(|i| !inits.contains_key(i.name.as_str())).context("ONNX graph has no input")?;
-    let dims = input_dims(input)?;
+    let (input, dims) = crate::onnx::graph_input(&graph)?;
     // Logical layout of the current tensor: NCHW (ONNX's own) unless a transpose made it NHWC.
     let (mut nchw, mut shape) = match dims.as_slice() {
         [_, 1, 28, 28] => (true, (1usize, 28usize, 28usize)),
@@ -136,17 +136,6 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
     Ok((layers, input.name.clone()))
 }
 
-fn input_dims(input: &tract_onnx::pb::ValueInfoProto) -> Result<Vec<i64>> {
-    use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
-    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        bail!("ONNX input is not a tensor");
-    };
-    Ok(t.shape
-        .as_ref()
-        .map(|s| s.dim.iter().map(|d| match d.value { Some(Value::DimValue(v)) => v, _ => -1 }).collect())
-        .unwrap_or_default())
-}
-
 fn conv_padding(node: &NodeProto, input: (usize, usize), k: (usize, usize), s: (usize, usize)) -> Result<Padding> {
     let auto = node.attribute.iter().find(|a| a.name == "auto_pad").map(|a| String::from_utf8_lossy(&a.s).to_string()).unwrap_or_default();
     let pads = ints(node, "pads");
@@ -192,30 +181,14 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>> {
 }
 
 /// Activation ranges of the named tensors over `count` training images, run by tract.
-fn calibrate(path: &Path, input_nchw: bool, names: &[&str], train: &Split, count: usize) -> Result<Vec<(f32, f32)>> {
-    let shape: [usize; 4] = if input_nchw { [1, 1, 28, 28] } else { [1, 28, 28, 1] };
-    let mut model = tract_onnx::onnx().model_for_path(path).map_err(|e| anyhow!("{e:?}"))?;
-    let outlets = names
-        .iter()
-        .map(|n| model.find_outlet_label(n).with_context(|| format!("tensor {n} not found by tract")))
-        .collect::<Result<Vec<_>>>()?;
-    model = model.with_output_outlets(&outlets).map_err(|e| anyhow!("{e:?}"))?;
-    let runnable = model
-        .with_input_fact(0, f32::fact(shape).into())
-        .map_err(|e| anyhow!("{e:?}"))?
-        .into_optimized()
-        .map_err(|e| anyhow!("{e:?}"))?
-        .into_runnable()
-        .map_err(|e| anyhow!("{e:?}"))?;
+fn calibrate(path: &Path, names: &[&str], train: &Split, count: usize) -> Result<Vec<(f32, f32)>> {
+    let runner = TractRunner::load(path, Some(names))?;
     let count = count.clamp(1, train.len());
     let step = train.len() / count;
     let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); names.len()];
     for i in 0..count {
-        let pixels: Vec<f32> = train.image(i * step).iter().map(|&p| p as f32 / 255.0).collect();
-        let input = Tensor::from_shape(&shape, &pixels).map_err(|e| anyhow!("{e:?}"))?;
-        let outputs = runnable.run(tvec!(input.into())).map_err(|e| anyhow!("{e:?}"))?;
-        for (r, o) in ranges.iter_mut().zip(outputs.iter()) {
-            for &x in o.to_plain_array_view::<f32>().map_err(|e| anyhow!("{e:?}"))?.iter() {
+        for (r, values) in ranges.iter_mut().zip(runner.run(train.image(i * step))?) {
+            for x in values {
                 *r = (r.0.min(x), r.1.max(x));
             }
         }
@@ -227,15 +200,8 @@ fn calibrate(path: &Path, input_nchw: bool, names: &[&str], train: &Split, count
 pub fn import_onnx(path: &Path, train: &Split, calibration: usize) -> Result<QModel> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (layers, _input) = parse(&bytes)?;
-    let input_nchw = {
-        let model = ModelProto::decode(&bytes[..])?;
-        let graph = model.graph.context("no graph")?;
-        let inits: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-        let input = graph.input.iter().find(|i| !inits.contains(&i.name.as_str())).context("no input")?;
-        input_dims(input)?.get(1) == Some(&1)
-    };
     let names: Vec<&str> = layers.iter().filter(|l| matches!(l.op, FloatOp::Conv { .. } | FloatOp::Dense { .. })).map(|l| l.output_name.as_str()).collect();
     eprintln!("calibrating {} tensors on {} training images with tract ...", names.len(), calibration.min(train.len()));
-    let ranges = calibrate(path, input_nchw, &names, train, calibration)?;
+    let ranges = calibrate(path, &names, train, calibration)?;
     quantize_sequence(&layers, &ranges)
 }

@@ -1,30 +1,16 @@
 //! The `lepton` command as a user runs it: import, eval (the 0.9918 acceptance), data handling
 //! and the errors for bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn lepton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lepton")).args(args).output().expect("lepton runs")
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "lepton failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn err(out: Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8(out.stderr).unwrap()
-}
+use common::{err, lepton, ok, s};
 
 fn tflite() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/mnist_cnn_int8_b1.tflite")
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn imported_tflite_model_scores_0_9918_on_the_mnist_test_set() {

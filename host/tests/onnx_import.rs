@@ -2,25 +2,13 @@
 //! small NCHW model written here (PyTorch's layout, MatMul + Add, Softmax) are imported,
 //! calibrated, quantized and evaluated end to end; unsupported graphs are clear errors.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{lepton, ok, s};
 use prost::Message;
 use tract_onnx::pb::*;
-
-fn lepton(args: &[&str]) -> Output {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_lepton")).args(args).current_dir(root).output().expect("lepton runs")
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "lepton failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn floats(name: &str, dims: &[i64], seed: u32) -> TensorProto {
     let n: i64 = dims.iter().product();

@@ -2,32 +2,12 @@
 //! images), a real training run on a small subset (loss falls, checkpoints resume, quantize and
 //! eval run on the result), and clear errors for bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{err, lepton, ok, root, s};
 use lepton::data::{self, Part};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn lepton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lepton")).args(args).current_dir(root()).output().expect("lepton runs")
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "lepton failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn err(out: Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// The committed int8 model against the committed float model on the full test set.
 ///
