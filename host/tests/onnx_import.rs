@@ -48,6 +48,29 @@ fn value(name: &str, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
+/// A tf2onnx-style model: NHWC input, Transpose to NCHW for the Conv, Transpose back to NHWC
+/// before the Flatten, Gemm with transB.
+fn nhwc_model() -> Vec<u8> {
+    let attr_i = |name: &str, i: i64| AttributeProto { name: name.into(), r#type: 2, i, ..Default::default() };
+    let nodes = vec![
+        node("Transpose", &["input"], "nchw", vec![ints("perm", &[0, 3, 1, 2])]),
+        node("Conv", &["nchw", "w1", "b1"], "c1", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2])]),
+        node("Relu", &["c1"], "r1", vec![]),
+        node("Transpose", &["r1"], "nhwc", vec![ints("perm", &[0, 2, 3, 1])]),
+        node("Flatten", &["nhwc"], "f", vec![attr_i("axis", 1)]),
+        node("Gemm", &["f", "w2", "b2"], "logits", vec![attr_i("transB", 1)]),
+    ];
+    let graph = GraphProto {
+        name: "nhwc".into(),
+        node: nodes,
+        initializer: vec![floats("w1", &[6, 1, 3, 3], 5), floats("b1", &[6], 6), floats("w2", &[10, 13 * 13 * 6], 7), floats("b2", &[10], 8)],
+        input: vec![value("input", &[1, 28, 28, 1])],
+        output: vec![value("logits", &[1, 10])],
+        ..Default::default()
+    };
+    ModelProto { ir_version: 7, opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 13 }], graph: Some(graph), ..Default::default() }.encode_to_vec()
+}
+
 /// A small PyTorch-style NCHW CNN: Conv(4,3x3) - Relu - MaxPool 2 - Flatten (NCHW order) -
 /// MatMul + Add - Softmax, with fixed pseudo-random weights; `extra` nodes are appended.
 fn nchw_model(extra_op: Option<&str>) -> Vec<u8> {
@@ -104,6 +127,18 @@ fn a_pytorch_style_nchw_model_imports_and_quantizes() {
     assert_eq!(ops, ["conv2d", "max_pool2d", "reshape", "fully_connected", "softmax"]);
     // An untrained model: what matters is that int8 follows float (a wrong NCHW->NHWC
     // permutation of the dense weights would leave ~10% agreement).
+    let r = eval(&lpk, &onnx, "1000");
+    assert!(r["agreement"].as_f64().unwrap() >= 0.9, "{r}");
+    assert!(r["mean_logit_error"].as_f64().unwrap() <= r["logit_scale"].as_f64().unwrap(), "{r}");
+}
+
+#[test]
+fn a_tf2onnx_style_nhwc_model_imports_and_quantizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("nhwc.onnx");
+    let lpk = dir.path().join("nhwc.lpk");
+    std::fs::write(&onnx, nhwc_model()).unwrap();
+    ok(lepton(&["import", s(&onnx), "--out", s(&lpk), "--calibration", "200"]));
     let r = eval(&lpk, &onnx, "1000");
     assert!(r["agreement"].as_f64().unwrap() >= 0.9, "{r}");
     assert!(r["mean_logit_error"].as_f64().unwrap() <= r["logit_scale"].as_f64().unwrap(), "{r}");
