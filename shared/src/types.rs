@@ -116,7 +116,8 @@ pub struct Requant<'a> {
 }
 
 impl Requant<'_> {
-    #[inline(always)]
+    /// Out of line: one copy serves every kernel (code size), at a call per output.
+    #[inline(never)]
     pub fn apply(&self, acc: i32, channel: usize) -> i8 {
         crate::fixedpoint::requantize(
             acc,
@@ -207,8 +208,9 @@ impl WeightLayout {
         self != WeightLayout::Canonical
     }
 
-    /// Weight `(channel, tap)` of a section in this layout.
-    #[inline(always)]
+    /// Weight `(channel, tap)` of a section in this layout. Out of line: the reference kernels
+    /// call it per MAC, and inlined it would multiply their code by the number of layouts.
+    #[inline(never)]
     pub fn weight(self, weights: &[i8], channel: usize, tap: usize, taps: usize) -> i32 {
         match self {
             WeightLayout::Oc4PairsI16 => {
