@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{err, lepton, ok, root, s};
 use lepton::data::{self, Part};
 
