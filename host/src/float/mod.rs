@@ -3,6 +3,8 @@
 
 pub mod batch;
 pub mod calibrate;
+pub mod cnn_ops;
+pub mod conv_kernels;
 pub mod export;
 pub mod infer;
 pub mod model;

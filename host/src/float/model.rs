@@ -1,11 +1,17 @@
 //! The seed CNN: Conv2D(32,3x3,ReLU) - MaxPool2x2 - Conv2D(64,3x3,ReLU) - MaxPool2x2 -
-//! Conv2D(64,3x3,ReLU) - Flatten - Dense(64,ReLU) - Dense(10). NCHW, as burn computes.
+//! Conv2D(64,3x3,ReLU) - Flatten - Dense(64,ReLU) - Dense(10).
+//!
+//! On `flex` the convolution layers run as [`super::cnn_ops`] (NHWC, conv + ReLU + pool fused,
+//! hand-written backward); elsewhere, and in [`Cnn::forward_reference`], as burn's own NCHW
+//! `conv2d` and `max_pool2d`. Both read the same parameters, so a model file serves both.
 
-use burn::module::Initializer;
+use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
+
+use super::cnn_ops::conv3x3_relu;
 
 #[derive(Module, Debug)]
 pub struct Cnn {
@@ -23,15 +29,20 @@ fn glorot() -> Initializer {
     Initializer::XavierUniform { gain: 1.0 }
 }
 
+/// A zero bias that still trains (`Param::map` with `zeros_like` would give a constant).
+fn zero_bias(b: Param<Tensor<1>>) -> Param<Tensor<1>> {
+    Param::from_tensor(b.val().zeros_like())
+}
+
 fn conv(input: usize, output: usize, device: &Device) -> Conv2d {
     let mut c = Conv2dConfig::new([input, output], [3, 3]).with_initializer(glorot()).init(device);
-    c.bias = c.bias.map(|b| b.map(|t| t.zeros_like()));
+    c.bias = c.bias.map(zero_bias);
     c
 }
 
 fn dense(input: usize, output: usize, device: &Device) -> Linear {
     let mut l = LinearConfig::new(input, output).with_initializer(glorot()).init(device);
-    l.bias = l.bias.map(|b| b.map(|t| t.zeros_like()));
+    l.bias = l.bias.map(zero_bias);
     l
 }
 
@@ -52,6 +63,26 @@ impl Cnn {
 
     /// `[batch, 1, 28, 28]` in [0, 1] to `[batch, 10]` logits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        if uses_cnn_ops(&x.device()) {
+            self.forward_fused(x)
+        } else {
+            self.forward_reference(x)
+        }
+    }
+
+    /// The forward pass with the fused NHWC layers of [`super::cnn_ops`] (`flex` only).
+    pub fn forward_fused(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = x.permute([0, 2, 3, 1]);
+        let x = fused_layer(&self.conv1, x, true);
+        let x = fused_layer(&self.conv2, x, true);
+        let x = fused_layer(&self.conv3, x, false);
+        let [b, h, w, c] = x.dims();
+        let x = self.relu.forward(self.fc1.forward(x.reshape([b, h * w * c])));
+        self.fc2.forward(x)
+    }
+
+    /// The forward pass with burn's own layers, on any backend.
+    pub fn forward_reference(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.pool.forward(self.relu.forward(self.conv1.forward(x)));
         let x = self.pool.forward(self.relu.forward(self.conv2.forward(x)));
         let x = self.relu.forward(self.conv3.forward(x));
@@ -78,4 +109,14 @@ impl Cnn {
         let logits = self.fc2.forward(h.clone());
         vec![flat(c1), flat(p1), flat(c2), flat(p2), flat(c3), h, logits]
     }
+}
+
+/// Whether `device` runs [`super::cnn_ops`]: `flex`, with or without autodiff.
+pub fn uses_cnn_ops(device: &Device) -> bool {
+    matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+}
+
+fn fused_layer(conv: &Conv2d, x: Tensor<4>, pool: bool) -> Tensor<4> {
+    let bias = conv.bias.as_ref().expect("the seed CNN's convolutions have biases").val();
+    conv3x3_relu(x, conv.weight.val(), bias, pool)
 }
