@@ -281,7 +281,7 @@ impl<'a> Model<'a> {
             if zp.is_some_and(|zp| zp != rec.input_zp) {
                 return Err(Error::ShapeMismatch { layer: i, what: "input zero point differs from the previous output" });
             }
-            decode_layer(self.payload, i, &rec)?;
+            decode_layer(self.payload, i, &rec, Values::Check)?;
             shape = rec.output;
             zp = Some(rec.output_zp);
         }
@@ -323,7 +323,10 @@ impl<'a> Model<'a> {
         if i >= self.layer_count() {
             return Err(Error::LayerCount(i as u16));
         }
-        decode_layer(self.payload, i as u16, &self.record(i as u16))
+        // `parse` checked every layer's values (bias and requantization ranges); the bytes are
+        // borrowed immutably, so decoding again needs only the structure. The engine decodes
+        // each layer on every inference: the scans would cost ~30 K device instructions there.
+        decode_layer(self.payload, i as u16, &self.record(i as u16), Values::Trusted)
     }
 
     /// The quantized value of each input pixel 0..=255.
@@ -346,7 +349,15 @@ impl<'a> Model<'a> {
     }
 }
 
-fn decode_layer<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Layer<'a>, Error> {
+/// Whether decoding scans the per-channel values (biases, multipliers, shifts) for their ranges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Values {
+    Check,
+    /// Already checked by [`Model::parse`].
+    Trusted,
+}
+
+fn decode_layer<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord, values: Values) -> Result<Layer<'a>, Error> {
     let op = Op::from_code(rec.op).ok_or(Error::UnknownOp { layer: i, op: rec.op })?;
     let bad = |what| Error::BadParameter { layer: i, what };
     if rec.act_min > rec.act_max {
@@ -361,10 +372,10 @@ fn decode_layer<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Laye
         return Err(Error::ShapeMismatch { layer: i, what: "empty tensor" });
     }
     Ok(match op {
-        Op::Conv2d => Layer::Conv2d(conv2d(payload, i, rec)?),
+        Op::Conv2d => Layer::Conv2d(conv2d(payload, i, rec, values)?),
         Op::MaxPool2d => Layer::MaxPool2d(pool(i, rec)?),
         Op::AvgPool2d => Layer::AvgPool2d(pool(i, rec)?),
-        Op::FullyConnected => Layer::FullyConnected(fully_connected(payload, i, rec)?),
+        Op::FullyConnected => Layer::FullyConnected(fully_connected(payload, i, rec, values)?),
         Op::Reshape => {
             if rec.input.len()? != rec.output.len()? {
                 return Err(Error::ShapeMismatch { layer: i, what: "reshape changes the element count" });
@@ -393,7 +404,7 @@ fn window_output(i: u16, rec: &LayerRecord) -> Result<(Padding, Shape), Error> {
     }
 }
 
-fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Conv2d<'a>, Error> {
+fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord, values: Values) -> Result<Conv2d<'a>, Error> {
     let (padding, _) = window_output(i, rec)?;
     let taps = (rec.kernel_h as usize * rec.kernel_w as usize)
         .checked_mul(rec.input.c as usize)
@@ -403,7 +414,9 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Conv2d<'a>
     let weights = section(payload, i, rec.weights, "weights", layout.bytes(channels, taps).ok_or(Error::SizeOverflow)?)?;
     let weights = crate::types::as_i8(weights);
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * channels)?);
-    check_accumulator(i, taps, bias)?;
+    if values == Values::Check {
+        check_accumulator(i, taps, bias)?;
+    }
     Ok(Conv2d {
         input: rec.input,
         output: rec.output,
@@ -416,7 +429,7 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<Conv2d<'a>
         weights,
         layout,
         bias,
-        requant: requant(payload, i, rec, channels)?,
+        requant: requant(payload, i, rec, channels, values)?,
     })
 }
 
@@ -441,7 +454,7 @@ fn pool(i: u16, rec: &LayerRecord) -> Result<Pool, Error> {
     })
 }
 
-fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<FullyConnected<'a>, Error> {
+fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord, values: Values) -> Result<FullyConnected<'a>, Error> {
     let input_len = rec.input.len()?;
     if rec.output.h != 1 || rec.output.w != 1 {
         return Err(Error::ShapeMismatch { layer: i, what: "fully-connected output must be 1x1xN" });
@@ -450,7 +463,9 @@ fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<F
     let layout = weight_layout(i, rec, input_len)?;
     let weights = section(payload, i, rec.weights, "weights", layout.bytes(output_len, input_len).ok_or(Error::SizeOverflow)?)?;
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * output_len)?);
-    check_accumulator(i, input_len, bias)?;
+    if values == Values::Check {
+        check_accumulator(i, input_len, bias)?;
+    }
     Ok(FullyConnected {
         input_len,
         output_len,
@@ -458,7 +473,7 @@ fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord) -> Result<F
         weights: crate::types::as_i8(weights),
         layout,
         bias,
-        requant: requant(payload, i, rec, output_len)?,
+        requant: requant(payload, i, rec, output_len, values)?,
     })
 }
 
@@ -490,16 +505,20 @@ fn weight_layout(i: u16, rec: &LayerRecord, taps: usize) -> Result<WeightLayout,
     Ok(layout)
 }
 
-fn requant<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord, channels: usize) -> Result<Requant<'a>, Error> {
+fn requant<'a>(payload: &'a [u8], i: u16, rec: &LayerRecord, channels: usize, values: Values) -> Result<Requant<'a>, Error> {
     let multipliers = I32Le::new(section(payload, i, rec.multipliers, "multipliers", 4 * channels)?);
     let shifts = I32Le::new(section(payload, i, rec.shifts, "shifts", 4 * channels)?);
+    let requant = Requant { multipliers, shifts, output_zp: rec.output_zp, act_min: rec.act_min, act_max: rec.act_max };
+    if values == Values::Trusted {
+        return Ok(requant);
+    }
     if multipliers.iter().any(|m| m < 0) {
         return Err(Error::BadParameter { layer: i, what: "negative requantization multiplier" });
     }
     if shifts.iter().any(|s| !(-31..=30).contains(&s)) {
         return Err(Error::BadParameter { layer: i, what: "requantization shift outside -31..=30" });
     }
-    Ok(Requant { multipliers, shifts, output_zp: rec.output_zp, act_min: rec.act_min, act_max: rec.act_max })
+    Ok(requant)
 }
 
 /// Largest |acc| = taps * 128 * 255 + max |bias| must fit in int32 so the kernels are exact.
