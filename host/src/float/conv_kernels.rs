@@ -548,12 +548,15 @@ mod tests {
         ]
     }
 
+    /// Input, weights and bias for shape `s`, from `seed`.
+    fn operands(s: &Conv3x3, seed: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        (pseudo_random(s.input_len(), seed), pseudo_random(s.weight_len(), seed + 10), pseudo_random(s.cout, seed + 20))
+    }
+
     #[test]
     fn forward_matches_the_definition() {
         for (i, s) in shapes().into_iter().enumerate() {
-            let x = pseudo_random(s.input_len(), 1 + i as u32);
-            let w = pseudo_random(s.weight_len(), 11 + i as u32);
-            let b = pseudo_random(s.cout, 21 + i as u32);
+            let (x, w, b) = operands(&s, 1 + i as u32);
             let (out, _) = forward(&x, &w, &b, s);
             let want = naive(&x, &w, &b, s);
             assert_eq!(out.len(), want.len());
@@ -567,9 +570,7 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         for (i, s) in shapes().into_iter().enumerate() {
-            let x = pseudo_random(s.input_len(), 31 + i as u32);
-            let w = pseudo_random(s.weight_len(), 41 + i as u32);
-            let b = pseudo_random(s.cout, 51 + i as u32);
+            let (x, w, b) = operands(&s, 31 + i as u32);
             let probe = pseudo_random(s.output_len(), 61 + i as u32);
             let objective = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
                 naive(x, w, b, s).iter().zip(&probe).map(|(&o, &p)| o * p as f64).sum()
@@ -607,6 +608,10 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
+
+    /// A benchmark, not a test: milliseconds per batch of 64 for each of the seed CNN's layers.
+    /// `cargo test --release -p lepton --lib layer_times -- --ignored --nocapture` (`LAYER=2`
+    /// for one layer, e.g. under `perf record`).
     #[test]
     #[ignore]
     fn layer_times() {
