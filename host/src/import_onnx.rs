@@ -181,8 +181,8 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>> {
 }
 
 /// Activation ranges of the named tensors over `count` training images, run by tract.
-fn calibrate(path: &Path, names: &[&str], train: &Split, count: usize) -> Result<Vec<(f32, f32)>> {
-    let runner = TractRunner::load(path, Some(names))?;
+fn calibrate(bytes: &[u8], path: &Path, names: &[&str], train: &Split, count: usize) -> Result<Vec<(f32, f32)>> {
+    let runner = TractRunner::from_bytes(bytes, path, Some(names))?;
     let count = count.clamp(1, train.len());
     let step = train.len() / count;
     let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); names.len()];
@@ -202,6 +202,6 @@ pub fn import_onnx(path: &Path, train: &Split, calibration: usize) -> Result<QMo
     let (layers, _input) = parse(&bytes)?;
     let names: Vec<&str> = layers.iter().filter(|l| matches!(l.op, FloatOp::Conv { .. } | FloatOp::Dense { .. })).map(|l| l.output_name.as_str()).collect();
     eprintln!("calibrating {} tensors on {} training images with tract ...", names.len(), calibration.min(train.len()));
-    let ranges = calibrate(path, &names, train, calibration)?;
+    let ranges = calibrate(&bytes, path, &names, train, calibration)?;
     quantize_sequence(&layers, &ranges)
 }

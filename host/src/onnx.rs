@@ -144,6 +144,11 @@ impl TractRunner {
     /// Load `path`; `outputs` names the tensors to read (default: the graph's outputs).
     pub fn load(path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_bytes(&bytes, path, outputs)
+    }
+
+    /// [`TractRunner::load`] of a file already read (`path` names it in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
         let proto = ModelProto::decode(&bytes[..]).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
         let (_, dims) = graph_input(proto.graph.as_ref().context("ONNX model has no graph")?)?;
         let shape: [usize; 4] = if dims.last() == Some(&1) && dims.get(1) != Some(&1) { [1, 28, 28, 1] } else { [1, 1, 28, 28] };
