@@ -5,6 +5,7 @@ use lepton_nn::kernels::*;
 use lepton_nn::kernels::fast::*;
 use lepton_nn::{I32Le, Padding, Requant, Shape, WeightLayout};
 use proptest::prelude::*;
+use std::ops::RangeInclusive;
 
 /// Requantization written from its definition: floor((x*M + 2^30) / 2^31), then x / 2^r rounded
 /// half away from zero, in i128.
@@ -60,25 +61,32 @@ fn act_range() -> impl Strategy<Value = (i8, i8)> {
     (any::<i8>(), any::<i8>()).prop_map(|(a, b)| (a.min(b), a.max(b)))
 }
 
+/// Input height, width, channels in and out, kernel, strides, SAME padding.
+type Geometry = (usize, usize, usize, usize, (usize, usize), (usize, usize), bool);
+
+/// Random zero points, activation range, tensors and requantization for a convolution of
+/// `geometry`, multipliers and shifts drawn from the given ranges.
+fn conv_values(geometry: Geometry, mult: RangeInclusive<i32>, shift: RangeInclusive<i32>) -> impl Strategy<Value = ConvCase> {
+    let (h, w, ci, co, k, s, same) = geometry;
+    (
+        -128i32..=127,
+        -128i32..=127,
+        act_range(),
+        prop::collection::vec(any::<i8>(), h * w * ci),
+        prop::collection::vec(any::<i8>(), co * k.0 * k.1 * ci),
+        prop::collection::vec(-100_000i32..=100_000, co),
+        prop::collection::vec(mult, co),
+        prop::collection::vec(shift, co),
+    )
+        .prop_map(move |(in_zp, out_zp, act, input, weights, bias, mult, shift)| ConvCase {
+            h, w, ci, co, k, s, same, in_zp, out_zp, act, input, weights, bias, mult, shift,
+        })
+}
+
 fn conv_case() -> impl Strategy<Value = ConvCase> {
     (1usize..=9, 1usize..=9, 1usize..=4, 1usize..=5, 1usize..=3, 1usize..=3, 1usize..=3, 1usize..=2, any::<bool>())
         .prop_filter("VALID needs kernel <= input", |&(h, w, _, _, kh, kw, _, _, same)| same || (kh <= h && kw <= w))
-        .prop_flat_map(|(h, w, ci, co, kh, kw, sh, sw, same)| {
-            (
-                Just((h, w, ci, co, (kh, kw), (sh, sw), same)),
-                -128i32..=127,
-                -128i32..=127,
-                act_range(),
-                prop::collection::vec(any::<i8>(), h * w * ci),
-                prop::collection::vec(any::<i8>(), co * kh * kw * ci),
-                prop::collection::vec(-100_000i32..=100_000, co),
-                prop::collection::vec(1i32 << 30..=i32::MAX, co),
-                prop::collection::vec(-20i32..=1, co),
-            )
-        })
-        .prop_map(|((h, w, ci, co, k, s, same), in_zp, out_zp, act, input, weights, bias, mult, shift)| ConvCase {
-            h, w, ci, co, k, s, same, in_zp, out_zp, act, input, weights, bias, mult, shift,
-        })
+        .prop_flat_map(|(h, w, ci, co, kh, kw, sh, sw, same)| conv_values((h, w, ci, co, (kh, kw), (sh, sw), same), 1i32 << 30..=i32::MAX, -20..=1))
 }
 
 fn naive_conv(c: &ConvCase) -> Vec<i8> {
@@ -283,23 +291,9 @@ fn fast_case(one_channel: bool) -> impl Strategy<Value = FastCase> {
             kh <= h && kw <= w && (h - kh) / s + 1 >= pk && (w - kw) / s + 1 >= pk && ps >= 1
         })
         .prop_flat_map(|(h, w, ci, co, kh, kw, s, pk, ps)| {
-            (
-                Just((h, w, ci, co, (kh, kw), (s, s), false)),
-                -128i32..=127,
-                -128i32..=127,
-                act_range(),
-                prop::collection::vec(any::<i8>(), h * w * ci),
-                prop::collection::vec(any::<i8>(), co * kh * kw * ci),
-                prop::collection::vec(-100_000i32..=100_000, co),
-                prop::collection::vec(0i32..=i32::MAX, co),
-                prop::collection::vec(-20i32..=0, co),
-                Just((pk, ps)),
-            )
+            (conv_values((h, w, ci, co, (kh, kw), (s, s), false), 0..=i32::MAX, -20..=0), Just((pk, ps)))
         })
-        .prop_map(|((h, w, ci, co, k, s, same), in_zp, out_zp, act, input, weights, bias, mult, shift, pool)| FastCase {
-            conv: ConvCase { h, w, ci, co, k, s, same, in_zp, out_zp, act, input, weights, bias, mult, shift },
-            pool,
-        })
+        .prop_map(|(conv, pool)| FastCase { conv, pool })
 }
 
 struct Built {
