@@ -135,7 +135,7 @@ fn mutated_tables_never_panic() {
     let mut accepted = 0;
     for at in 0..tables {
         for v in [0u8, 1, 2, 3, 0x7F, 0x80, 0xFF, b[at].wrapping_add(1), b[at].wrapping_sub(1)] {
-            let c = if at >= 12 && at < 16 { let mut c = b.clone(); c[at] = v; c } else { patched(b.clone(), at, &[v]) };
+            let c = if (12..16).contains(&at) { let mut c = b.clone(); c[at] = v; c } else { patched(b.clone(), at, &[v]) };
             if let Ok(model) = Model::parse(&c) {
                 accepted += 1;
                 let engine = Engine::new(model).unwrap();

@@ -127,8 +127,9 @@ fn input_table_reproduces_the_reference_inputs() {
     let blob = json_blob();
     let model = Model::parse(&blob).unwrap();
     let lut = model.input_lut();
-    for p in 0..=255usize {
-        assert_eq!(lut[p] as i8 as i32, p as i32 - 128);
+    assert_eq!(lut.len(), 256);
+    for (p, &q) in lut.iter().enumerate() {
+        assert_eq!(q as i8 as i32, p as i32 - 128);
     }
     let case = &v["cases"][0];
     let input: Vec<i8> = ints(&case["input_int8"]);

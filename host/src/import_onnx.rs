@@ -176,7 +176,7 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>> {
     if !t.float_data.is_empty() {
         return Ok(t.float_data.clone());
     }
-    ensure!(t.raw_data.len() % 4 == 0, "tensor {} has truncated raw data", t.name);
+    ensure!(t.raw_data.len().is_multiple_of(4), "tensor {} has truncated raw data", t.name);
     Ok(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 

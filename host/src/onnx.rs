@@ -149,7 +149,7 @@ impl TractRunner {
 
     /// [`TractRunner::load`] of a file already read (`path` names it in errors).
     pub fn from_bytes(bytes: &[u8], path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
-        let proto = ModelProto::decode(&bytes[..]).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
+        let proto = ModelProto::decode(bytes).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
         let (_, dims) = graph_input(proto.graph.as_ref().context("ONNX model has no graph")?)?;
         let shape: [usize; 4] = if dims.last() == Some(&1) && dims.get(1) != Some(&1) { [1, 28, 28, 1] } else { [1, 1, 28, 28] };
         let mut model = tract_onnx::onnx()

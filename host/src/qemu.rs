@@ -92,7 +92,7 @@ pub fn run(elf: &Path, model: &[u8], images: &[u8], image_len: usize, jobs: usiz
 /// [`run`], with `model = None` for a firmware that embeds its model (nothing is loaded into the
 /// partition).
 pub fn run_with(elf: &Path, model: Option<&[u8]>, images: &[u8], image_len: usize, jobs: usize) -> Result<DeviceRun> {
-    ensure!(image_len > 0 && images.len() % image_len == 0, "images are not a whole number of {image_len}-byte images");
+    ensure!(image_len > 0 && images.len().is_multiple_of(image_len), "images are not a whole number of {image_len}-byte images");
     let qemu = qemu_binary()?;
     let work = tempfile::tempdir()?;
     let model_path = match model {

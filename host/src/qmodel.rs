@@ -177,7 +177,7 @@ fn set_weights(
     (r.act_min, r.act_max) = activation_range(activation, output.scale, output.zero_point);
     let taps = weights.values.len() / channels.max(1);
     let layout = match packed {
-        _ if taps % 4 != 0 => WeightLayout::Canonical,
+        _ if !taps.is_multiple_of(4) => WeightLayout::Canonical,
         Packing::Canonical => WeightLayout::Canonical,
         Packing::Int8 => WeightLayout::Oc4Quads,
         Packing::I16 => WeightLayout::Oc4PairsI16,
@@ -203,7 +203,7 @@ pub fn relayout(values: &[i8], channels: usize, taps: usize, layout: WeightLayou
 
 /// Append a section, 4-byte aligned so word-reading kernels can use it directly.
 fn push_section(data: &mut Vec<u8>, bytes: impl Iterator<Item = u8>) -> Section {
-    while data.len() % 4 != 0 {
+    while !data.len().is_multiple_of(4) {
         data.push(0);
     }
     let offset = data.len();

@@ -499,7 +499,7 @@ fn softmax(i: u16, rec: &LayerRecord) -> Result<Softmax, Error> {
 
 fn weight_layout(i: u16, rec: &LayerRecord, taps: usize) -> Result<WeightLayout, Error> {
     let layout = WeightLayout::from_code(rec.weight_layout).ok_or(Error::BadParameter { layer: i, what: "unknown weight layout" })?;
-    if layout.needs_quads() && taps % 4 != 0 {
+    if layout.needs_quads() && !taps.is_multiple_of(4) {
         return Err(Error::BadParameter { layer: i, what: "OC4 weight layouts need a multiple of 4 taps per channel" });
     }
     Ok(layout)

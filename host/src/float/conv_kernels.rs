@@ -247,7 +247,7 @@ fn col2im(columns: &[f32], images: &mut [f32], s: &Conv3x3) {
 /// Whether a layer's products are computed directly rather than by im2col and `gemm`: with one
 /// input channel an im2col row holds only 9 values and the matrix product mostly moves memory.
 fn direct(s: &Conv3x3) -> bool {
-    s.cin == 1 && s.cout % LANES == 0
+    s.cin == 1 && s.cout.is_multiple_of(LANES)
 }
 
 /// The 9 input values of im2col row `row` of a one-channel image.

@@ -178,7 +178,7 @@ fn group_words(layout: WeightLayout, taps: usize) -> usize {
 pub fn conv2d_s8_fast_supported(p: &Conv2d) -> bool {
     p.padding == Padding::Valid
         && p.layout.needs_quads()
-        && (p.kernel_w as usize * p.input.c as usize) % 4 == 0
+        && (p.kernel_w as usize * p.input.c as usize).is_multiple_of(4)
         && words(p.weights).is_some()
 }
 
@@ -455,7 +455,7 @@ fn window_maxima_3x3_2x2(patches: &[u32], weights: &[u32], maxes: &mut [u32]) {
 // Fully connected with Oc4Quads weights
 
 pub fn fully_connected_s8_fast_supported(p: &FullyConnected) -> bool {
-    p.layout.needs_quads() && p.input_len % 4 == 0 && words(p.weights).is_some()
+    p.layout.needs_quads() && p.input_len.is_multiple_of(4) && words(p.weights).is_some()
 }
 
 pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
