@@ -86,18 +86,30 @@ fn small_training_run_quantizes_and_evaluates() {
     assert_eq!(report["weight_layouts"], serde_json::json!(["canonical", "i16"]));
 }
 
+/// Same seed, same model, bit for bit, whatever the number of threads (run "b" uses one).
 #[test]
 fn same_seed_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let mut models = Vec::new();
-    for run in ["a", "b"] {
+    for (run, threads) in [("a", None), ("b", Some("1"))] {
         let out = dir.path().join(run);
-        ok(lepton(&["train", "--epochs", "1", "--train-images", "640", "--test-images", "100", "--seed", "7", "--out", s(&out)]));
+        let args = ["train", "--epochs", "1", "--train-images", "640", "--test-images", "100", "--seed", "7", "--out", s(&out)];
+        let mut train = std::process::Command::new(env!("CARGO_BIN_EXE_lepton"));
+        train.args(args).current_dir(root());
+        if let Some(n) = threads {
+            train.env("RAYON_NUM_THREADS", n);
+        }
+        ok(train.output().expect("lepton runs"));
+        // The float weights (as ONNX: the model file also holds random parameter ids) and the
+        // quantized model.
+        let onnx = dir.path().join(format!("{run}.onnx"));
+        ok(lepton(&["export-onnx", "--float", s(&out), "--out", s(&onnx)]));
         let lpk = dir.path().join(format!("{run}.lpk"));
         ok(lepton(&["quantize", "--float", s(&out), "--out", s(&lpk), "--calibration", "50"]));
-        models.push(std::fs::read(lpk).unwrap());
+        models.push((std::fs::read(onnx).unwrap(), std::fs::read(lpk).unwrap()));
     }
-    assert_eq!(models[0], models[1]);
+    assert!(models[0].0 == models[1].0, "float weights differ");
+    assert!(models[0].1 == models[1].1, "quantized models differ");
 }
 
 #[test]
