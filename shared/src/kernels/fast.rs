@@ -63,6 +63,28 @@ fn dot_oc4(patch: &[u32], weights: &[u32], layout: WeightLayout) -> [i32; 4] {
 // The dot products are kept out of line on purpose: inlined into a large caller, LLVM spills the
 // four accumulators to the stack on every step; as leaf functions they stay in registers.
 
+/// One quad of [`dot_oc4_i16`]'s loop: a patch LDRD, then per channel a weight LDRD and two SMLAD.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+macro_rules! oc4_i16_quad {
+    () => {
+        concat!(
+            "ldrd {p0}, {p1}, [{pp}], #8\n",
+            "ldrd {w0}, {w1}, [{pw}], #8\n",
+            "smlad {a0}, {p0}, {w0}, {a0}\n",
+            "smlad {a0}, {p1}, {w1}, {a0}\n",
+            "ldrd {w0}, {w1}, [{pw}], #8\n",
+            "smlad {a1}, {p0}, {w0}, {a1}\n",
+            "smlad {a1}, {p1}, {w1}, {a1}\n",
+            "ldrd {w0}, {w1}, [{pw}], #8\n",
+            "smlad {a2}, {p0}, {w0}, {a2}\n",
+            "smlad {a2}, {p1}, {w1}, {a2}\n",
+            "ldrd {w0}, {w1}, [{pw}], #8\n",
+            "smlad {a3}, {p0}, {w0}, {a3}\n",
+            "smlad {a3}, {p1}, {w1}, {a3}",
+        )
+    };
+}
+
 /// [`dot_oc4`] for pre-widened weights: per quad 8 words, `(w0, w2), (w1, w3)` per channel.
 /// On the M4: one LDRD of patch, four LDRD of weights and eight SMLAD per 16 MACs.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
@@ -83,33 +105,9 @@ fn dot_oc4_i16(patch: &[u32], weights: &[u32]) -> [i32; 4] {
             "adds {n}, {n}, #1",
             "b 3f",
             "2:",
-            "ldrd {p0}, {p1}, [{pp}], #8",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a0}, {p0}, {w0}, {a0}",
-            "smlad {a0}, {p1}, {w1}, {a0}",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a1}, {p0}, {w0}, {a1}",
-            "smlad {a1}, {p1}, {w1}, {a1}",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a2}, {p0}, {w0}, {a2}",
-            "smlad {a2}, {p1}, {w1}, {a2}",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a3}, {p0}, {w0}, {a3}",
-            "smlad {a3}, {p1}, {w1}, {a3}",
+            oc4_i16_quad!(),
             "3:",
-            "ldrd {p0}, {p1}, [{pp}], #8",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a0}, {p0}, {w0}, {a0}",
-            "smlad {a0}, {p1}, {w1}, {a0}",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a1}, {p0}, {w0}, {a1}",
-            "smlad {a1}, {p1}, {w1}, {a1}",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a2}, {p0}, {w0}, {a2}",
-            "smlad {a2}, {p1}, {w1}, {a2}",
-            "ldrd {w0}, {w1}, [{pw}], #8",
-            "smlad {a3}, {p0}, {w0}, {a3}",
-            "smlad {a3}, {p1}, {w1}, {a3}",
+            oc4_i16_quad!(),
             "subs {n}, {n}, #1",
             "bne 2b",
             pp = inout(reg) patch.as_ptr() => _,
