@@ -260,9 +260,10 @@ fn window9(image: &[f32], row: usize, s: &Conv3x3) -> [f32; 9] {
 /// Lanes per block of channels: one AVX register of f32, kept in registers across the 9 taps.
 const LANES: usize = 8;
 
-/// `acc[t] += x[t] * w` for one block of lanes; fixed sizes so that it stays in registers.
+/// `acc += x * w` for one block of lanes (multiply, then add: not fused); fixed sizes so that it
+/// stays in registers.
 #[inline(always)]
-fn fma_block(acc: &mut [f32; LANES], x: f32, w: &[f32; LANES]) {
+fn multiply_add(acc: &mut [f32; LANES], x: f32, w: &[f32; LANES]) {
     for (a, w) in acc.iter_mut().zip(w) {
         *a += x * w;
     }
@@ -283,7 +284,7 @@ fn products_direct(images: &[f32], weights: &[f32], z: &mut [f32], s: &Conv3x3) 
             for (w, out) in blocks.iter().zip(zr.chunks_exact_mut(LANES)) {
                 let mut acc = [0.0f32; LANES];
                 for (&x, w) in v.iter().zip(w) {
-                    fma_block(&mut acc, x, w);
+                    multiply_add(&mut acc, x, w);
                 }
                 out.copy_from_slice(&acc);
             }
@@ -302,7 +303,7 @@ fn weight_grad_direct(images: &[f32], dz: &[f32], dw: &mut [f32], s: &Conv3x3) {
                 let v = window9(image, row, s);
                 let g = lanes(&dzr[start..]);
                 for (acc, &x) in acc.iter_mut().zip(&v) {
-                    fma_block(acc, x, g);
+                    multiply_add(acc, x, g);
                 }
             }
         }
