@@ -3,13 +3,27 @@
 
 use std::path::{Path, PathBuf};
 
-use lepton::qmodel::{QLayer, QModel, QOp, QParams, Weights, Window};
-use lepton::quant::Activation;
+use lepton::lpk::{Activation, QLayer, QModel, QOp, QParams, Weights, Window};
 use lepton_nn::{Padding, Shape};
 use serde_json::Value;
 
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+/// `../shared/<sub>` beside the repository (the team's reference data, e.g. the MLPerf Tiny
+/// models), when present. On a user's clone it is absent: the test is skipped with a message.
+/// Under CI (`CI` set) it must be there, and its absence fails the test.
+pub fn shared_data(sub: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(sub);
+    if dir.exists() {
+        return Some(dir);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{} is missing, and CI is set: CI must provide ../shared/{sub}", dir.display());
+    }
+    eprintln!("skipped: {} not found (the team's reference data beside the repository)", dir.display());
+    None
 }
 
 /// The parsed `tflm_mnist_int8_vectors.json`.

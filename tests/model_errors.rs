@@ -1,7 +1,7 @@
 //! Every malformed model is a typed error, never a panic or an out-of-bounds read.
 
 use lepton_nn::format::{crc32, HEADER_LEN, RECORD_LEN};
-use lepton_nn::{Engine, Error, Model, NoHook};
+use lepton_nn::{Engine, Error, Model, NoHook, Step};
 use lepton_tests::{model_from_vectors, vectors};
 
 fn blob() -> Vec<u8> {
@@ -138,7 +138,8 @@ fn mutated_tables_never_panic() {
             let c = if (12..16).contains(&at) { let mut c = b.clone(); c[at] = v; c } else { patched(b.clone(), at, &[v]) };
             if let Ok(model) = Model::parse(&c) {
                 accepted += 1;
-                let engine = Engine::new(model).unwrap();
+                let mut plan = vec![Step::EMPTY; model.layer_count()];
+                let engine = Engine::new(model, &mut plan).unwrap();
                 if engine.arena_bytes() <= 1 << 20 {
                     let mut arena = vec![0u8; engine.arena_bytes()];
                     let input = vec![0i8; model.input_shape().len().unwrap()];

@@ -69,10 +69,10 @@ fn an_onnx_imported_model_runs_on_the_device() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile_dir();
     let onnx = dir.join("mnist.onnx");
-    std::fs::write(&onnx, lepton::pipeline::export_onnx(&root.join("models/mnist-cnn")).unwrap()).unwrap();
+    std::fs::write(&onnx, lepton::float_reference::export_onnx(&root.join("models/mnist-cnn")).unwrap()).unwrap();
     let train = lepton::data::load_part(None, lepton::data::Part::Train).unwrap();
     let lpk = dir.join("from_onnx.lpk");
-    std::fs::write(&lpk, lepton::import_onnx::import_onnx(&onnx, &train, 300).unwrap().to_lpk().unwrap()).unwrap();
+    std::fs::write(&lpk, lepton::import::onnx::import_onnx(&onnx, &train, 300).unwrap().to_lpk().unwrap()).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo).current_dir(root).args(["xtask", "qemu", "--images", "300", "--json", "--model"]).arg(&lpk).output().expect("cargo xtask runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -2,15 +2,15 @@
 //! intermediates, logits and softmax of all 100 cases, the worked requantization examples, and
 //! the TFLite import against the JSON-built model.
 
-use lepton::import_tflite::import_tflite;
-use lepton::quant::{effective_scale, quantize_multiplier, softmax_params};
+use lepton::import::tflite::import_tflite;
+use lepton::lpk::arithmetic::{effective_scale, quantize_multiplier, softmax_params};
 use lepton_nn::fixedpoint::{exp_on_negative_values_q5_26, get_reciprocal, multiply_by_quantized_multiplier, requantize};
-use lepton_nn::{Engine, Layer, LayerHook, Model, NoHook};
+use lepton_nn::{Engine, Model, NoHook, Step, StepHook, StepSpan};
 use lepton_tests::{f32_of, ints, model_from_vectors, tflite_bytes, vectors};
 
 struct Capture(Vec<Vec<i8>>);
-impl LayerHook for Capture {
-    fn after_layer(&mut self, _index: usize, _layer: &Layer, output: &[i8]) {
+impl StepHook for Capture {
+    fn after_step(&mut self, _step: StepSpan, output: &[i8]) {
         self.0.push(output.to_vec());
     }
 }
@@ -81,7 +81,8 @@ fn softmax_fixed_point_internals() {
 fn every_layer_bit_exact_on_the_20_traced_cases() {
     let v = vectors();
     let blob = json_blob();
-    let engine = Engine::reference(Model::parse(&blob).unwrap()).unwrap();
+    let mut plan = [Step::EMPTY; 16];
+    let engine = Engine::reference(Model::parse(&blob).unwrap(), &mut plan).unwrap();
     let mut arena = vec![0u8; engine.arena_bytes()];
     let traced: Vec<_> = v["cases"].as_array().unwrap().iter().filter(|c| c.get("layer_outputs_int8").is_some()).collect();
     assert_eq!(traced.len(), 20);
@@ -107,7 +108,8 @@ fn logits_and_softmax_bit_exact_on_all_100_cases() {
     let model = Model::parse(&blob).unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 100);
-    for engine in [Engine::reference(model).unwrap(), Engine::new(model).unwrap()] {
+    let (mut plan_a, mut plan_b) = ([Step::EMPTY; 16], [Step::EMPTY; 16]);
+    for engine in [Engine::reference(model, &mut plan_a).unwrap(), Engine::new(model, &mut plan_b).unwrap()] {
         let mut arena = vec![0u8; engine.arena_bytes()];
         for case in cases {
             let input: Vec<i8> = ints(&case["input_int8"]);
@@ -153,7 +155,8 @@ fn planned_arena_is_smaller_than_tflm() {
     let model = Model::parse(&blob).unwrap();
     // Reference kernels, one layer at a time: the largest live pair is 26x26x32 + 13x13x32 =
     // 27,040 bytes (TFLM's arena for this model: 31,984).
-    let reference = Engine::reference(model).unwrap();
+    let mut plan = [Step::EMPTY; 16];
+    let reference = Engine::reference(model, &mut plan).unwrap();
     assert_eq!(reference.arena_bytes(), 26 * 26 * 32 + 13 * 13 * 32);
     let mut small = vec![0u8; reference.arena_bytes() - 1];
     let err = reference.run(&[0; 784], &mut small, &mut NoHook).unwrap_err();
@@ -161,7 +164,11 @@ fn planned_arena_is_smaller_than_tflm() {
     // Fused conv + pool never stores 26x26x32: the largest step is conv2+pool2,
     // 13x13x32 in + 5x5x64 out + the four 288-tap i16 patches of a 2x2 pooling window
     // (4 x 576 bytes, +3 for word alignment).
-    let optimized = Engine::new(model).unwrap();
+    let mut plan = [Step::EMPTY; 16];
+    let optimized = Engine::new(model, &mut plan).unwrap();
+    // The plan stands in the caller's storage; too little storage is a typed error.
+    assert_eq!(optimized.step_count(), 7);
+    assert_eq!(Engine::new(model, &mut [Step::EMPTY; 6]).unwrap_err(), lepton_nn::Error::PlanTooSmall { needed: 9, available: 6 });
     assert_eq!(optimized.arena_bytes(), 13 * 13 * 32 + 5 * 5 * 64 + 4 * 2 * 288 + 3);
     assert!(optimized.arena_bytes() <= 10_240);
 }

@@ -1,11 +1,18 @@
 //! Lepton firmware for the STM32F405: validates the model in the flash model partition (or the
-//! one embedded in the image), then classifies images with `lepton-nn`, timing every layer.
+//! one embedded in the image), plans it once, then runs inputs through `lepton-nn`, timing every
+//! step of the plan.
 //!
-//! Under QEMU (`qemu` feature) images come from a host file over semihosting and results go back
-//! to another; on a board (`board` feature) both travel over USART1. Every outcome ends with a
-//! distinct exit code (see [`exit`]); a panic or fault never hangs.
+//! Under QEMU (`qemu` feature) inputs come from a host file over semihosting and results go back
+//! to another; on a board (`board` feature) both travel over USART1. The frames are
+//! `lepton_nn::protocol`'s either way. Every outcome ends with a distinct exit code
+//! (`lepton_nn::protocol::Exit`); a panic or fault never hangs.
 #![no_std]
 #![no_main]
+
+#[cfg(all(feature = "qemu", feature = "board"))]
+compile_error!("features `qemu` and `board` exclude each other: build the board firmware with `--no-default-features --features board`");
+#[cfg(not(any(feature = "qemu", feature = "board")))]
+compile_error!("enable exactly one of the features `qemu` (default) and `board`");
 
 mod counter;
 mod stack;
@@ -16,7 +23,8 @@ mod link_board;
 mod link_qemu;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
-use lepton_nn::{Engine, Layer, LayerHook, Model};
+use lepton_nn::protocol::{Exit, Hello, ResultFrame, Summary, PROTOCOL_VERSION};
+use lepton_nn::{Engine, Model, Step, StepHook, StepSpan};
 use stm32f4xx_hal as _; // device interrupt vectors
 
 #[cfg(feature = "board")]
@@ -29,24 +37,12 @@ use link_board as link;
 #[cfg(feature = "qemu")]
 use link_qemu as link;
 
-/// Exit codes (QEMU's exit status; on a board the code is logged and the core halts).
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const USAGE: i32 = 2;
-    pub const BAD_MODEL: i32 = 3;
-    pub const ARENA_TOO_SMALL: i32 = 4;
-    pub const IO: i32 = 5;
-    pub const INFERENCE: i32 = 6;
-    pub const PANIC: i32 = 101;
-    pub const HARD_FAULT: i32 = 102;
-}
-
-/// Activations + scratch. The MNIST CNN needs 27,040 bytes; the rest is headroom for other models.
+/// Activations + scratch. The seed MNIST CNN's optimized plan needs 9,315 bytes; the rest is
+/// room for other models.
 const ARENA_BYTES: usize = 48 * 1024;
-const MAX_LAYERS: usize = 16;
-pub const MAX_LOGITS: usize = 16;
-
-/// The most input bytes an image may have (28x28 grayscale for MNIST).
+/// Steps of plan storage (one per layer at most).
+const MAX_STEPS: usize = 64;
+/// The most input bytes a model may take (28x28 grayscale for MNIST).
 pub const MAX_INPUT: usize = 28 * 28;
 
 #[cfg(not(feature = "embedded-model"))]
@@ -69,30 +65,21 @@ fn model_bytes() -> &'static [u8] {
     MODEL
 }
 
-/// Instructions (or timer ticks) spent in each layer of the last inference. A step that fuses
-/// several layers is charged to its last layer; the others read 0.
-struct LayerTimer {
+/// Instructions (or timer ticks) spent in each step of the last inference.
+struct StepTimer {
     started: u32,
-    per_layer: [u32; MAX_LAYERS],
+    per_step: [u32; MAX_STEPS],
 }
 
-impl LayerHook for LayerTimer {
-    fn before_layer(&mut self, _index: usize, _layer: &Layer) {
+impl StepHook for StepTimer {
+    fn before_step(&mut self, _step: StepSpan) {
         self.started = counter::now();
     }
-    fn after_layer(&mut self, index: usize, _layer: &Layer, _output: &[i8]) {
-        if let Some(slot) = self.per_layer.get_mut(index) {
+    fn after_step(&mut self, step: StepSpan, _output: &[i8]) {
+        if let Some(slot) = self.per_step.get_mut(step.index) {
             *slot = counter::now().wrapping_sub(self.started);
         }
     }
-}
-
-/// What one inference sends back.
-pub struct Prediction<'a> {
-    pub class: u8,
-    pub logits: &'a [i8],
-    pub instructions: u32,
-    pub per_layer: &'a [u32],
 }
 
 #[entry]
@@ -103,35 +90,45 @@ fn main() -> ! {
     link::finish(code)
 }
 
-fn run() -> i32 {
+static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
+static mut PLAN: [Step<'static>; MAX_STEPS] = [Step::EMPTY; MAX_STEPS];
+
+fn run() -> Exit {
     let model = match Model::parse(model_bytes()) {
         Ok(m) => m,
         Err(e) => {
             defmt::error!("no valid model in the model partition: {}", defmt::Display2Format(&e));
-            return exit::BAD_MODEL;
+            return Exit::BadModel;
         }
     };
-    let engine = match Engine::new(model) {
+    // SAFETY: the only reference to the plan storage, taken once.
+    let plan: &'static mut [Step<'static>; MAX_STEPS] = unsafe { &mut *core::ptr::addr_of_mut!(PLAN) };
+    let engine = match Engine::new(model, plan) {
         Ok(e) => e,
+        Err(lepton_nn::Error::PlanTooSmall { needed, available }) => {
+            defmt::error!("model needs up to {} plan steps; this firmware has {}", needed, available);
+            return Exit::ArenaTooSmall;
+        }
         Err(e) => {
             defmt::error!("model cannot be planned: {}", defmt::Display2Format(&e));
-            return exit::BAD_MODEL;
+            return Exit::BadModel;
         }
     };
-    if engine.arena_bytes() > ARENA_BYTES || model.layer_count() > MAX_LAYERS {
-        defmt::error!("model needs {} arena bytes and {} layers; this firmware has {} and {}", engine.arena_bytes(), model.layer_count(), ARENA_BYTES, MAX_LAYERS);
-        return exit::ARENA_TOO_SMALL;
+    if engine.arena_bytes() > ARENA_BYTES {
+        defmt::error!("model needs {} arena bytes; this firmware has {}", engine.arena_bytes(), ARENA_BYTES);
+        return Exit::ArenaTooSmall;
     }
     let input_len = match model.input_shape().len() {
         Ok(n) if n <= MAX_INPUT => n,
         _ => {
             defmt::error!("model input larger than {} bytes", MAX_INPUT);
-            return exit::BAD_MODEL;
+            return Exit::ArenaTooSmall;
         }
     };
-    defmt::info!("model ok: {} layers, {} bytes, arena {} bytes", model.layer_count(), model.byte_len(), engine.arena_bytes());
+    defmt::info!("model ok: {} layers in {} steps, {} bytes, arena {} bytes", model.layer_count(), engine.step_count(), model.byte_len(), engine.arena_bytes());
 
-    let mut link = match link::Link::open(model.layer_count()) {
+    let hello = Hello { version: PROTOCOL_VERSION, steps: engine.step_count() as u16, outputs: engine.logits_len() as u16 };
+    let mut link = match link::Link::open(&hello) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -140,17 +137,17 @@ fn run() -> i32 {
     let arena = &mut arena[..engine.arena_bytes()];
     let mut pixels = [0u8; MAX_INPUT];
     let mut input = [0i8; MAX_INPUT];
-    let mut images = 0u32;
+    let mut count = 0u32;
     loop {
-        match link.read_image(&mut pixels[..input_len]) {
+        match link.read_input(&mut pixels[..input_len]) {
             Ok(true) => {}
             Ok(false) => break,
             Err(code) => return code,
         }
         if model.quantize_input(&pixels[..input_len], &mut input[..input_len]).is_err() {
-            return exit::BAD_MODEL;
+            return Exit::BadModel;
         }
-        let mut timer = LayerTimer { started: 0, per_layer: [0; MAX_LAYERS] };
+        let mut timer = StepTimer { started: 0, per_step: [0; MAX_STEPS] };
         counter::icount_start();
         let t0 = counter::now();
         let result = infer(&engine, &input[..input_len], arena, &mut timer);
@@ -160,44 +157,48 @@ fn run() -> i32 {
             Ok(r) => r,
             Err(e) => {
                 defmt::error!("inference failed: {}", defmt::Display2Format(&e));
-                return exit::INFERENCE;
+                return Exit::Inference;
             }
         };
-        let prediction = Prediction { class: result.class() as u8, logits: result.logits, instructions, per_layer: &timer.per_layer[..model.layer_count()] };
+        let frame = ResultFrame {
+            class: result.class() as u16,
+            outputs: result.logits,
+            instructions,
+            per_step: &timer.per_step[..engine.step_count()],
+        };
         if let Some(p) = result.probabilities {
-            let confidence = (p[prediction.class as usize] as i32 + 128) as f32 / 256.0;
-            defmt::debug!("image {}: class {} ({}%)", images, prediction.class, micromath::F32Ext::round(confidence * 100.0));
+            let confidence = (p.get(frame.class as usize).copied().unwrap_or(i8::MIN) as i32 + 128) as f32 / 256.0;
+            defmt::debug!("input {}: class {} ({}%)", count, frame.class, micromath::F32Ext::round(confidence * 100.0));
         }
-        if let Err(code) = link.write_result(&prediction) {
+        if let Err(code) = link.send_result(&frame) {
             return code;
         }
-        images += 1;
+        count += 1;
     }
     let stack_peak = stack::peak_bytes();
-    defmt::info!("{} images, stack peak {} bytes", images, stack_peak);
-    match link.write_summary(stack_peak as u32, engine.arena_bytes() as u32, model.byte_len() as u32) {
-        Ok(()) => exit::OK,
+    defmt::info!("{} inputs, stack peak {} bytes", count, stack_peak);
+    let summary = Summary { stack_peak_bytes: stack_peak as u32, arena_bytes: engine.arena_bytes() as u32, model_bytes: model.byte_len() as u32 };
+    match link.send_summary(&summary) {
+        Ok(()) => Exit::Ok,
         Err(code) => code,
     }
 }
 
-static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
-
 /// One inference. Kept out of line so the inference code (everything `lepton-nn` inlines into
 /// it) is one symbol whose size `cargo xtask bench` reports.
 #[inline(never)]
-fn infer<'a>(engine: &Engine, input: &[i8], arena: &'a mut [u8], timer: &mut LayerTimer) -> Result<lepton_nn::Inference<'a>, lepton_nn::Error> {
+fn infer<'a>(engine: &Engine, input: &[i8], arena: &'a mut [u8], timer: &mut StepTimer) -> Result<lepton_nn::Inference<'a>, lepton_nn::Error> {
     engine.run(input, arena, timer)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     defmt::error!("panic: {}", defmt::Display2Format(info));
-    link::finish(exit::PANIC)
+    link::finish(Exit::Panic)
 }
 
 #[exception]
 unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
     defmt::error!("hard fault at pc {:#010x}", frame.pc());
-    link::finish(exit::HARD_FAULT)
+    link::finish(Exit::HardFault)
 }

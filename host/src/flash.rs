@@ -9,7 +9,8 @@ use probe_rs::probe::list::Lister;
 use probe_rs::{Permissions, Session, SessionConfig};
 
 pub const DEFAULT_CHIP: &str = "STM32F405RGTx";
-pub const DEFAULT_ADDRESS: u64 = 0x080C_0000;
+/// The firmware's model partition (`lepton_nn::protocol`).
+pub const DEFAULT_ADDRESS: u64 = lepton_nn::protocol::MODEL_PARTITION_ADDRESS as u64;
 
 /// The flash region of `chip` that holds `[address, address + len)`, or why not.
 pub fn check_fits(chip: &str, address: u64, len: usize) -> Result<std::ops::Range<u64>> {
@@ -64,7 +65,7 @@ pub fn parse_address(s: &str) -> Result<u64> {
         Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
         None => s.replace('_', "").parse(),
     };
-    parsed.map_err(|_| anyhow!("invalid address {s:?} (use hex like 0x080C0000 or decimal)"))
+    parsed.map_err(|_| anyhow!("invalid address {s:?} (use hex like 0x08040000 or decimal)"))
 }
 
 #[cfg(test)]
@@ -97,8 +98,8 @@ mod tests {
 
     #[test]
     fn addresses_parse() {
-        assert_eq!(parse_address("0x080C0000").unwrap(), 0x080C_0000);
-        assert_eq!(parse_address("135004160").unwrap(), 0x080C_0000);
+        assert_eq!(parse_address("0x08040000").unwrap(), 0x0804_0000);
+        assert_eq!(parse_address("134479872").unwrap(), 0x0804_0000);
         assert!(parse_address("zz").is_err());
     }
 }

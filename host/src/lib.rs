@@ -1,32 +1,21 @@
 //! # lepton (host)
 //!
-//! The host half of Lepton: data, import, quantization arithmetic, the `.lpk` writer and
-//! evaluation. The integer engine itself is `lepton-nn`, shared with the firmware.
+//! The `lepton` CLI's library: training (burn), quantization, import (TFLite and ONNX with
+//! tract), ONNX export, and flashing (probe-rs), on top of `lepton-core` (data, the `.lpk`
+//! writer, int8 evaluation, reports, the QEMU harness), whose modules are re-exported here. The
+//! integer engine itself is `lepton-nn`, shared with the firmware.
+//!
+//! One module per stage of the pipeline: [`data`] → [`train`] → [`quantize`] or [`import`] →
+//! [`lpk`] (write) → [`eval`] → [`report`] → [`device`] (QEMU) or [`flash`] (a board).
 
-pub mod data;
-pub mod eval;
+pub use lepton_core::{data, device, eval, files, lpk, progress, report};
+
 pub mod flash;
-pub mod float;
-pub mod import_onnx;
-pub mod import_tflite;
-pub mod pipeline;
+pub mod float_net;
+pub mod float_reference;
+pub mod import;
 pub mod onnx;
-pub mod progress;
-pub mod qemu;
-pub mod qmodel;
 pub mod quantize;
-pub mod report;
-pub mod quant;
+pub mod train;
 
-/// Write to a temporary file beside `path`, then rename: no half-written file is ever left behind.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    #[cfg(unix)]
-    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
+pub use lepton_core::files::write_atomically;

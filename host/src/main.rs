@@ -38,7 +38,7 @@ enum Command {
         out: PathBuf,
         /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
         #[arg(long, value_enum, default_value_t)]
-        weights: lepton::qmodel::Packing,
+        weights: lepton::lpk::Packing,
     },
     /// Train the seed CNN (burn; CPU backend `flex` unless LEPTON_DEVICE says otherwise).
     Train {
@@ -76,7 +76,7 @@ enum Command {
         calibration: usize,
         /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
         #[arg(long, value_enum, default_value_t)]
-        weights: lepton::qmodel::Packing,
+        weights: lepton::lpk::Packing,
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -106,9 +106,9 @@ enum Command {
         chip: String,
         #[arg(long)]
         model: PathBuf,
-        /// Flash address of the model partition.
-        #[arg(long, default_value = "0x080C0000")]
-        address: String,
+        /// Flash address of the model partition (default: the firmware's, 0x08040000).
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Run a Lepton model over the test set on the host and report its accuracy.
     Eval {
@@ -160,29 +160,33 @@ fn run(cli: Cli) -> Result<()> {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
-            let config = lepton::float::train::TrainConfig { epochs, seed, batch_size, learning_rate: 1e-3, train_images: train.len() };
-            let device = lepton::float::device()?;
-            let state = lepton::float::train::train(&train, &test, config, &out, resume, &device)?;
+            let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate: 1e-3, train_images: train.len() };
+            let device = lepton::train::device()?;
+            let state = lepton::train::trainer::train(&train, &test, config, &out, resume, &device)?;
             if let Some(last) = state.epochs.last() {
                 println!("float test accuracy {:.4} after {} epochs; model in {}", last.test_accuracy, last.epoch, out.display());
             }
             Ok(())
         }
         Command::Quantize { float_dir, out, calibration, data, weights } => {
-            let blob = lepton::pipeline::quantize(&float_dir, data.as_deref(), calibration)?.to_lpk_with(weights)?;
+            let blob = lepton::quantize::quantize(&float_dir, data.as_deref(), calibration)?.to_lpk_with(weights)?;
             write_atomically(&out, &blob)?;
             eprintln!("wrote {} ({} bytes)", out.display(), blob.len());
             Ok(())
         }
         Command::ExportOnnx { float_dir, out } => {
-            let bytes = lepton::pipeline::export_onnx(&float_dir)?;
+            let bytes = lepton::float_reference::export_onnx(&float_dir)?;
             write_atomically(&out, &bytes)?;
             eprintln!("wrote {} ({} bytes, ONNX opset {})", out.display(), bytes.len(), lepton::onnx::OPSET);
             Ok(())
         }
         Command::Flash { chip, model, address } => {
             let bytes = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
-            lepton::flash::flash(&chip, lepton::flash::parse_address(&address)?, &bytes)
+            let address = match address {
+                Some(a) => lepton::flash::parse_address(&a)?,
+                None => lepton::flash::DEFAULT_ADDRESS,
+            };
+            lepton::flash::flash(&chip, address, &bytes)
         }
         Command::Report { model, json, bench } => {
             let blob = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
@@ -205,17 +209,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn import(model: &Path, out: &Path, weights: lepton::qmodel::Packing, data_dir: Option<&Path>, calibration: usize) -> Result<()> {
-    let bytes = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
-    let qmodel = match model.extension().and_then(|e| e.to_str()) {
-        Some("tflite") => lepton::import_tflite::import_tflite(&bytes),
-        Some("onnx") => {
-            let train = data::load_part(data_dir, Part::Train)?;
-            lepton::import_onnx::import_onnx(model, &train, calibration)
-        }
-        _ => bail!("{}: unknown model type (expected a .tflite or .onnx file)", model.display()),
-    }
-    .with_context(|| format!("importing {}", model.display()))?;
+fn import(model: &Path, out: &Path, weights: lepton::lpk::Packing, data_dir: Option<&Path>, calibration: usize) -> Result<()> {
+    let qmodel = lepton::import::import(model, data_dir, calibration)?;
     let blob = qmodel.to_lpk_with(weights)?;
     write_atomically(out, &blob)?;
     eprintln!("wrote {} ({} layers, {} bytes)", out.display(), qmodel.layers.len(), blob.len());
@@ -246,7 +241,7 @@ fn evaluate(
         "int8_accuracy": run.accuracy(&test.labels),
     });
     if let Some(float_model) = float_model {
-        let float_logits = lepton::pipeline::float_logits(float_model, &test)?;
+        let float_logits = lepton::float_reference::float_logits(float_model, &test)?;
         let cmp = eval::compare(&blob, &run, &float_logits, &test.labels)?;
         let fields = serde_json::to_value(&cmp)?;
         report.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());

@@ -53,8 +53,9 @@ fn import_rejects_what_it_cannot_read() {
     let e = err(lepton(&["import", s(&bogus), "--out", s(&dir.path().join("x.lpk"))]));
     assert!(e.contains("not a TFLite flatbuffer"), "{e}");
     assert!(!dir.path().join("x.lpk").exists(), "nothing written on failure");
+    // The extension is checked first: no file is read, no data fetched.
     let e = err(lepton(&["import", "model.pb", "--out", s(&dir.path().join("x.lpk"))]));
-    assert!(e.contains("reading model.pb") || e.contains("unknown model type"), "{e}");
+    assert!(e.contains("model.pb: unknown model type (expected a .tflite or .onnx file)"), "{e}");
 }
 
 /// Write a small IDX data set: `n` images of 28x28 and labels `i % 10`.

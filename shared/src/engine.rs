@@ -12,19 +12,35 @@ use crate::kernels::{self, avg_pool_s8, conv2d_s8, fully_connected_s8, max_pool_
 use crate::types::{as_i8, as_i8_mut, expect_len};
 use crate::Error;
 
+/// One step of the plan as hooks see it: its position in the plan and the layers it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepSpan {
+    /// Position of the step in the plan (0-based).
+    pub index: usize,
+    /// First and last layer the step runs (equal unless layers are fused).
+    pub first: usize,
+    pub last: usize,
+}
+
+impl StepSpan {
+    /// The layer this step's cost is charged to ([`crate::protocol::charged_layer`]).
+    pub fn charged_layer(&self) -> usize {
+        crate::protocol::charged_layer(self.first, self.last)
+    }
+}
+
 /// Called around every step: timing and tracing on the device, per-layer checks on the host.
 ///
 /// A step is one layer, or a conv and the max-pool fused into it by the optimized engine; then
-/// `before_layer` gets the conv's index, `after_layer` the pool's index and output, and the
-/// conv's output (never stored) is not reported.
-pub trait LayerHook {
-    fn before_layer(&mut self, _index: usize, _layer: &Layer) {}
-    fn after_layer(&mut self, _index: usize, _layer: &Layer, _output: &[i8]) {}
+/// `after_step` gets the pool's output, and the conv's output (never stored) is not reported.
+pub trait StepHook {
+    fn before_step(&mut self, _step: StepSpan) {}
+    fn after_step(&mut self, _step: StepSpan, _output: &[i8]) {}
 }
 
 /// The hook that does nothing.
 pub struct NoHook;
-impl LayerHook for NoHook {}
+impl StepHook for NoHook {}
 
 /// What one inference produced, borrowed from the arena.
 #[derive(Debug)]
@@ -71,7 +87,7 @@ impl Placement {
     }
 }
 
-/// The kernel that runs one step.
+/// The kernel that runs one step, decided once when the plan is made.
 #[derive(Clone, Copy, Debug)]
 enum Kernel<'a> {
     Reference(Layer<'a>),
@@ -79,65 +95,69 @@ enum Kernel<'a> {
     ConvMaxPool(Conv2d<'a>, Pool),
     Conv1ChannelMaxPool(Conv2d<'a>, Pool),
     FullyConnected(FullyConnected<'a>),
+    /// A reinterpretation of the buffer: nothing runs.
+    View,
 }
 
-/// One step of a plan: layers `first..=last` run by `kernel`.
+/// One step of a plan: layers `first..=last` run by `kernel`, reading the current tensor at one
+/// end of the arena and writing `output_len` bytes at the other. The caller owns the plan's
+/// storage ([`Engine::new`]): a `[Step; N]` with `N` at least the model's layer count.
 #[derive(Clone, Copy, Debug)]
-struct Step<'a> {
-    first: usize,
-    last: usize,
+pub struct Step<'a> {
+    first: u8,
+    last: u8,
     kernel: Kernel<'a>,
+    output_len: usize,
+    /// Whether the step's output is a softmax (the logits are the output before it).
+    softmax: bool,
 }
 
-/// A model with its memory plan.
+impl Step<'static> {
+    /// A placeholder to initialize plan storage with.
+    pub const EMPTY: Step<'static> = Step { first: 0, last: 0, kernel: Kernel::View, output_len: 0, softmax: false };
+}
+
+/// Steps of plan storage that a model with `layer_count` layers may need.
+pub const fn plan_steps(layer_count: usize) -> usize {
+    layer_count
+}
+
+/// A model with its plan: the kernel of every step and the arena it needs, computed once by
+/// [`Engine::new`] (or [`Engine::reference`]); [`Engine::run`] only executes it.
 #[derive(Clone, Copy, Debug)]
-pub struct Engine<'m> {
+pub struct Engine<'m, 'p> {
     model: Model<'m>,
     arena_bytes: usize,
+    input_len: usize,
     optimized: bool,
+    steps: &'p [Step<'m>],
 }
 
-impl<'m> Engine<'m> {
-    /// The optimized engine: fused and DSP kernels wherever they apply, reference kernels elsewhere.
-    pub fn new(model: Model<'m>) -> Result<Self, Error> {
-        Self::plan(model, true)
+impl<'m, 'p> Engine<'m, 'p> {
+    /// The optimized engine: fused and DSP kernels wherever they apply, reference kernels
+    /// elsewhere. The plan is written into `plan` (at least [`plan_steps`] steps).
+    pub fn new(model: Model<'m>, plan: &'p mut [Step<'m>]) -> Result<Self, Error> {
+        Self::plan(model, true, plan)
     }
 
     /// Reference kernels only, one layer at a time: the oracle, and every layer's output visible.
-    pub fn reference(model: Model<'m>) -> Result<Self, Error> {
-        Self::plan(model, false)
+    pub fn reference(model: Model<'m>, plan: &'p mut [Step<'m>]) -> Result<Self, Error> {
+        Self::plan(model, false, plan)
     }
 
-    fn plan(model: Model<'m>, optimized: bool) -> Result<Self, Error> {
-        let mut engine = Engine { model, arena_bytes: model.input_shape().len()?, optimized };
-        let mut i = 0;
+    fn plan(model: Model<'m>, optimized: bool, plan: &'p mut [Step<'m>]) -> Result<Self, Error> {
+        let input_len = model.input_shape().len()?;
+        let mut arena_bytes = input_len;
+        let (mut i, mut count) = (0, 0);
         while i < model.layer_count() {
-            let step = engine.step(i)?;
-            engine.arena_bytes = engine.arena_bytes.max(step_footprint(&step, &model)?);
-            i = step.last + 1;
+            let step = step_at(&model, i, optimized)?;
+            arena_bytes = arena_bytes.max(step_footprint(&step, &model)?);
+            let available = plan.len();
+            *plan.get_mut(count).ok_or(Error::PlanTooSmall { needed: plan_steps(model.layer_count()), available })? = step;
+            count += 1;
+            i = step.last as usize + 1;
         }
-        Ok(engine)
-    }
-
-    /// The step starting at layer `i`.
-    fn step(&self, i: usize) -> Result<Step<'m>, Error> {
-        let layer = self.model.layer(i)?;
-        let single = |kernel| Ok(Step { first: i, last: i, kernel });
-        if !self.optimized {
-            return single(Kernel::Reference(layer));
-        }
-        let next = if i + 1 < self.model.layer_count() { Some(self.model.layer(i + 1)?) } else { None };
-        match (layer, next) {
-            (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_maxpool_s8_fast_supported(&c, &p) => {
-                Ok(Step { first: i, last: i + 1, kernel: Kernel::ConvMaxPool(c, p) })
-            }
-            (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_c1_maxpool_s8_fast_supported(&c, &p) => {
-                Ok(Step { first: i, last: i + 1, kernel: Kernel::Conv1ChannelMaxPool(c, p) })
-            }
-            (Layer::Conv2d(c), _) if fast::conv2d_s8_fast_supported(&c) => single(Kernel::Conv(c)),
-            (Layer::FullyConnected(f), _) if fast::fully_connected_s8_fast_supported(&f) => single(Kernel::FullyConnected(f)),
-            _ => single(Kernel::Reference(layer)),
-        }
+        Ok(Engine { model, arena_bytes, input_len, optimized, steps: &plan[..count] })
     }
 
     /// Whether this engine uses the optimized kernels.
@@ -154,35 +174,45 @@ impl<'m> Engine<'m> {
         self.arena_bytes
     }
 
+    /// Steps of the plan (layers fused into one step count once).
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Length of [`Inference::logits`]: the output of the last step that is not a softmax (the
+    /// input when every step is one).
+    pub fn logits_len(&self) -> usize {
+        self.steps.iter().rev().find(|s| !s.softmax).map_or(self.input_len, |s| s.output_len)
+    }
+
+    /// The layers each step of the plan runs, in order.
+    pub fn steps(&self) -> impl Iterator<Item = StepSpan> + '_ {
+        self.steps.iter().enumerate().map(|(index, s)| StepSpan { index, first: s.first as usize, last: s.last as usize })
+    }
+
     /// Run one inference on a quantized input (see [`Model::quantize_input`]).
-    pub fn run<'a>(&self, input: &[i8], arena: &'a mut [u8], hook: &mut impl LayerHook) -> Result<Inference<'a>, Error> {
+    pub fn run<'a>(&self, input: &[i8], arena: &'a mut [u8], hook: &mut impl StepHook) -> Result<Inference<'a>, Error> {
         let arena_len = arena.len();
         if arena_len < self.arena_bytes {
             return Err(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena_len });
         }
-        let input_len = self.model.input_shape().len()?;
-        expect_len(input.len(), input_len)?;
-        as_i8_mut(&mut arena[..input_len]).copy_from_slice(input);
+        expect_len(input.len(), self.input_len)?;
+        as_i8_mut(&mut arena[..self.input_len]).copy_from_slice(input);
 
-        let mut current = Placement { at_start: true, len: input_len };
+        let mut current = Placement { at_start: true, len: self.input_len };
         let mut logits = current;
         let mut probabilities = None;
-        let mut i = 0;
-        while i < self.model.layer_count() {
-            let step = self.step(i)?;
-            let first = self.model.layer(step.first)?;
-            let layer = self.model.layer(step.last)?;
-            hook.before_layer(step.first, &first);
-            let out_len = output_len(&layer)?;
-            let output = Placement { at_start: !current.at_start, len: out_len };
-            if !matches!(layer, Layer::Reshape { .. }) {
+        for (index, step) in self.steps.iter().enumerate() {
+            let span = StepSpan { index, first: step.first as usize, last: step.last as usize };
+            hook.before_step(span);
+            if !matches!(step.kernel, Kernel::View) {
+                let output = Placement { at_start: !current.at_start, len: step.output_len };
                 run_step(&step.kernel, arena, current, output)?;
                 current = output;
             }
-            current.len = out_len;
-            hook.after_layer(step.last, &layer, as_i8(&arena[current.range(arena_len)]));
-            i = step.last + 1;
-            if matches!(layer, Layer::Softmax(_)) {
+            current.len = step.output_len;
+            hook.after_step(span, as_i8(&arena[current.range(arena_len)]));
+            if step.softmax {
                 probabilities = Some(current);
             } else {
                 logits = current;
@@ -197,6 +227,25 @@ impl<'m> Engine<'m> {
     }
 }
 
+/// The step of the plan that starts at layer `i`: which layers it fuses and which kernel runs them.
+fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>, Error> {
+    let layer = model.layer(i)?;
+    let next = if optimized && i + 1 < model.layer_count() { Some(model.layer(i + 1)?) } else { None };
+    let (last, kernel) = match (layer, next) {
+        (Layer::Reshape { .. }, _) => (i, Kernel::View),
+        _ if !optimized => (i, Kernel::Reference(layer)),
+        (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_maxpool_s8_fast_supported(&c, &p) => (i + 1, Kernel::ConvMaxPool(c, p)),
+        (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_c1_maxpool_s8_fast_supported(&c, &p) => {
+            (i + 1, Kernel::Conv1ChannelMaxPool(c, p))
+        }
+        (Layer::Conv2d(c), _) if fast::conv2d_s8_fast_supported(&c) => (i, Kernel::Conv(c)),
+        (Layer::FullyConnected(f), _) if fast::fully_connected_s8_fast_supported(&f) => (i, Kernel::FullyConnected(f)),
+        _ => (i, Kernel::Reference(layer)),
+    };
+    let last_layer = if last == i { layer } else { model.layer(last)? };
+    Ok(Step { first: i as u8, last: last as u8, kernel, output_len: output_len(&last_layer)?, softmax: matches!(last_layer, Layer::Softmax(_)) })
+}
+
 /// Bytes of scratch a step's kernel asks for.
 fn step_scratch_bytes(kernel: &Kernel) -> usize {
     match kernel {
@@ -205,17 +254,17 @@ fn step_scratch_bytes(kernel: &Kernel) -> usize {
         Kernel::ConvMaxPool(c, p) => fast::conv2d_maxpool_s8_fast_scratch_bytes(c, p),
         Kernel::Conv1ChannelMaxPool(c, p) => fast::conv2d_c1_maxpool_s8_fast_scratch_bytes(c, p),
         Kernel::FullyConnected(f) => fast::fully_connected_s8_fast_scratch_bytes(f),
+        Kernel::View => 0,
     }
 }
 
 /// Input + scratch + output bytes a step needs at once (a reshape needs nothing extra).
 fn step_footprint(step: &Step, model: &Model) -> Result<usize, Error> {
-    let (first, last) = (model.layer(step.first)?, model.layer(step.last)?);
-    if let Layer::Reshape { .. } = last {
+    if let Kernel::View = step.kernel {
         return Ok(0);
     }
-    input_len(&first)?
-        .checked_add(output_len(&last)?)
+    input_len(&model.layer(step.first as usize)?)?
+        .checked_add(step.output_len)
         .and_then(|n| n.checked_add(step_scratch_bytes(&step.kernel)))
         .ok_or(Error::SizeOverflow)
 }
@@ -256,6 +305,7 @@ fn run_step(kernel: &Kernel, arena: &mut [u8], input: Placement, output: Placeme
         Kernel::ConvMaxPool(c, p) => return fast::conv2d_maxpool_s8_fast(c, p, input, output, scratch),
         Kernel::Conv1ChannelMaxPool(c, p) => return fast::conv2d_c1_maxpool_s8_fast(c, p, input, output, scratch),
         Kernel::FullyConnected(f) => return fast::fully_connected_s8_fast(f, input, output, scratch),
+        Kernel::View => return Ok(()),
     };
     match layer {
         Layer::Conv2d(p) => conv2d_s8(p, input, output, scratch),

@@ -36,6 +36,8 @@ pub enum Error {
     ArenaTooSmall { needed: usize, available: usize },
     /// A buffer handed to a kernel or the engine has the wrong length.
     BufferSize { expected: usize, found: usize },
+    /// The storage given for the engine's plan holds fewer steps than the model may need.
+    PlanTooSmall { needed: usize, available: usize },
 }
 
 impl fmt::Display for Error {
@@ -68,6 +70,9 @@ impl fmt::Display for Error {
             }
             Error::BufferSize { expected, found } => {
                 write!(f, "buffer has {found} elements, {expected} expected")
+            }
+            Error::PlanTooSmall { needed, available } => {
+                write!(f, "plan storage too small: the model needs up to {needed} steps, {available} given")
             }
         }
     }

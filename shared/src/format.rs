@@ -120,7 +120,7 @@ pub struct Section {
     pub len: u32,
 }
 
-/// One 80-byte entry of the layer table, as stored (not yet validated).
+/// One 88-byte entry of the layer table, as stored (not yet validated).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerRecord {
     pub op: u8,

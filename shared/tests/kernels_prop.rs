@@ -205,7 +205,7 @@ proptest! {
 
     #[test]
     fn softmax_tracks_the_real_softmax(row in prop::collection::vec(any::<i8>(), 1..=16), scale in 0.01f64..0.5) {
-        // TFLM's setup for beta = 1 and this input scale (the host computes the same in lepton::quant).
+        // TFLM's setup for beta = 1 and this input scale (the host computes the same in lepton::lpk::arithmetic).
         let real = scale * (1u64 << 26) as f64;
         let (q, e) = frexp(real);
         let m = (q * (1u64 << 31) as f64).round() as i64;

@@ -5,18 +5,13 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{root, status};
+use crate::root;
 
 pub fn bench_train(epochs: usize) -> Result<()> {
-    let data = lepton::data::ensure(None)?;
+    let data = lepton_core::data::ensure(None)?;
     let out = tempfile_dir()?;
     let epochs_arg = epochs.to_string();
-    status(
-        Command::new("cargo")
-            .current_dir(root())
-            .args(["run", "--release", "--quiet", "-p", "lepton", "--", "train", "--epochs", &epochs_arg, "--out"])
-            .arg(&out),
-    )?;
+    crate::cli::lepton(&["train", "--epochs", &epochs_arg, "--out", out.to_str().context("non-UTF-8 path")?])?;
     let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json"))?)?;
     let burn: Vec<(f64, f64)> = metrics["epochs"]
         .as_array()

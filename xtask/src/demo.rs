@@ -3,34 +3,14 @@
 //! the device, and print accuracy, host/device agreement and the cost table.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::{firmware, qemu, root, status, DEFAULT_MODEL};
-
-/// Run the `lepton` CLI as a user would, echoing the command.
-fn lepton(args: &[&str]) -> Result<()> {
-    eprintln!("\n$ lepton {}", args.join(" "));
-    status(Command::new("cargo").current_dir(root()).args(["run", "--release", "--quiet", "-p", "lepton", "--"]).args(args))
-}
-
-fn check_prerequisites() -> Result<()> {
-    lepton::qemu::qemu_binary()?;
-    let targets = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    match targets {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("thumbv7em-none-eabihf") => {}
-        Ok(_) => {
-            eprintln!("xtask: adding the Cortex-M4F target: rustup target add thumbv7em-none-eabihf");
-            status(Command::new("rustup").args(["target", "add", "thumbv7em-none-eabihf"]))?;
-        }
-        Err(_) => bail!("rustup not found: install Rust with rustup (https://rustup.rs), then `rustup target add thumbv7em-none-eabihf`"),
-    }
-    Ok(())
-}
+use crate::cli::lepton;
+use crate::{firmware, preflight, qemu, root, DEFAULT_MODEL};
 
 pub fn demo(reuse_model: bool, epochs: usize, images: Option<usize>) -> Result<()> {
-    check_prerequisites()?;
+    preflight::check(&preflight::ALL)?;
     let work = root().join("target/demo");
     std::fs::create_dir_all(&work)?;
     lepton(&["data"])?;

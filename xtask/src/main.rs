@@ -1,5 +1,9 @@
 //! Build orchestration for Lepton (`cargo xtask ...`), the Rust convention for multi-target
 //! workspaces: host crates build for the PC, the firmware for thumbv7em-none-eabihf.
+//!
+//! xtask stays thin: it depends on `lepton-core` (data, int8 evaluation, the QEMU harness) and
+//! `lepton-nn`, never on burn, tract or probe-rs. Host work that needs those runs the `lepton`
+//! CLI, which xtask builds on demand ([`cli`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,8 +13,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_train;
+mod cli;
 mod demo;
 mod firmware;
+mod preflight;
 mod qemu;
 
 /// The committed quantized MNIST model.
@@ -42,7 +48,7 @@ enum Cmd {
     },
     /// The main job, end to end on the QEMU board: data, train, quantize, judge, firmware, device run.
     Demo {
-        /// Reuse the committed model (models/mnist-cnn) instead of training (saves ~4 minutes).
+        /// Reuse the committed model (models/mnist-cnn) instead of training (saves ~1 minute of training).
         #[arg(long)]
         reuse_model: bool,
         #[arg(long, default_value_t = 5)]
@@ -70,7 +76,7 @@ enum Cmd {
         #[arg(long)]
         embedded: bool,
     },
-    /// Run every test: host, cross-crate (TFLM bit-exactness, MNIST) and, when present, QEMU.
+    /// Run every test: host, cross-crate (TFLM bit-exactness, MNIST) and QEMU end to end.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -90,11 +96,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::BenchTrain { epochs } => bench_train::bench_train(epochs),
         Cmd::Bench { model, images, json } => {
+            preflight::check(&preflight::DEVICE)?;
             let elf = firmware::build(&[])?;
             bench::bench(&root().join(model), images, &elf, json).map(|_| ())
         }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
         Cmd::Qemu { model, images, json, skip_host_check, embedded } => {
+            preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);
             let elf = if embedded {
                 firmware::build_variant("embedded", true, &["embedded-model"], Some(&model))?
@@ -110,6 +118,11 @@ fn run(cli: Cli) -> Result<()> {
 /// The workspace root (xtask lives one level below it).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// The host target directory (`CARGO_TARGET_DIR` or `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
 fn cargo() -> Command {
@@ -128,9 +141,11 @@ pub fn status(cmd: &mut Command) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    preflight::check(&preflight::ALL)?;
     // One release build serves the data step and every test binary.
+    eprintln!("xtask: building the workspace and its tests (a first build compiles burn, tract and probe-rs: ~20 min on 2 cores)");
     status(cargo().args(["build", "--release", "--workspace", "--all-targets"]))?;
-    status(cargo().args(["run", "--release", "--quiet", "-p", "lepton", "--", "data"]))?;
+    cli::lepton(&["data"])?;
     // The board build (USART, probe-rs runner) must keep compiling though no board is here.
     firmware::build_variant("board", false, &["board"], None)?;
     status(cargo().args(["test", "--release", "--workspace", "--no-fail-fast"]).args(args))?;

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use lepton::data::{self, Part, PIXELS};
-use lepton::qemu;
+use lepton_core::data::{self, Part, PIXELS};
+use lepton_core::device;
 use serde_json::json;
 
 pub struct QemuReport {
@@ -21,20 +21,20 @@ pub fn run(model_path: &Path, images: Option<usize>, elf: &Path, host_check: boo
         test = test.truncated(n);
     }
     let host = if host_check {
-        lepton::eval::parse_model(&model, &model_path.display().to_string())?;
+        lepton_core::eval::parse_model(&model, &model_path.display().to_string())?;
         eprintln!("xtask: host inference on {} images ...", test.len());
-        lepton::eval::run_int8(&model, &test)?
+        lepton_core::eval::run_int8(&model, &test)?
     } else {
-        lepton::eval::Int8Run { logits: Vec::new(), predictions: Vec::new() }
+        lepton_core::eval::Int8Run { logits: Vec::new(), predictions: Vec::new() }
     };
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).min(test.len().max(1));
     eprintln!("xtask: device inference on {} images (QEMU netduinoplus2, {jobs} instances, -icount shift=0) ...", test.len());
     let started = std::time::Instant::now();
-    let device = qemu::run_with(elf, in_partition.then_some(&model[..]), &test.images, PIXELS, jobs)?;
+    let device = device::run(elf, in_partition.then_some(&model[..]), &test.images, PIXELS, jobs)?;
     let seconds = started.elapsed().as_secs_f64();
 
     let mismatches = if host_check { host.logits.iter().zip(&device.results).filter(|(h, d)| **h != d.logits).count() } else { 0 };
-    let correct = device.results.iter().zip(&test.labels).filter(|(d, &l)| d.class == l).count();
+    let correct = device.results.iter().zip(&test.labels).filter(|(d, &l)| d.class == l as u16).count();
     let instructions: Vec<u64> = device.results.iter().map(|r| r.instructions as u64).collect();
     let elf_bytes = std::fs::read(elf)?;
     let json = json!({
@@ -49,7 +49,7 @@ pub fn run(model_path: &Path, images: Option<usize>, elf: &Path, host_check: boo
         },
         "stack_peak_bytes": device.stack_peak_bytes,
         "arena_bytes": device.arena_bytes,
-        "flash_code_bytes": qemu::flash_code_bytes(&elf_bytes)?,
+        "flash_code_bytes": device::flash_code_bytes(&elf_bytes)?,
         "flash_model_bytes": device.model_bytes,
         "seconds": seconds,
     });

@@ -6,12 +6,13 @@
 #![no_main]
 
 use lepton_nn::format::{crc32, HEADER_LEN};
-use lepton_nn::{Engine, Model, NoHook};
+use lepton_nn::{Engine, Model, NoHook, Step};
 use libfuzzer_sys::fuzz_target;
 
 fn exercise(data: &[u8]) {
     let Ok(model) = Model::parse(data) else { return };
-    let Ok(engine) = Engine::new(model) else { return };
+    let mut plan = vec![Step::EMPTY; model.layer_count()];
+    let Ok(engine) = Engine::new(model, &mut plan) else { return };
     if engine.arena_bytes() > 1 << 20 {
         return;
     }

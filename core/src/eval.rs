@@ -1,7 +1,7 @@
 //! Run a Lepton model over a data set on the host, through `lepton-nn`: the same code the device runs.
 
 use anyhow::{anyhow, Result};
-use lepton_nn::{Engine, Model, NoHook};
+use lepton_nn::{plan_steps, Engine, Model, NoHook, Step};
 
 use crate::data::Split;
 
@@ -33,11 +33,12 @@ pub fn run_int8(blob: &[u8], split: &Split) -> Result<Int8Run> {
 /// [`run_int8`] with the optimized kernels (`optimized = true`) or the reference ones.
 pub fn run_int8_with(blob: &[u8], split: &Split, optimized: bool) -> Result<Int8Run> {
     let model = parse_model(blob, "model")?;
-    let engine = if optimized { Engine::new(model) } else { Engine::reference(model) }.map_err(|e| anyhow!("model: {e}"))?;
+    let mut plan = vec![Step::EMPTY; plan_steps(model.layer_count())];
+    let engine = if optimized { Engine::new(model, &mut plan) } else { Engine::reference(model, &mut plan) }.map_err(|e| anyhow!("model: {e}"))?;
     let count = split.len();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
     let per_thread = count.div_ceil(threads);
-    let progress = crate::progress::bar(count as u64, "int8 inference");
+    let progress = crate::progress::Progress::new(count as u64, "int8 inference");
 
     let chunks: Vec<Result<Vec<Vec<i8>>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -59,7 +60,7 @@ pub fn run_int8_with(blob: &[u8], split: &Split, optimized: bool) -> Result<Int8
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("inference thread panicked")))).collect()
     });
-    progress.finish_and_clear();
+    progress.finish();
 
     let mut logits = Vec::with_capacity(count);
     for chunk in chunks {
@@ -102,7 +103,7 @@ pub fn compare(blob: &[u8], run: &Int8Run, float_logits: &[Vec<f32>], labels: &[
             sum += e;
             count += 1;
         }
-        let float_class = crate::float::infer::argmax(f) as u8;
+        let float_class = argmax(f) as u8;
         agree += usize::from(float_class == pred);
         float_correct += usize::from(float_class == label);
     }
@@ -114,4 +115,15 @@ pub fn compare(blob: &[u8], run: &Int8Run, float_logits: &[Vec<f32>], labels: &[
         mean_logit_error: sum / count.max(1) as f64,
         logit_scale: scale,
     })
+}
+
+/// First index of the largest value (numpy's rule for ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
 }

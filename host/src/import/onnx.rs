@@ -1,8 +1,8 @@
 //! `lepton import FILE.onnx`: a float ONNX CNN (Conv, Relu, MaxPool, AveragePool, Gemm or
 //! MatMul + Add, Flatten/Reshape, Transpose, Softmax; NCHW as PyTorch exports it, or
 //! NHWC-with-transposes as tf2onnx does) to a Lepton model: the graph is read from the ONNX
-//! protobuf (tract-onnx's schema), loaded and run by tract for calibration on MNIST training
-//! images, and quantized with the same code as `lepton quantize`.
+//! protobuf (tract-onnx's schema) into a [`FloatNet`], calibrated on MNIST training images and
+//! quantized with the same code as `lepton quantize`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,14 +12,12 @@ use lepton_nn::Padding;
 use prost::Message;
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 
-use crate::onnx::TractRunner;
-
 use crate::data::Split;
-use crate::qmodel::QModel;
-use crate::quantize::{quantize_sequence, FloatLayer, FloatOp};
+use crate::float_net::{nchw_columns_to_nhwc, FloatLayer, FloatNet, FloatOp};
+use crate::lpk::QModel;
 
 /// Read the layer sequence of an ONNX model.
-pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
+pub fn parse(bytes: &[u8]) -> Result<FloatNet> {
     let model = ModelProto::decode(bytes).map_err(|e| anyhow!("not an ONNX model: {e}"))?;
     let graph = model.graph.context("ONNX model has no graph")?;
     let inits: HashMap<&str, &TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
@@ -33,6 +31,8 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
     let mut current = input.name.clone();
     let mut layers: Vec<FloatLayer> = Vec::new();
     let mut flattened = false;
+    // Set by an NCHW flatten: the next dense layer's inputs are permuted to the engine's NHWC order.
+    let mut permute: Option<(usize, usize, usize)> = None;
     for node in &graph.node {
         let first = node.input.first().map(String::as_str).unwrap_or("");
         let out = node.output.first().cloned().unwrap_or_default();
@@ -93,7 +93,8 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
             "Flatten" | "Reshape" => {
                 if !flattened {
                     // Our engine's buffers are NHWC; an NCHW flatten permutes the next layer's inputs.
-                    layers.push(FloatLayer { op: FloatOp::Flatten { chw: nchw.then_some(shape) }, output_name: out.clone() });
+                    permute = nchw.then_some(shape);
+                    layers.push(FloatLayer { op: FloatOp::Flatten, output_name: out.clone() });
                     flattened = true;
                 }
             }
@@ -106,6 +107,10 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
                 let values = floats(w)?;
                 let (outputs, inputs) = if trans_b { (w.dims[0] as usize, w.dims[1] as usize) } else { (w.dims[1] as usize, w.dims[0] as usize) };
                 let weights_out_in = if trans_b { values } else { (0..outputs).flat_map(|o| (0..inputs).map(move |i| (o, i))).map(|(o, i)| values[i * outputs + o]).collect() };
+                let weights_out_in = match permute.take() {
+                    Some(chw) => nchw_columns_to_nhwc(&weights_out_in, outputs, chw),
+                    None => weights_out_in,
+                };
                 let bias = match node.input.get(2) {
                     Some(b) if !b.is_empty() => floats(tensor(&inits, Some(b), "Gemm bias")?)?,
                     _ => vec![0.0; outputs],
@@ -133,7 +138,9 @@ pub fn parse(bytes: &[u8]) -> Result<(Vec<FloatLayer>, String)> {
         current = out;
     }
     ensure!(layers.iter().any(|l| matches!(l.op, FloatOp::Conv { .. } | FloatOp::Dense { .. })), "the ONNX model has no Conv or Gemm layer");
-    Ok((layers, input.name.clone()))
+    let net = FloatNet { input: (28, 28, 1), layers };
+    net.shapes()?;
+    Ok(net)
 }
 
 fn conv_padding(node: &NodeProto, input: (usize, usize), k: (usize, usize), s: (usize, usize)) -> Result<Padding> {
@@ -180,28 +187,8 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>> {
     Ok(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-/// Activation ranges of the named tensors over `count` training images, run by tract.
-fn calibrate(bytes: &[u8], path: &Path, names: &[&str], train: &Split, count: usize) -> Result<Vec<(f32, f32)>> {
-    let runner = TractRunner::from_bytes(bytes, path, Some(names))?;
-    let count = count.clamp(1, train.len());
-    let step = train.len() / count;
-    let mut ranges = vec![(f32::INFINITY, f32::NEG_INFINITY); names.len()];
-    for i in 0..count {
-        for (r, values) in ranges.iter_mut().zip(runner.run(train.image(i * step))?) {
-            for x in values {
-                *r = (r.0.min(x), r.1.max(x));
-            }
-        }
-    }
-    Ok(ranges)
-}
-
 /// Import, calibrate and quantize an ONNX model.
 pub fn import_onnx(path: &Path, train: &Split, calibration: usize) -> Result<QModel> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (layers, _input) = parse(&bytes)?;
-    let names: Vec<&str> = layers.iter().filter(|l| matches!(l.op, FloatOp::Conv { .. } | FloatOp::Dense { .. })).map(|l| l.output_name.as_str()).collect();
-    eprintln!("calibrating {} tensors on {} training images with tract ...", names.len(), calibration.min(train.len()));
-    let ranges = calibrate(&bytes, path, &names, train, calibration)?;
-    quantize_sequence(&layers, &ranges)
+    crate::quantize::quantize_net(&parse(&bytes)?, train, calibration)
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use lepton_nn::format::{Layer, Model, Op};
-use lepton_nn::{Engine, Shape};
+use lepton_nn::{plan_steps, Engine, Shape, Step};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
@@ -63,7 +63,8 @@ fn dims(s: Shape) -> [u16; 3] {
 
 pub fn report(blob: &[u8]) -> Result<Report> {
     let model = Model::parse(blob).map_err(|e| anyhow!("{e}"))?;
-    let engine = Engine::new(model).map_err(|e| anyhow!("{e}"))?;
+    let mut plan = vec![Step::EMPTY; plan_steps(model.layer_count())];
+    let engine = Engine::new(model, &mut plan).map_err(|e| anyhow!("{e}"))?;
     let mut layers = Vec::new();
     for i in 0..model.layer_count() {
         let rec = model.record(i as u16);

@@ -111,7 +111,7 @@ mod tests {
     use burn::prelude::*;
     use burn::tensor::{Distribution, TensorData};
 
-    use crate::float::model::Cnn;
+    use crate::train::model::Cnn;
 
     fn close(a: TensorData, b: TensorData, tolerance: f32, what: &str) {
         let (a, b) = (a.try_into_vec::<f32>().expect("f32"), b.try_into_vec::<f32>().expect("f32"));

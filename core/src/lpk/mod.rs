@@ -1,4 +1,4 @@
-//! A quantized model in memory, with real-valued scales: what `import` and `quantize` produce and
+//! The `.lpk` writer: a quantized model in memory, with real-valued scales: what `import` and `quantize` produce and
 //! what is written as a `.lpk` (see `shared/FORMAT.md`). The integer multipliers and shifts the
 //! device uses are derived here, once, with TFLite's arithmetic.
 
@@ -6,7 +6,10 @@ use anyhow::{bail, Context, Result};
 use lepton_nn::format::{crc32, Header, LayerRecord, Op, Section, HEADER_LEN, INPUT_LUT_LEN, RECORD_LEN, VERSION};
 use lepton_nn::{Padding, Shape, WeightLayout};
 
-use crate::quant::{activation_range, channel_multipliers, quantize_pixel, softmax_params, Activation};
+pub mod arithmetic;
+
+use arithmetic::{activation_range, channel_multipliers, quantize_pixel, softmax_params};
+pub use arithmetic::Activation;
 
 /// How weights are stored for the device: the flash/instructions trade-off of a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -6,7 +6,7 @@ use std::sync::Once;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use super::train::EpochMetrics;
+use super::trainer::EpochMetrics;
 
 static FONT: Once = Once::new();
 

@@ -110,6 +110,11 @@ pub fn ensure(dir: Option<&Path>) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Whether `dir` holds all four files of a data set (raw or `.gz`; not checked further).
+pub fn is_complete(dir: &Path) -> bool {
+    file_kinds().all(|(part, kind)| find_file(dir, part, kind).is_some())
+}
+
 /// Load one part of the data set from `dir` (as returned by [`ensure`]).
 pub fn load(dir: &Path, part: Part) -> Result<Split> {
     let images = read_idx(dir, part, Kind::Images)?;

@@ -1,18 +1,22 @@
-//! The float side: the seed CNN in burn, its training loop and float inference. burn code lives
-//! here only (its `Tensor` would clash with tract's in one module).
+//! `lepton train`: the seed CNN in burn, its training loop, float inference and the fused
+//! training kernels. burn code lives here only (its `Tensor` would clash with tract's in one
+//! module).
 
 pub mod batch;
-pub mod calibrate;
 pub mod cnn_ops;
 pub mod conv_kernels;
 pub mod export;
 pub mod infer;
 pub mod model;
 pub mod plot;
-pub mod train;
+pub mod trainer;
+
+use std::path::Path;
 
 use anyhow::{bail, Result};
 use burn::prelude::Device;
+
+use crate::float_net::FloatNet;
 
 /// The compute device: burn's pure-Rust CPU backend `flex` by default; `LEPTON_DEVICE=wgpu` or
 /// `cuda` select a GPU backend when the binary was built with that cargo feature.
@@ -27,4 +31,10 @@ pub fn device() -> Result<Device> {
             if cfg!(feature = "wgpu") { ", wgpu" } else { "" },
             if cfg!(feature = "cuda") { ", cuda" } else { "" }),
     }
+}
+
+/// The trained model in a `lepton train` directory as a framework-independent float network.
+pub fn load_float_net(dir: &Path) -> Result<FloatNet> {
+    let device = device()?;
+    Ok(export::float_net(&infer::load(dir, &device)?))
 }

@@ -9,7 +9,7 @@ use crate::data::Split;
 
 /// Load the float model from `model.bpk` in `dir`.
 pub fn load(dir: &std::path::Path, device: &Device) -> Result<Cnn> {
-    let path = dir.join(super::train::MODEL_FILE);
+    let path = dir.join(super::trainer::MODEL_FILE);
     if !path.is_file() {
         anyhow::bail!("{} not found: is {} a float model directory made by `lepton train`?", path.display(), dir.display());
     }
@@ -27,15 +27,4 @@ pub fn logits(model: &Cnn, split: &Split, device: &Device) -> Vec<Vec<f32>> {
         out.extend(values.chunks(10).map(<[f32]>::to_vec));
     }
     out
-}
-
-/// First index of the largest value.
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -9,8 +9,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use lepton_nn::{Padding, Shape};
 use tract_tflite::tflite::{self, ActivationFunctionType, BuiltinOperator, TensorType};
 
-use crate::qmodel::{QLayer, QModel, QOp, QParams, Weights, Window};
-use crate::quant::Activation;
+use crate::lpk::{Activation, QLayer, QModel, QOp, QParams, Weights, Window};
 
 type Tensors<'a> = flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<tflite::Tensor<'a>>>;
 

@@ -1,0 +1,236 @@
+//! Run the Lepton firmware on QEMU's `netduinoplus2` (an STM32F405): the model goes into the
+//! flash model partition with QEMU's loader, inputs stream in over semihosting, results (class,
+//! int8 outputs, instruction counts) stream back in the frames of `lepton_nn::protocol`. With
+//! `-icount shift=0`, the firmware's TIM2 counts executed instructions exactly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use lepton_nn::protocol::{self, Frame, StreamReader, Summary};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+pub use lepton_nn::protocol::{describe_exit, MODEL_PARTITION_ADDRESS, MODEL_PARTITION_BYTES};
+
+/// One input's result as the device reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceResult {
+    pub class: u16,
+    pub logits: Vec<i8>,
+    pub instructions: u32,
+    /// Instructions of each step of the plan, in plan order.
+    pub per_step: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeviceRun {
+    pub results: Vec<DeviceResult>,
+    pub stack_peak_bytes: u32,
+    pub arena_bytes: u32,
+    pub model_bytes: u32,
+}
+
+/// The firmware ended with an exit code other than OK (or QEMU was killed): the code, what it
+/// means, and the firmware's decoded log. `anyhow` errors of [`run`] can be downcast to it.
+#[derive(Clone, Debug)]
+pub struct FirmwareExit {
+    /// The firmware's exit status; `None` when QEMU was killed after its time limit.
+    pub code: Option<i32>,
+    pub log: String,
+}
+
+impl FirmwareExit {
+    pub fn meaning(&self) -> &'static str {
+        match self.code {
+            Some(code) => describe_exit(code),
+            None => "timed out (killed)",
+        }
+    }
+}
+
+impl std::fmt::Display for FirmwareExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "firmware exited with code {code}: {}\n{}", self.meaning(), self.log),
+            None => write!(f, "QEMU timed out\n{}", self.log),
+        }
+    }
+}
+
+impl std::error::Error for FirmwareExit {}
+
+/// `qemu-system-arm` (or `$LEPTON_QEMU`), or an error that says how to install it.
+pub fn qemu_binary() -> Result<PathBuf> {
+    let name = std::env::var_os("LEPTON_QEMU").unwrap_or_else(|| "qemu-system-arm".into());
+    match Command::new(&name).arg("--version").output() {
+        Ok(out) if out.status.success() => Ok(PathBuf::from(name)),
+        _ => bail!("{}", missing_qemu_message(&name.to_string_lossy())),
+    }
+}
+
+/// What to do when QEMU is missing.
+pub fn missing_qemu_message(name: &str) -> String {
+    format!(
+        "{name} not found: install QEMU's Arm system emulator (Debian/Ubuntu: `sudo apt-get install -y qemu-system-arm`; \
+         macOS: `brew install qemu`), or set LEPTON_QEMU to its path"
+    )
+}
+
+/// Bytes the firmware occupies in flash (every allocated section placed in flash, including
+/// `.data`'s load image), from the ELF.
+pub fn flash_code_bytes(elf: &[u8]) -> Result<u64> {
+    let file = object::File::parse(elf).context("firmware is not an ELF file")?;
+    let code = protocol::FLASH_ADDRESS as u64..MODEL_PARTITION_ADDRESS as u64;
+    let mut total = 0;
+    for section in file.sections() {
+        let name = section.name().unwrap_or("");
+        let loaded = matches!(section.kind(), object::SectionKind::Text | object::SectionKind::ReadOnlyData | object::SectionKind::ReadOnlyString);
+        if (code.contains(&section.address()) && loaded) || name == ".data" {
+            total += section.size();
+        }
+    }
+    Ok(total)
+}
+
+/// Size of the named function symbols in the ELF (e.g. the inference kernels).
+pub fn symbol_bytes(elf: &[u8], filter: impl Fn(&str) -> bool) -> Result<u64> {
+    let file = object::File::parse(elf).context("firmware is not an ELF file")?;
+    Ok(file.symbols().filter(|s| s.kind() == object::SymbolKind::Text && s.name().is_ok_and(&filter)).map(|s| s.size()).sum())
+}
+
+/// Run `elf` on QEMU with `model` in the model partition over `inputs` (each `input_len`
+/// bytes), split across `jobs` parallel QEMU instances, showing inputs done. Results come back
+/// in input order. `model = None` for a firmware that embeds its model.
+pub fn run(elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jobs: usize) -> Result<DeviceRun> {
+    ensure!(input_len > 0 && inputs.len().is_multiple_of(input_len), "inputs are not a whole number of {input_len}-byte inputs");
+    let qemu = qemu_binary()?;
+    let work = tempfile::tempdir()?;
+    let model_path = match model {
+        Some(model) => {
+            ensure!(
+                model.len() <= MODEL_PARTITION_BYTES as usize,
+                "the model is {} bytes; the model partition holds {MODEL_PARTITION_BYTES}",
+                model.len()
+            );
+            let path = work.path().join("model.lpk");
+            std::fs::write(&path, model)?;
+            Some(path)
+        }
+        None => None,
+    };
+    let count = inputs.len() / input_len;
+    let jobs = jobs.clamp(1, count.max(1));
+    let per_job = count.div_ceil(jobs);
+    let dirs: Vec<PathBuf> = (0..jobs).map(|j| work.path().join(format!("job{j}"))).collect();
+    let progress = crate::progress::Progress::new(count as u64, "device inputs");
+
+    let runs: Vec<Result<DeviceRun>> = std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .iter()
+            .enumerate()
+            .map(|(j, dir)| {
+                let chunk = &inputs[(j * per_job * input_len).min(inputs.len())..((j + 1) * per_job * input_len).min(inputs.len())];
+                let (qemu, model_path) = (&qemu, model_path.as_deref());
+                s.spawn(move || run_one(qemu, elf, model_path, chunk, input_len, dir))
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(200));
+            progress.set(dirs.iter().map(|d| results_so_far(&d.join("results.bin"))).sum::<usize>() as u64);
+        }
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("QEMU thread panicked"))).collect()
+    });
+    progress.finish();
+    let mut total = DeviceRun::default();
+    for run in runs {
+        let run = run?;
+        total.results.extend(run.results);
+        total.stack_peak_bytes = total.stack_peak_bytes.max(run.stack_peak_bytes);
+        total.arena_bytes = run.arena_bytes;
+        total.model_bytes = run.model_bytes;
+    }
+    ensure!(total.results.len() == count, "device returned {} results for {count} inputs", total.results.len());
+    Ok(total)
+}
+
+/// Complete result frames in a results file that a device is still writing.
+fn results_so_far(path: &Path) -> usize {
+    let Ok(mut file) = std::fs::File::open(path) else { return 0 };
+    let mut hello = [0u8; protocol::HELLO_BYTES];
+    if std::io::Read::read_exact(&mut file, &mut hello).is_err() {
+        return 0;
+    }
+    let len = file.metadata().map_or(0, |m| m.len() as usize);
+    StreamReader::new(&hello).map_or(0, |r| StreamReader::complete_results(len, &r.hello))
+}
+
+fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_len: usize, dir: &Path) -> Result<DeviceRun> {
+    std::fs::create_dir_all(dir)?;
+    let inputs_path = dir.join("inputs.bin");
+    let results_path = dir.join("results.bin");
+    std::fs::write(&inputs_path, inputs)?;
+    // Generous: ~20 s per 1,000 MNIST images at the reference kernels' speed.
+    let timeout = Duration::from_secs(120 + (inputs.len() / input_len) as u64 / 25);
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--signal=KILL").arg(timeout.as_secs().to_string()).arg(qemu);
+    cmd.args(qemu_args(elf, model));
+    cmd.arg("-append").arg(format!("{} {}", inputs_path.display(), results_path.display()));
+    let out = cmd.output().with_context(|| format!("starting {}", qemu.display()))?;
+    let code = out.status.code().unwrap_or(-1);
+    if code != 0 {
+        let log = decode_log(elf, &out.stdout).unwrap_or_else(|e| format!("(log not decodable: {e})"));
+        let log = format!("{log}{}", String::from_utf8_lossy(&out.stderr));
+        let code = (code != 137 && code != -1).then_some(code);
+        return Err(FirmwareExit { code, log }.into());
+    }
+    parse_results(&std::fs::read(&results_path).context("firmware wrote no results file")?)
+}
+
+/// QEMU's arguments for the default board, the model in the partition, `-icount shift=0`.
+pub fn qemu_args(elf: &Path, model: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = ["-M", "netduinoplus2", "-nographic", "-monitor", "none", "-serial", "none"].map(String::from).to_vec();
+    args.extend(["-semihosting-config", "enable=on,target=native", "-icount", "shift=0"].map(String::from));
+    if let Some(model) = model {
+        args.push("-device".into());
+        args.push(format!("loader,file={},addr={MODEL_PARTITION_ADDRESS:#x}", model.display()));
+    }
+    args.push("-kernel".into());
+    args.push(elf.display().to_string());
+    args
+}
+
+/// Decode the firmware's defmt log (semihosting stdout) with the ELF's defmt table.
+pub fn decode_log(elf: &Path, bytes: &[u8]) -> Result<String> {
+    let elf = std::fs::read(elf)?;
+    let table = defmt_decoder::Table::parse(&elf)?.context("firmware has no defmt table")?;
+    let mut decoder = table.new_stream_decoder();
+    decoder.received(bytes);
+    let mut lines = String::new();
+    while let Ok(frame) = decoder.decode() {
+        lines.push_str(&format!("  device: {}\n", frame.display(false)));
+    }
+    Ok(lines)
+}
+
+/// Parse a results stream (frames in `lepton_nn::protocol`).
+pub fn parse_results(bytes: &[u8]) -> Result<DeviceRun> {
+    let mut reader = StreamReader::new(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = reader.hello.steps as usize;
+    let mut run = DeviceRun::default();
+    loop {
+        match reader.next_frame().map_err(|e| anyhow::anyhow!("{e}"))? {
+            Some(Frame::Result { class, outputs, instructions, per_step }) => run.results.push(DeviceResult {
+                class,
+                logits: outputs.to_vec(),
+                instructions,
+                per_step: (0..steps).map(|i| protocol::step_counter(per_step, i)).collect(),
+            }),
+            Some(Frame::Summary(Summary { stack_peak_bytes, arena_bytes, model_bytes })) => {
+                (run.stack_peak_bytes, run.arena_bytes, run.model_bytes) = (stack_peak_bytes, arena_bytes, model_bytes);
+                return Ok(run);
+            }
+            None => bail!("results stream ends without a summary"),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! tract-onnx as a second float reference, independent of burn: run an ONNX model on images.
+//!
+//! tract code lives in `onnx/` only: its prelude's `Tensor` would clash with burn's.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use prost::Message;
+use tract_onnx::pb::{tensor_shape_proto, type_proto, GraphProto, ModelProto, ValueInfoProto};
+use tract_onnx::prelude::*;
+
+use crate::data::Split;
+
+/// The graph input that is not an initializer, with its dimensions (-1 for symbolic ones).
+pub fn graph_input(graph: &GraphProto) -> Result<(&ValueInfoProto, Vec<i64>)> {
+    use tensor_shape_proto::dimension::Value;
+    let input = graph.input.iter().find(|i| !graph.initializer.iter().any(|t| t.name == i.name)).context("ONNX graph has no input")?;
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        bail!("ONNX input {} is not a tensor", input.name);
+    };
+    let dims = t.shape.as_ref().map(|s| s.dim.iter().map(|d| match d.value { Some(Value::DimValue(v)) => v, _ => -1 }).collect()).unwrap_or_default();
+    Ok((input, dims))
+}
+
+/// An ONNX model loaded and optimized by tract, run one 28x28 image at a time (pixels scaled to
+/// [0, 1], in the layout the model's input declares: NCHW `[1,1,28,28]` or NHWC `[1,28,28,1]`).
+pub struct TractRunner {
+    plan: std::sync::Arc<TypedRunnableModel>,
+    shape: [usize; 4],
+}
+
+impl TractRunner {
+    /// Load `path`; `outputs` names the tensors to read (default: the graph's outputs).
+    pub fn load(path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_bytes(&bytes, path, outputs)
+    }
+
+    /// [`TractRunner::load`] of a file already read (`path` names it in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
+        let proto = ModelProto::decode(bytes).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
+        let (_, dims) = graph_input(proto.graph.as_ref().context("ONNX model has no graph")?)?;
+        let shape: [usize; 4] = if dims.last() == Some(&1) && dims.get(1) != Some(&1) { [1, 28, 28, 1] } else { [1, 1, 28, 28] };
+        let mut model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .map_err(|e| anyhow!("{e:?}"))
+            .with_context(|| format!("loading {} with tract-onnx", path.display()))?;
+        if let Some(names) = outputs {
+            let outlets = names.iter().map(|n| model.find_outlet_label(n).with_context(|| format!("tensor {n} not found by tract"))).collect::<Result<Vec<_>>>()?;
+            model = model.with_output_outlets(&outlets).map_err(|e| anyhow!("{e:?}"))?;
+        }
+        let plan = model
+            .with_input_fact(0, f32::fact(shape).into())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| anyhow!("{e:?}"))
+            .with_context(|| format!("preparing {} with tract-onnx", path.display()))?;
+        Ok(TractRunner { plan, shape })
+    }
+
+    /// Every output of the model for one image, flattened.
+    pub fn run(&self, image: &[u8]) -> Result<Vec<Vec<f32>>> {
+        let pixels: Vec<f32> = image.iter().map(|&p| p as f32 / 255.0).collect();
+        let input = Tensor::from_shape(&self.shape, &pixels).map_err(|e| anyhow!("{e:?}"))?;
+        let outputs = self.plan.run(tvec!(input.into())).map_err(|e| anyhow!("{e:?}"))?;
+        outputs.iter().map(|o| Ok(o.to_plain_array_view::<f32>().map_err(|e| anyhow!("{e:?}"))?.iter().copied().collect())).collect()
+    }
+}
+
+/// Float logits of every image of `split` with tract running the ONNX model at `path`. When the
+/// graph ends with a Softmax, its input (the logits) is read instead of the probabilities.
+pub fn float_logits(path: &Path, split: &Split) -> Result<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let proto = ModelProto::decode(&bytes[..]).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
+    let logits = proto.graph.as_ref().and_then(|g| g.node.last()).filter(|n| n.op_type == "Softmax").and_then(|n| n.input.first().cloned());
+    let names: Option<[&str; 1]> = logits.as_deref().map(|n| [n]);
+    let runner = TractRunner::load(path, names.as_ref().map(|n| &n[..]))?;
+    let progress = crate::progress::Progress::new(split.len() as u64, "tract float");
+    let mut out = Vec::with_capacity(split.len());
+    for i in 0..split.len() {
+        out.push(runner.run(split.image(i))?.swap_remove(0));
+        progress.inc(1);
+    }
+    progress.finish();
+    Ok(out)
+}

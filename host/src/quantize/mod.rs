@@ -1,0 +1,30 @@
+//! `lepton quantize`: a trained float model to an int8 [`QModel`], calibrated on training
+//! images with the deterministic f64 forward pass ([`calibrate`]) and quantized with TFLite's
+//! post-training recipe ([`ptq`]). The `.lpk` bytes follow in [`crate::lpk`].
+
+pub mod calibrate;
+pub mod ptq;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::data::{self, Part, Split};
+use crate::float_net::FloatNet;
+use crate::lpk::QModel;
+
+/// Calibrate `net` on `count` images of `train` and quantize it.
+pub fn quantize_net(net: &FloatNet, train: &Split, count: usize) -> Result<QModel> {
+    let indices = calibrate::calibration_indices(train.len(), count);
+    eprintln!("calibrating on {} training images (f64 reference forward pass) ...", indices.len());
+    let ranges = calibrate::activation_ranges(net, train, &indices)?;
+    ptq::quantize_net(net, &ranges)
+}
+
+/// `lepton quantize`: load the float model in `float_dir` (a `lepton train` directory),
+/// calibrate on `calibration` training images, and quantize.
+pub fn quantize(float_dir: &Path, data_dir: Option<&Path>, calibration: usize) -> Result<QModel> {
+    let net = crate::train::load_float_net(float_dir)?;
+    let train = data::load_part(data_dir, Part::Train)?;
+    quantize_net(&net, &train, calibration)
+}

@@ -1,0 +1,136 @@
+//! Post-training int8 quantization of a float network, TFLite's recipe: per-output-channel symmetric
+//! int8 weights, per-tensor asymmetric int8 activations from calibration ranges, int32 biases at
+//! `input_scale * weight_scale`. The integer multipliers follow in the `.lpk` writer ([`crate::lpk`]).
+
+use anyhow::{ensure, Result};
+use lepton_nn::{Padding, Shape};
+
+use crate::float_net::{FloatNet, FloatOp};
+use crate::lpk::{Activation, QLayer, QModel, QOp, QParams, Weights, Window};
+
+/// TFLite's asymmetric int8 parameters for a real range (widened to include 0, zero point nudged).
+pub fn activation_qparams(min: f32, max: f32) -> QParams {
+    let (min, max) = (min.min(0.0), max.max(0.0));
+    let scale = if max > min { (max - min) / 255.0 } else { 1.0 };
+    let zero_point = (-128.0 - min / scale).round().clamp(-128.0, 127.0) as i32;
+    QParams { scale, zero_point }
+}
+
+/// Symmetric per-channel int8 weights: `scale_c = max|w_c| / 127`.
+fn quantize_channels(weights: &[f32], channels: usize, bias: &[f32], input_scale: f32) -> Weights {
+    let per = weights.len() / channels;
+    let mut values = Vec::with_capacity(weights.len());
+    let mut scales = Vec::with_capacity(channels);
+    for w in weights.chunks(per) {
+        let max = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        values.extend(w.iter().map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8));
+        scales.push(scale);
+    }
+    let bias = bias
+        .iter()
+        .zip(&scales)
+        .map(|(&b, &s)| (b as f64 / (input_scale as f64 * s as f64)).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+        .collect();
+    Weights { values, scales, bias }
+}
+
+/// OIHW (burn, PyTorch) to OHWI (TFLite, `lepton-nn`).
+pub fn oihw_to_ohwi(w: &[f32], o: usize, i: usize, h: usize, k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for oc in 0..o {
+        for y in 0..h {
+            for x in 0..k {
+                for ic in 0..i {
+                    out.push(w[((oc * i + ic) * h + y) * k + x]);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn window(kernel: (usize, usize), stride: (usize, usize), padding: Padding) -> Result<Window> {
+    let b = |x: usize| u8::try_from(x).map_err(|_| anyhow::anyhow!("kernel or stride {x} larger than 255"));
+    Ok(Window { kernel_h: b(kernel.0)?, kernel_w: b(kernel.1)?, stride_h: b(stride.0)?, stride_w: b(stride.1)?, padding })
+}
+
+fn relu(on: bool) -> Activation {
+    if on {
+        Activation::Relu
+    } else {
+        Activation::None
+    }
+}
+
+fn dim(x: usize) -> Result<u16> {
+    u16::try_from(x).map_err(|_| anyhow::anyhow!("dimension {x} too large"))
+}
+
+/// Quantize a float network whose input is in [0, 1] (scale 1/255, zero point -128, as TFLite
+/// quantizes images). `ranges` holds the calibrated `(min, max)` of every layer's output; conv
+/// and dense layers take their output parameters from it, pools and reshapes keep their input's
+/// (as TFLite does), a softmax outputs scale 1/256, zero point -128.
+pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
+    ensure!(ranges.len() == net.layers.len(), "{} calibration ranges for {} layers", ranges.len(), net.layers.len());
+    let shapes = net.shapes()?;
+    let input = QParams { scale: 1.0 / 255.0, zero_point: -128 };
+    let (h, w, c) = net.input;
+    let mut q = input;
+    let mut out = Vec::with_capacity(net.layers.len());
+    for ((layer, &(oh, ow, oc)), &(lo, hi)) in net.layers.iter().zip(&shapes).zip(ranges) {
+        let (op, next_q) = match &layer.op {
+            FloatOp::Conv { weights_oihw, bias, in_c, out_c, kernel, stride, padding, relu: r } => {
+                let w = oihw_to_ohwi(weights_oihw, *out_c, *in_c, kernel.0, kernel.1);
+                let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels(&w, *out_c, bias, q.scale), activation: relu(*r) };
+                (op, activation_qparams(lo, hi))
+            }
+            FloatOp::Pool { max, kernel, stride } => {
+                let w = window(*kernel, *stride, Padding::Valid)?;
+                let op = if *max { QOp::MaxPool2d { window: w, activation: Activation::None } } else { QOp::AvgPool2d { window: w, activation: Activation::None } };
+                (op, q)
+            }
+            FloatOp::Flatten => (QOp::Reshape, q),
+            FloatOp::Dense { weights_out_in, bias, outputs, relu: r, .. } => {
+                let op = QOp::FullyConnected { weights: quantize_channels(weights_out_in, *outputs, bias, q.scale), activation: relu(*r) };
+                (op, activation_qparams(lo, hi))
+            }
+            FloatOp::Softmax => (QOp::Softmax { beta: 1.0 }, QParams { scale: 1.0 / 256.0, zero_point: -128 }),
+        };
+        out.push(QLayer { op, output_shape: Shape::new(dim(oh)?, dim(ow)?, dim(oc)?), output: next_q });
+        q = next_q;
+    }
+    Ok(QModel { input_shape: Shape::new(dim(h)?, dim(w)?, dim(c)?), input, layers: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_params_follow_tflite() {
+        // [0, 1] -> scale 1/255, zero point -128 (the input of every MNIST model).
+        assert_eq!(activation_qparams(0.0, 1.0), QParams { scale: 1.0 / 255.0, zero_point: -128 });
+        // A range that excludes 0 is widened to include it.
+        let q = activation_qparams(0.5, 2.0);
+        assert_eq!(q.zero_point, -128);
+        assert!((q.scale - 2.0 / 255.0).abs() < 1e-9);
+        // Symmetric range: the real zero point -0.5 rounds half away from zero, as TfLiteRound does.
+        let q = activation_qparams(-1.0, 1.0);
+        assert_eq!(q.zero_point, -1);
+    }
+
+    #[test]
+    fn weights_are_symmetric_per_channel() {
+        let w = quantize_channels(&[0.5, -1.0, 0.25, 0.1], 2, &[0.02, 0.0], 0.5);
+        assert_eq!(w.values, [64, -127, 127, 51]);
+        assert_eq!(w.scales, [1.0 / 127.0, 0.25 / 127.0]);
+        assert_eq!(w.bias, [(0.02f64 / (0.5 * (1.0f64 / 127.0) as f32 as f64)).round() as i32, 0]);
+    }
+
+    #[test]
+    fn oihw_to_ohwi_moves_channels_last() {
+        // o=1, i=2, 1x2 kernel: [i0: a b][i1: c d] -> [(a c) (b d)]
+        assert_eq!(oihw_to_ohwi(&[1.0, 2.0, 3.0, 4.0], 1, 2, 1, 2), [1.0, 3.0, 2.0, 4.0]);
+    }
+}

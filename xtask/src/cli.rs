@@ -1,0 +1,28 @@
+//! The `lepton` CLI, built on demand and run as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::Result;
+
+use crate::{cargo, status, target_dir};
+
+/// The release `lepton` binary, built (once per xtask run) with cargo's own progress shown.
+pub fn binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(path) = BUILT.get() {
+        return Ok(path.clone());
+    }
+    eprintln!("xtask: building the lepton CLI (release; the first build compiles burn, tract and probe-rs: ~13 min on 2 cores)");
+    status(cargo().args(["build", "--release", "-p", "lepton", "--bin", "lepton"]))?;
+    let path = target_dir().join("release").join(format!("lepton{}", std::env::consts::EXE_SUFFIX));
+    Ok(BUILT.get_or_init(|| path).clone())
+}
+
+/// Run `lepton ARGS` from the workspace root, echoing the command.
+pub fn lepton(args: &[&str]) -> Result<()> {
+    let bin = binary()?;
+    eprintln!("\n$ lepton {}", args.join(" "));
+    status(Command::new(bin).current_dir(crate::root()).args(args))
+}
