@@ -118,9 +118,9 @@ pub fn model_from_vectors(v: &Value) -> QModel {
             QLayer { op, output_shape: shape_of(&l["output_shape_nhwc"]), output: qparams(l, "output") }
         })
         .collect();
-    QModel {
-        input_shape: shape_of(&v["layers"][0]["input_shape_nhwc"]),
-        input: QParams { scale: f32_of(&v["input_quantization"]["scale"]), zero_point: v["input_quantization"]["zero_point"].as_i64().unwrap() as i32 },
+    QModel::chain(
+        shape_of(&v["layers"][0]["input_shape_nhwc"]),
+        QParams { scale: f32_of(&v["input_quantization"]["scale"]), zero_point: v["input_quantization"]["zero_point"].as_i64().unwrap() as i32 },
         layers,
-    }
+    )
 }

@@ -5,7 +5,7 @@
 use lepton::import::tflite::import_tflite;
 use lepton::lpk::arithmetic::{effective_scale, quantize_multiplier, softmax_params};
 use lepton_nn::fixedpoint::{exp_on_negative_values_q5_26, get_reciprocal, multiply_by_quantized_multiplier, requantize};
-use lepton_nn::{Engine, Model, NoHook, Step, StepHook, StepSpan};
+use lepton_nn::{Engine, Model, NoHook, Plan, StepHook, StepSpan};
 use lepton_tests::{f32_of, ints, model_from_vectors, tflite_bytes, vectors};
 
 struct Capture(Vec<Vec<i8>>);
@@ -81,7 +81,7 @@ fn softmax_fixed_point_internals() {
 fn every_layer_bit_exact_on_the_20_traced_cases() {
     let v = vectors();
     let blob = json_blob();
-    let mut plan = [Step::EMPTY; 16];
+    let mut plan = Plan::new();
     let engine = Engine::reference(Model::parse(&blob).unwrap(), &mut plan).unwrap();
     let mut arena = vec![0u8; engine.arena_bytes()];
     let traced: Vec<_> = v["cases"].as_array().unwrap().iter().filter(|c| c.get("layer_outputs_int8").is_some()).collect();
@@ -108,7 +108,7 @@ fn logits_and_softmax_bit_exact_on_all_100_cases() {
     let model = Model::parse(&blob).unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 100);
-    let (mut plan_a, mut plan_b) = ([Step::EMPTY; 16], [Step::EMPTY; 16]);
+    let (mut plan_a, mut plan_b) = (Plan::new(), Plan::new());
     for engine in [Engine::reference(model, &mut plan_a).unwrap(), Engine::new(model, &mut plan_b).unwrap()] {
         let mut arena = vec![0u8; engine.arena_bytes()];
         for case in cases {
@@ -122,23 +122,17 @@ fn logits_and_softmax_bit_exact_on_all_100_cases() {
 }
 
 #[test]
-fn input_table_reproduces_the_reference_inputs() {
-    // The vectors' inputs are TFLite's quantization of pixel/255; the model's LUT must agree:
-    // pixel - 128 for this scale, so the reference input determines the pixels.
+fn pixel_quantization_reproduces_the_reference_inputs() {
+    // The vectors' inputs are TFLite's quantization of pixel/255 (scale 1/255, zero point -128):
+    // pixel - 128, so the reference input determines the pixels.
     let v = vectors();
     let blob = json_blob();
     let model = Model::parse(&blob).unwrap();
-    let lut = model.input_lut();
-    assert_eq!(lut.len(), 256);
-    for (p, &q) in lut.iter().enumerate() {
-        assert_eq!(q as i8 as i32, p as i32 - 128);
-    }
     let case = &v["cases"][0];
     let input: Vec<i8> = ints(&case["input_int8"]);
     let pixels: Vec<u8> = input.iter().map(|&q| (q as i32 + 128) as u8).collect();
-    let mut requantized = vec![0i8; 784];
-    model.quantize_input(&pixels, &mut requantized).unwrap();
-    assert_eq!(requantized, input);
+    let split = lepton::data::Split { images: pixels, labels: vec![0], rows: 28, cols: 28 };
+    assert_eq!(lepton::eval::quantize_images(&model, &split).unwrap(), input);
 }
 
 #[test]
@@ -155,7 +149,7 @@ fn planned_arena_is_smaller_than_tflm() {
     let model = Model::parse(&blob).unwrap();
     // Reference kernels, one layer at a time: the largest live pair is 26x26x32 + 13x13x32 =
     // 27,040 bytes (TFLM's arena for this model: 31,984).
-    let mut plan = [Step::EMPTY; 16];
+    let mut plan = Plan::new();
     let reference = Engine::reference(model, &mut plan).unwrap();
     assert_eq!(reference.arena_bytes(), 26 * 26 * 32 + 13 * 13 * 32);
     let mut small = vec![0u8; reference.arena_bytes() - 1];
@@ -164,11 +158,10 @@ fn planned_arena_is_smaller_than_tflm() {
     // Fused conv + pool never stores 26x26x32: the largest step is conv2+pool2,
     // 13x13x32 in + 5x5x64 out + the four 288-tap i16 patches of a 2x2 pooling window
     // (4 x 576 bytes, +3 for word alignment).
-    let mut plan = [Step::EMPTY; 16];
+    let mut plan = Plan::new();
     let optimized = Engine::new(model, &mut plan).unwrap();
-    // The plan stands in the caller's storage; too little storage is a typed error.
+    // conv1+pool1, conv2+pool2, conv3, reshape, fc1, fc2, softmax.
     assert_eq!(optimized.step_count(), 7);
-    assert_eq!(Engine::new(model, &mut [Step::EMPTY; 6]).unwrap_err(), lepton_nn::Error::PlanTooSmall { needed: 9, available: 6 });
     assert_eq!(optimized.arena_bytes(), 13 * 13 * 32 + 5 * 5 * 64 + 4 * 2 * 288 + 3);
     assert!(optimized.arena_bytes() <= 10_240);
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+/// MNIST's image size (the seed CNN's input).
 pub const ROWS: usize = 28;
 pub const COLS: usize = 28;
 pub const PIXELS: usize = ROWS * COLS;
@@ -44,11 +45,13 @@ impl Part {
     }
 }
 
-/// Images (row-major 28x28 bytes each) and their labels.
+/// Images (row-major, `rows x cols` bytes each) and their labels.
 #[derive(Clone, Debug)]
 pub struct Split {
     pub images: Vec<u8>,
     pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
 }
 
 impl Split {
@@ -60,14 +63,24 @@ impl Split {
         self.labels.is_empty()
     }
 
+    /// Bytes of one image.
+    pub fn pixels(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// `"28x28x1"`: an image's shape as a model input.
+    pub fn shape_name(&self) -> String {
+        format!("{}x{}x1", self.rows, self.cols)
+    }
+
     pub fn image(&self, i: usize) -> &[u8] {
-        &self.images[i * PIXELS..(i + 1) * PIXELS]
+        &self.images[i * self.pixels()..(i + 1) * self.pixels()]
     }
 
     /// The first `n` examples (all of them if there are fewer).
     pub fn truncated(mut self, n: usize) -> Split {
         let n = n.min(self.len());
-        self.images.truncate(n * PIXELS);
+        self.images.truncate(n * self.pixels());
         self.labels.truncate(n);
         self
     }
@@ -177,7 +190,7 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Check an IDX pair: magic numbers, 28x28 images, matching counts, exact file sizes, labels < 10.
+/// Check an IDX pair: magic numbers, image size, matching counts, exact file sizes, labels < 10.
 pub fn parse_split(images: &[u8], labels: &[u8]) -> Result<Split> {
     if images.len() < 16 || be_u32(images, 0) != 0x0803 {
         bail!("images file is not an IDX3 unsigned-byte file (bad magic or shorter than its header)");
@@ -186,14 +199,14 @@ pub fn parse_split(images: &[u8], labels: &[u8]) -> Result<Split> {
         bail!("labels file is not an IDX1 unsigned-byte file (bad magic or shorter than its header)");
     }
     let (count, rows, cols) = (be_u32(images, 4) as usize, be_u32(images, 8) as usize, be_u32(images, 12) as usize);
-    if (rows, cols) != (ROWS, COLS) {
-        bail!("images are {rows}x{cols}; Lepton's models take {ROWS}x{COLS}");
+    if rows == 0 || cols == 0 || rows > 4096 || cols > 4096 {
+        bail!("images are {rows}x{cols}: not a usable image size");
     }
     let label_count = be_u32(labels, 4) as usize;
     if label_count != count {
         bail!("{count} images but {label_count} labels");
     }
-    let expected = 16 + count * PIXELS;
+    let expected = 16 + count * rows * cols;
     if images.len() != expected {
         bail!(
             "images file has {} bytes, expected {expected} for {count} images: truncated or corrupt (replace it, or delete it to re-fetch)",
@@ -210,7 +223,7 @@ pub fn parse_split(images: &[u8], labels: &[u8]) -> Result<Split> {
     if let Some((i, &l)) = labels[8..].iter().enumerate().find(|(_, &l)| l as usize >= CLASSES) {
         bail!("label {i} is {l}; expected a class 0..{CLASSES}");
     }
-    Ok(Split { images: images[16..].to_vec(), labels: labels[8..].to_vec() })
+    Ok(Split { images: images[16..].to_vec(), labels: labels[8..].to_vec(), rows, cols })
 }
 
 /// Cheap structural check of one part without loading the pixels: header sizes against file sizes.
@@ -221,11 +234,16 @@ fn check_headers(dir: &Path, part: Part) -> Result<()> {
             continue; // checked in full when loaded
         }
         let len = fs::metadata(&path)?.len() as usize;
-        let mut head = [0u8; 8];
-        fs::File::open(&path)?.read_exact(&mut head).with_context(|| format!("{} is shorter than an IDX header", path.display()))?;
+        let mut head = [0u8; 16];
+        let head_len = if kind == Kind::Images { 16 } else { 8 };
+        fs::File::open(&path)?.read_exact(&mut head[..head_len]).with_context(|| format!("{} is shorter than an IDX header", path.display()))?;
+        let magic = if kind == Kind::Images { 0x0803 } else { 0x0801 };
+        if be_u32(&head, 0) != magic {
+            bail!("{} is not an IDX{} unsigned-byte file (bad magic)", path.display(), if kind == Kind::Images { 3 } else { 1 });
+        }
         let count = be_u32(&head, 4) as usize;
         let expected = match kind {
-            Kind::Images => 16 + count * PIXELS,
+            Kind::Images => 16 + count * be_u32(&head, 8) as usize * be_u32(&head, 12) as usize,
             Kind::Labels => 8 + count,
         };
         if len != expected {

@@ -18,6 +18,8 @@ pub use lepton_nn::protocol::{describe_exit, MODEL_PARTITION_ADDRESS, MODEL_PART
 pub struct DeviceResult {
     pub class: u16,
     pub logits: Vec<i8>,
+    /// The model's output (the logits when the model has no final softmax).
+    pub outputs: Vec<i8>,
     pub instructions: u32,
     /// Instructions of each step of the plan, in plan order.
     pub per_step: Vec<u32>,
@@ -99,8 +101,8 @@ pub fn symbol_bytes(elf: &[u8], filter: impl Fn(&str) -> bool) -> Result<u64> {
     Ok(file.symbols().filter(|s| s.kind() == object::SymbolKind::Text && s.name().is_ok_and(&filter)).map(|s| s.size()).sum())
 }
 
-/// Run `elf` on QEMU with `model` in the model partition over `inputs` (each `input_len`
-/// bytes), split across `jobs` parallel QEMU instances, showing inputs done. Results come back
+/// Run `elf` on QEMU with `model` in the model partition over `inputs` (the model's int8
+/// input tensors, each `input_len` bytes), split across `jobs` parallel QEMU instances, showing inputs done. Results come back
 /// in input order. `model = None` for a firmware that embeds its model.
 pub fn run(elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jobs: usize) -> Result<DeviceRun> {
     ensure!(input_len > 0 && inputs.len().is_multiple_of(input_len), "inputs are not a whole number of {input_len}-byte inputs");
@@ -220,9 +222,10 @@ pub fn parse_results(bytes: &[u8]) -> Result<DeviceRun> {
     let mut run = DeviceRun::default();
     loop {
         match reader.next_frame().map_err(|e| anyhow::anyhow!("{e}"))? {
-            Some(Frame::Result { class, outputs, instructions, per_step }) => run.results.push(DeviceResult {
+            Some(Frame::Result { class, logits, outputs, instructions, per_step }) => run.results.push(DeviceResult {
                 class,
-                logits: outputs.to_vec(),
+                logits: logits.to_vec(),
+                outputs: if outputs.is_empty() { logits.to_vec() } else { outputs.to_vec() },
                 instructions,
                 per_step: (0..steps).map(|i| protocol::step_counter(per_step, i)).collect(),
             }),

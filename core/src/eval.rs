@@ -1,7 +1,7 @@
 //! Run a Lepton model over a data set on the host, through `lepton-nn`: the same code the device runs.
 
-use anyhow::{anyhow, Result};
-use lepton_nn::{plan_steps, Engine, Model, NoHook, Step};
+use anyhow::{anyhow, bail, ensure, Result};
+use lepton_nn::{Engine, Model, NoHook, Plan};
 
 use crate::data::Split;
 
@@ -33,25 +33,63 @@ pub fn run_int8(blob: &[u8], split: &Split) -> Result<Int8Run> {
 /// [`run_int8`] with the optimized kernels (`optimized = true`) or the reference ones.
 pub fn run_int8_with(blob: &[u8], split: &Split, optimized: bool) -> Result<Int8Run> {
     let model = parse_model(blob, "model")?;
-    let mut plan = vec![Step::EMPTY; plan_steps(model.layer_count())];
+    let inputs = quantize_images(&model, split)?;
+    let logits = run_inputs(blob, &inputs, optimized)?.logits;
+    let predictions = logits.iter().map(|l| lepton_nn::kernels::argmax_s8(l).unwrap_or(0) as u8).collect();
+    Ok(Int8Run { logits, predictions })
+}
+
+/// The images of `split` as the model's int8 inputs (TFLite's quantization of `pixel / 255`
+/// with the input tensor's scale and zero point), one after the other.
+pub fn quantize_images(model: &Model, split: &Split) -> Result<Vec<i8>> {
+    let shape = model.input_shape();
+    let len = shape.len().map_err(|e| anyhow!("{e}"))?;
+    if len != split.pixels() {
+        bail!(
+            "the model takes {}x{}x{} inputs ({len} values); the data set's images are {} ({} values)",
+            shape.h,
+            shape.w,
+            shape.c,
+            split.shape_name(),
+            split.pixels()
+        );
+    }
+    let q = model.tensor(model.input_tensor());
+    let table: Vec<i8> = (0..=255u8).map(|p| crate::lpk::arithmetic::quantize_pixel(p, q.scale, q.zero_point)).collect();
+    Ok(split.images.iter().map(|&p| table[p as usize]).collect())
+}
+
+/// Every input's logits and outputs (see [`lepton_nn::Inference`]), in order.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    pub logits: Vec<Vec<i8>>,
+    pub outputs: Vec<Vec<i8>>,
+}
+
+/// Run the model on `inputs` (whole int8 inputs back to back) with the optimized kernels or the
+/// reference ones, on all cores (one arena per thread).
+pub fn run_inputs(blob: &[u8], inputs: &[i8], optimized: bool) -> Result<Outputs> {
+    let model = parse_model(blob, "model")?;
+    let mut plan = Box::new(Plan::new());
     let engine = if optimized { Engine::new(model, &mut plan) } else { Engine::reference(model, &mut plan) }.map_err(|e| anyhow!("model: {e}"))?;
-    let count = split.len();
+    let len = engine.input_range().len();
+    ensure!(len > 0 && inputs.len().is_multiple_of(len), "{} input values are not a whole number of the model's {len}-value inputs", inputs.len());
+    let count = inputs.len() / len;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));
     let per_thread = count.div_ceil(threads);
     let progress = crate::progress::Progress::new(count as u64, "int8 inference");
 
-    let chunks: Vec<Result<Vec<Vec<i8>>>> = std::thread::scope(|s| {
+    let chunks: Vec<Result<Outputs>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (engine, progress) = (&engine, &progress);
-                s.spawn(move || -> Result<Vec<Vec<i8>>> {
+                s.spawn(move || -> Result<Outputs> {
                     let mut arena = vec![0u8; engine.arena_bytes()];
-                    let mut input = vec![0i8; engine.model().input_shape().len().map_err(|e| anyhow!("{e}"))?];
-                    let mut out = Vec::new();
+                    let mut out = Outputs::default();
                     for i in t * per_thread..((t + 1) * per_thread).min(count) {
-                        engine.model().quantize_input(split.image(i), &mut input).map_err(|e| anyhow!("image {i}: {e}"))?;
-                        let result = engine.run(&input, &mut arena, &mut NoHook).map_err(|e| anyhow!("image {i}: {e}"))?;
-                        out.push(result.logits.to_vec());
+                        let result = engine.run(&inputs[i * len..(i + 1) * len], &mut arena, &mut NoHook).map_err(|e| anyhow!("input {i}: {e}"))?;
+                        out.logits.push(result.logits.to_vec());
+                        out.outputs.push(result.output().to_vec());
                         progress.inc(1);
                     }
                     Ok(out)
@@ -62,12 +100,13 @@ pub fn run_int8_with(blob: &[u8], split: &Split, optimized: bool) -> Result<Int8
     });
     progress.finish();
 
-    let mut logits = Vec::with_capacity(count);
+    let mut all = Outputs::default();
     for chunk in chunks {
-        logits.extend(chunk?);
+        let chunk = chunk?;
+        all.logits.extend(chunk.logits);
+        all.outputs.extend(chunk.outputs);
     }
-    let predictions = logits.iter().map(|l| lepton_nn::kernels::argmax_s8(l).unwrap_or(0) as u8).collect();
-    Ok(Int8Run { logits, predictions })
+    Ok(all)
 }
 
 /// Int8 against float on the same images.
@@ -86,13 +125,8 @@ pub struct Comparison {
 
 pub fn compare(blob: &[u8], run: &Int8Run, float_logits: &[Vec<f32>], labels: &[u8]) -> Result<Comparison> {
     let model = parse_model(blob, "model")?;
-    // The logits are the output of the last layer that is not a softmax.
-    let logits_layer = (0..model.layer_count() as u16)
-        .rev()
-        .map(|i| model.record(i))
-        .find(|r| r.op != lepton_nn::Op::Softmax as u8)
-        .ok_or_else(|| anyhow!("model has no logits layer"))?;
-    let (scale, zp) = (logits_layer.output_scale as f64, logits_layer.output_zp as f64);
+    let logits = model.tensor(model.logits_tensor());
+    let (scale, zp) = (logits.scale as f64, logits.zero_point as f64);
     anyhow::ensure!(float_logits.len() == run.logits.len(), "float and int8 runs cover different images");
     let (mut max, mut sum, mut count, mut agree, mut float_correct) = (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
     for ((q, f), (&pred, &label)) in run.logits.iter().zip(float_logits).zip(run.predictions.iter().zip(labels)) {

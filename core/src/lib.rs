@@ -11,5 +11,6 @@ pub mod device;
 pub mod eval;
 pub mod files;
 pub mod lpk;
+pub mod npy;
 pub mod progress;
 pub mod report;

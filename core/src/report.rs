@@ -1,29 +1,42 @@
-//! `lepton report`: the cost-benefit table of a Lepton model — per layer op, shapes, parameters,
-//! MACs, weight bytes, activation bytes — and the arena the engine plans.
+//! `lepton report`: the cost-benefit table of a Lepton model — per op: shapes, parameters, MACs,
+//! weight bytes, activation bytes — and the engine's memory plan (which tensors share which
+//! bytes of the arena).
 
 use anyhow::{anyhow, Result};
-use lepton_nn::format::{Layer, Model, Op};
-use lepton_nn::{plan_steps, Engine, Shape, Step};
+use lepton_nn::format::{Layer, Model, Op, NO_TENSOR};
+use lepton_nn::{Engine, Plan, Shape};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerCost {
     pub index: usize,
     pub op: &'static str,
+    /// Input tensor shape (the first input of an add).
     pub input: [u16; 3],
     pub output: [u16; 3],
+    /// The tensors the op reads and writes.
+    pub input_tensors: Vec<usize>,
+    pub output_tensor: usize,
     pub parameters: usize,
     pub macs: u64,
-    /// Bytes of the layer's sections in the model: int8 weights, int32 bias, multipliers, shifts.
+    /// Bytes of the op's sections in the model: int8 weights, int32 bias, multipliers, shifts.
     pub weight_bytes: usize,
-    /// Bytes of the layer's output tensor (0 for a reshape, which is a view).
+    /// Bytes of the op's output tensor (0 for a reshape, which is a view).
     pub activation_bytes: usize,
-    /// Arena bytes live while this layer runs alone with the reference kernels: input + scratch +
-    /// output (the optimized engine fuses conv + pool and needs less; see `arena_bytes`).
-    pub live_bytes: usize,
     /// Instructions per inference on the device, when measured (`cargo xtask bench`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<u64>,
+}
+
+/// Where a tensor (or a step's scratch) lives in the optimized engine's arena.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlacedBuffer {
+    /// `tensor N` or `scratch of step N`.
+    pub what: String,
+    pub offset: usize,
+    pub bytes: usize,
+    /// The steps of the plan during which these bytes are in use.
+    pub steps: [usize; 2],
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -33,7 +46,10 @@ pub struct Report {
     pub macs: u64,
     pub weight_bytes: usize,
     pub model_bytes: usize,
+    /// Peak RAM of the optimized engine: every stored tensor and scratch, as planned.
     pub arena_bytes: usize,
+    /// The memory plan, by offset.
+    pub plan: Vec<PlacedBuffer>,
     /// Device instructions per inference, from `cargo xtask bench` (`<model>.bench.json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions_per_inference: Option<u64>,
@@ -42,8 +58,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// Attach the per-layer device instructions measured by `cargo xtask bench`. A fused step
-    /// (e.g. conv2d+max_pool2d) is charged to its first layer.
+    /// Attach the per-step device instructions measured by `cargo xtask bench`, each charged to
+    /// the op the bench names (`first_layer`, see `lepton_nn::protocol::charged_layer`).
     pub fn with_bench(mut self, bench: &serde_json::Value) -> Self {
         self.instructions_per_inference = bench["instructions_per_inference"].as_u64();
         for step in bench["layers"].as_array().into_iter().flatten() {
@@ -61,41 +77,50 @@ fn dims(s: Shape) -> [u16; 3] {
     [s.h, s.w, s.c]
 }
 
+/// Parameters and multiply-accumulates of one op.
+fn op_cost(layer: &Layer, output: Shape) -> Result<(usize, u64)> {
+    let out = output.len().map_err(|e| anyhow!("{e}"))? as u64;
+    Ok(match layer {
+        Layer::Conv2d(p) => {
+            let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
+            (p.output.c as usize * (taps + 1), out * taps as u64)
+        }
+        Layer::DepthwiseConv2d(p) => {
+            let taps = p.kernel_h as usize * p.kernel_w as usize;
+            (p.output.c as usize * (taps + 1), out * taps as u64)
+        }
+        Layer::FullyConnected(p) => (p.output_len * (p.input_len + 1), (p.input_len * p.output_len) as u64),
+        _ => (0, 0),
+    })
+}
+
 pub fn report(blob: &[u8]) -> Result<Report> {
     let model = Model::parse(blob).map_err(|e| anyhow!("{e}"))?;
-    let mut plan = vec![Step::EMPTY; plan_steps(model.layer_count())];
+    let mut plan = Box::new(Plan::new());
     let engine = Engine::new(model, &mut plan).map_err(|e| anyhow!("{e}"))?;
     let mut layers = Vec::new();
-    for i in 0..model.layer_count() {
-        let rec = model.record(i as u16);
-        let layer = model.layer(i).map_err(|e| anyhow!("{e}"))?;
-        let (parameters, macs) = match &layer {
-            Layer::Conv2d(p) => (
-                p.output.c as usize * (p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize + 1),
-                rec.output.len()? as u64 * p.kernel_h as u64 * p.kernel_w as u64 * p.input.c as u64,
-            ),
-            Layer::FullyConnected(p) => (p.output_len * (p.input_len + 1), (p.input_len * p.output_len) as u64),
-            _ => (0, 0),
-        };
-        let weight_bytes = [rec.weights, rec.bias, rec.multipliers, rec.shifts].iter().map(|s| s.len as usize).sum();
+    for i in 0..model.op_count() {
+        let rec = model.op_record(i);
+        let layer = model.op(i).map_err(|e| anyhow!("{e}"))?;
+        let output = model.tensor(rec.output as usize).shape;
+        let (parameters, macs) = op_cost(&layer, output)?;
         let is_view = rec.op == Op::Reshape as u8;
-        let activation_bytes = if is_view { 0 } else { rec.output.len()? };
-        let live_bytes = if is_view { 0 } else { rec.input.len()? + lepton_nn::engine::scratch_bytes(&layer) + activation_bytes };
         layers.push(LayerCost {
             index: i,
             op: Op::from_code(rec.op).map_or("?", Op::name),
-            input: dims(rec.input),
-            output: dims(rec.output),
+            input: dims(model.tensor(rec.inputs[0] as usize).shape),
+            output: dims(output),
+            input_tensors: rec.inputs.iter().filter(|&&t| t != NO_TENSOR).map(|&t| t as usize).collect(),
+            output_tensor: rec.output as usize,
             parameters,
             macs,
-            weight_bytes,
-            activation_bytes,
-            live_bytes,
+            weight_bytes: rec.sections().iter().map(|s| s.len as usize).sum(),
+            activation_bytes: if is_view { 0 } else { output.len().map_err(|e| anyhow!("{e}"))? },
             instructions: None,
         });
     }
-    let mut weight_layouts: Vec<&'static str> = (0..model.layer_count() as u16)
-        .map(|i| model.record(i))
+    let mut weight_layouts: Vec<&'static str> = (0..model.op_count())
+        .map(|i| model.op_record(i))
         .filter(|r| r.weights.len > 0)
         .map(|r| match lepton_nn::WeightLayout::from_code(r.weight_layout) {
             Some(lepton_nn::WeightLayout::Canonical) => "canonical",
@@ -104,7 +129,22 @@ pub fn report(blob: &[u8]) -> Result<Report> {
             None => "?",
         })
         .collect();
+    weight_layouts.sort_unstable();
     weight_layouts.dedup();
+    let mut placed: Vec<PlacedBuffer> = engine
+        .placements()
+        .map(|p| PlacedBuffer {
+            what: match (p.tensor, p.scratch_of) {
+                (Some(t), _) => format!("tensor {t}"),
+                (None, Some(s)) => format!("scratch of step {s}"),
+                _ => "?".into(),
+            },
+            offset: p.offset,
+            bytes: p.len,
+            steps: [p.first_step, p.last_step],
+        })
+        .collect();
+    placed.sort_by_key(|p| (p.offset, p.steps[0]));
     Ok(Report {
         instructions_per_inference: None,
         weight_layouts,
@@ -113,32 +153,33 @@ pub fn report(blob: &[u8]) -> Result<Report> {
         weight_bytes: layers.iter().map(|l| l.weight_bytes).sum(),
         model_bytes: model.byte_len(),
         arena_bytes: engine.arena_bytes(),
+        plan: placed,
         layers,
     })
 }
 
 pub fn print_table(r: &Report) {
     let shape = |d: [u16; 3]| format!("{}x{}x{}", d[0], d[1], d[2]);
+    let measured = r.layers.iter().any(|l| l.instructions.is_some());
     println!(
-        "{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9}{}",
-        "#", "op", "input", "output", "params", "MACs", "weight B", "act B", "live B",
-        if r.layers.iter().any(|l| l.instructions.is_some()) { "  instructions" } else { "" }
+        "{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9}{}",
+        "#", "op", "input", "output", "params", "MACs", "weight B", "act B",
+        if measured { "  instructions" } else { "" }
     );
     for l in &r.layers {
         println!(
-            "{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9} {:>9}{}",
-            l.index, l.op, shape(l.input), shape(l.output), l.parameters, l.macs, l.weight_bytes, l.activation_bytes, l.live_bytes,
+            "{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9}{}",
+            l.index, l.op, shape(l.input), shape(l.output), l.parameters, l.macs, l.weight_bytes, l.activation_bytes,
             l.instructions.map(|n| format!("  {n:>12}")).unwrap_or_default()
         );
     }
     println!("{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9}", "", "total", "", "", r.parameters, r.macs, r.weight_bytes);
-    println!(
-        "model file {} bytes (weights stored as {}); arena {} bytes (optimized engine: largest input + scratch + output of a step)",
-        r.model_bytes,
-        r.weight_layouts.join(", "),
-        r.arena_bytes
-    );
+    println!("model file {} bytes (weights stored as {}); arena {} bytes", r.model_bytes, r.weight_layouts.join(", "), r.arena_bytes);
+    println!("memory plan (offset, bytes, steps in use): buffers at the same offset share those bytes at different times");
+    for p in &r.plan {
+        println!("  {:>7} {:>7}  steps {:>2}-{:<2}  {}", p.offset, p.bytes, p.steps[0], p.steps[1], p.what);
+    }
     if let Some(n) = r.instructions_per_inference {
-        println!("device: {n} instructions per inference (cargo xtask bench; a fused conv2d+max_pool2d is charged to the conv)");
+        println!("device: {n} instructions per inference (cargo xtask bench; a fused step is charged to its first op)");
     }
 }

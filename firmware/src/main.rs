@@ -24,7 +24,8 @@ mod link_qemu;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use lepton_nn::protocol::{Exit, Hello, ResultFrame, Summary, PROTOCOL_VERSION};
-use lepton_nn::{Engine, Model, Step, StepHook, StepSpan};
+use lepton_nn::format::MAX_OPS;
+use lepton_nn::{Engine, Model, Plan, StepHook, StepSpan};
 use stm32f4xx_hal as _; // device interrupt vectors
 
 #[cfg(feature = "board")]
@@ -37,13 +38,9 @@ use link_board as link;
 #[cfg(feature = "qemu")]
 use link_qemu as link;
 
-/// Activations + scratch. The seed MNIST CNN's optimized plan needs 9,315 bytes; the rest is
-/// room for other models.
-const ARENA_BYTES: usize = 48 * 1024;
-/// Steps of plan storage (one per layer at most).
-const MAX_STEPS: usize = 64;
-/// The most input bytes a model may take (28x28 grayscale for MNIST).
-pub const MAX_INPUT: usize = 28 * 28;
+/// Activations + scratch: what the SRAM holds beside the plan, the stack and the statics (the
+/// seed MNIST CNN's plan needs 9,315 bytes). Inputs are read straight into the arena.
+const ARENA_BYTES: usize = 88 * 1024;
 
 #[cfg(not(feature = "embedded-model"))]
 fn model_bytes() -> &'static [u8] {
@@ -68,7 +65,7 @@ fn model_bytes() -> &'static [u8] {
 /// Instructions (or timer ticks) spent in each step of the last inference.
 struct StepTimer {
     started: u32,
-    per_step: [u32; MAX_STEPS],
+    per_step: [u32; MAX_OPS],
 }
 
 impl StepHook for StepTimer {
@@ -91,7 +88,7 @@ fn main() -> ! {
 }
 
 static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
-static mut PLAN: [Step<'static>; MAX_STEPS] = [Step::EMPTY; MAX_STEPS];
+static mut PLAN: Plan<'static> = Plan::new();
 
 fn run() -> Exit {
     let model = match Model::parse(model_bytes()) {
@@ -102,7 +99,7 @@ fn run() -> Exit {
         }
     };
     // SAFETY: the only reference to the plan storage, taken once.
-    let plan: &'static mut [Step<'static>; MAX_STEPS] = unsafe { &mut *core::ptr::addr_of_mut!(PLAN) };
+    let plan: &'static mut Plan<'static> = unsafe { &mut *core::ptr::addr_of_mut!(PLAN) };
     let engine = match Engine::new(model, plan) {
         Ok(e) => e,
         Err(lepton_nn::Error::PlanTooSmall { needed, available }) => {
@@ -118,16 +115,14 @@ fn run() -> Exit {
         defmt::error!("model needs {} arena bytes; this firmware has {}", engine.arena_bytes(), ARENA_BYTES);
         return Exit::ArenaTooSmall;
     }
-    let input_len = match model.input_shape().len() {
-        Ok(n) if n <= MAX_INPUT => n,
-        _ => {
-            defmt::error!("model input larger than {} bytes", MAX_INPUT);
-            return Exit::ArenaTooSmall;
-        }
+    defmt::info!("model ok: {} ops in {} steps, {} bytes, arena {} bytes", model.op_count(), engine.step_count(), model.byte_len(), engine.arena_bytes());
+    let separate_output = model.output_tensor() != model.logits_tensor();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        steps: engine.step_count() as u16,
+        logits: engine.logits_len() as u16,
+        outputs: if separate_output { engine.output_len() as u16 } else { 0 },
     };
-    defmt::info!("model ok: {} layers in {} steps, {} bytes, arena {} bytes", model.layer_count(), engine.step_count(), model.byte_len(), engine.arena_bytes());
-
-    let hello = Hello { version: PROTOCOL_VERSION, steps: engine.step_count() as u16, outputs: engine.logits_len() as u16 };
     let mut link = match link::Link::open(&hello) {
         Ok(l) => l,
         Err(code) => return code,
@@ -135,22 +130,18 @@ fn run() -> Exit {
     // SAFETY: the only reference to the arena, taken once.
     let arena: &mut [u8; ARENA_BYTES] = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
     let arena = &mut arena[..engine.arena_bytes()];
-    let mut pixels = [0u8; MAX_INPUT];
-    let mut input = [0i8; MAX_INPUT];
+    let input_at = engine.input_range();
     let mut count = 0u32;
     loop {
-        match link.read_input(&mut pixels[..input_len]) {
+        match link.read_input(&mut arena[input_at.clone()]) {
             Ok(true) => {}
             Ok(false) => break,
             Err(code) => return code,
         }
-        if model.quantize_input(&pixels[..input_len], &mut input[..input_len]).is_err() {
-            return Exit::BadModel;
-        }
-        let mut timer = StepTimer { started: 0, per_step: [0; MAX_STEPS] };
+        let mut timer = StepTimer { started: 0, per_step: [0; MAX_OPS] };
         counter::icount_start();
         let t0 = counter::now();
-        let result = infer(&engine, &input[..input_len], arena, &mut timer);
+        let result = infer(&engine, arena, &mut timer);
         let instructions = counter::now().wrapping_sub(t0);
         counter::icount_stop();
         let result = match result {
@@ -162,7 +153,8 @@ fn run() -> Exit {
         };
         let frame = ResultFrame {
             class: result.class() as u16,
-            outputs: result.logits,
+            logits: result.logits,
+            outputs: if separate_output { result.output() } else { &[] },
             instructions,
             per_step: &timer.per_step[..engine.step_count()],
         };
@@ -187,8 +179,8 @@ fn run() -> Exit {
 /// One inference. Kept out of line so the inference code (everything `lepton-nn` inlines into
 /// it) is one symbol whose size `cargo xtask bench` reports.
 #[inline(never)]
-fn infer<'a>(engine: &Engine, input: &[i8], arena: &'a mut [u8], timer: &mut StepTimer) -> Result<lepton_nn::Inference<'a>, lepton_nn::Error> {
-    engine.run(input, arena, timer)
+fn infer<'a>(engine: &Engine, arena: &'a mut [u8], timer: &mut StepTimer) -> Result<lepton_nn::Inference<'a>, lepton_nn::Error> {
+    engine.run_in_place(arena, timer)
 }
 
 #[panic_handler]

@@ -110,6 +110,23 @@ enum Command {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Int8 inference of any Lepton model on the host: inputs from a .npy file, outputs to one.
+    Run {
+        #[arg(long)]
+        model: PathBuf,
+        /// int8 array `N x <model input shape>` (a leading batch of 1 in the model's shape is dropped).
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the int8 outputs, `N x K`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write the logits (the input of a final softmax) instead of the model's output.
+        #[arg(long)]
+        logits: bool,
+        /// Use the reference kernels (the oracle) instead of the optimized ones (the same bits).
+        #[arg(long)]
+        reference: bool,
+    },
     /// Run a Lepton model over the test set on the host and report its accuracy.
     Eval {
         #[arg(long)]
@@ -143,6 +160,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data { dir } => {
             let dir = data::ensure(dir.as_deref())?;
+            // The same checks as every loader: both parts, in full.
+            for part in [Part::Train, Part::Test] {
+                data::load(&dir, part)?;
+            }
             println!("{}", dir.display());
             Ok(())
         }
@@ -151,6 +172,9 @@ fn run(cli: Cli) -> Result<()> {
             let dir = data::ensure(data.as_deref())?;
             let mut train = data::load(&dir, Part::Train)?;
             let mut test = data::load(&dir, Part::Test)?;
+            if (train.rows, train.cols) != (data::ROWS, data::COLS) {
+                bail!("the seed CNN trains on 28x28 images; the data set in {} has {}x{}", dir.display(), train.rows, train.cols);
+            }
             if let Some(n) = train_images {
                 train = train.truncated(n);
             }
@@ -203,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Run { model, inputs, out, logits, reference } => run_model(&model, &inputs, &out, logits, !reference),
         Command::Eval { model, float_model, data, json, logits, images } => {
             evaluate(&model, float_model.as_deref(), data.as_deref(), json, logits.as_deref(), images)
         }
@@ -213,7 +238,22 @@ fn import(model: &Path, out: &Path, weights: lepton::lpk::Packing, data_dir: Opt
     let qmodel = lepton::import::import(model, data_dir, calibration)?;
     let blob = qmodel.to_lpk_with(weights)?;
     write_atomically(out, &blob)?;
-    eprintln!("wrote {} ({} layers, {} bytes)", out.display(), qmodel.layers.len(), blob.len());
+    eprintln!("wrote {} ({} ops, {} bytes)", out.display(), qmodel.nodes.len(), blob.len());
+    Ok(())
+}
+
+fn run_model(model: &Path, inputs: &Path, out: &Path, logits: bool, optimized: bool) -> Result<()> {
+    let blob = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let parsed = eval::parse_model(&blob, &model.display().to_string())?;
+    let x = lepton::npy::read_i8(inputs)?;
+    let s = parsed.input_shape();
+    let n = lepton::npy::check_batch(inputs, &x.shape, [s.h as usize, s.w as usize, s.c as usize])?;
+    let result = eval::run_inputs(&blob, &x.values, optimized)?;
+    let rows = if logits { &result.logits } else { &result.outputs };
+    let k = rows.first().map_or(0, Vec::len);
+    let flat: Vec<i8> = rows.concat();
+    lepton::npy::write_i8(out, &[n, k], &flat)?;
+    eprintln!("wrote {} ({n} x {k} int8 {})", out.display(), if logits { "logits" } else { "outputs" });
     Ok(())
 }
 

@@ -1,37 +1,41 @@
-//! Runs a parsed model: plans tensor lifetimes in one caller-owned arena and calls the kernels.
+//! Runs a parsed model: plans once (Prepare), runs many times (Eval), in one caller-owned arena.
 //!
-//! The model is a chain, so each tensor lives from the layer that writes it to the layer that
-//! reads it. The planner puts a layer's input at one end of the arena and its output at the
-//! other, alternating, with the kernel's scratch in between; a reshape is a view and moves
-//! nothing. The arena a model needs is therefore the largest `input + scratch + output` of any
-//! layer, the least any plan without in-place kernels can use.
+//! [`Engine::new`] turns the op list into steps (an op, or a conv and the max-pool after it when
+//! the conv's output has no other reader), decides each step's kernel and decodes each op once.
+//! Then it plans memory over tensor lifetimes: a tensor lives from the step that writes it to
+//! the last step that reads it (the logits and the output to the end); a reshape's output is
+//! its input's bytes; each step's scratch lives for that step. Buffers are placed greedily,
+//! largest first, at the lowest offset that overlaps no buffer alive at the same time (TFLM's
+//! greedy planner). [`Engine::run`] only executes the plan.
 
-use crate::format::{Layer, Model};
+use core::ops::Range;
+
+use crate::format::{Layer, Model, MAX_OPS, MAX_TENSORS, NO_TENSOR};
 use crate::kernels::fast;
-use crate::kernels::{self, avg_pool_s8, conv2d_s8, fully_connected_s8, max_pool_s8, softmax_s8, Conv2d, FullyConnected, Pool};
+use crate::kernels::{self, Conv2d, FullyConnected, Pool};
 use crate::types::{as_i8, as_i8_mut, expect_len};
 use crate::Error;
 
-/// One step of the plan as hooks see it: its position in the plan and the layers it runs.
+/// One step of the plan as hooks see it: its position in the plan and the ops it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StepSpan {
     /// Position of the step in the plan (0-based).
     pub index: usize,
-    /// First and last layer the step runs (equal unless layers are fused).
+    /// First and last op the step runs (equal unless ops are fused).
     pub first: usize,
     pub last: usize,
 }
 
 impl StepSpan {
-    /// The layer this step's cost is charged to ([`crate::protocol::charged_layer`]).
+    /// The op this step's cost is charged to ([`crate::protocol::charged_layer`]).
     pub fn charged_layer(&self) -> usize {
         crate::protocol::charged_layer(self.first, self.last)
     }
 }
 
-/// Called around every step: timing and tracing on the device, per-layer checks on the host.
+/// Called around every step: timing and tracing on the device, per-op checks on the host.
 ///
-/// A step is one layer, or a conv and the max-pool fused into it by the optimized engine; then
+/// A step is one op, or a conv and the max-pool fused into it by the optimized engine; then
 /// `after_step` gets the pool's output, and the conv's output (never stored) is not reported.
 pub trait StepHook {
     fn before_step(&mut self, _step: StepSpan) {}
@@ -45,45 +49,37 @@ impl StepHook for NoHook {}
 /// What one inference produced, borrowed from the arena.
 #[derive(Debug)]
 pub struct Inference<'a> {
-    /// The output of the last layer that is not a softmax: the int8 logits.
+    /// The logits: the input of a final softmax, else the model's output.
     pub logits: &'a [i8],
     /// The softmax output, when the model ends with a softmax.
     pub probabilities: Option<&'a [i8]>,
 }
 
-impl Inference<'_> {
+impl<'a> Inference<'a> {
     /// The predicted class: first index of the largest logit.
     pub fn class(&self) -> usize {
         kernels::argmax_s8(self.logits).unwrap_or(0)
     }
-}
 
-/// Bytes of scratch a layer's kernel asks for.
-pub fn scratch_bytes(layer: &Layer) -> usize {
-    match layer {
-        Layer::Conv2d(p) => kernels::conv2d_s8_scratch_bytes(p),
-        Layer::MaxPool2d(p) => kernels::max_pool_s8_scratch_bytes(p),
-        Layer::AvgPool2d(p) => kernels::avg_pool_s8_scratch_bytes(p),
-        Layer::FullyConnected(p) => kernels::fully_connected_s8_scratch_bytes(p),
-        Layer::Softmax(p) => kernels::softmax_s8_scratch_bytes(p),
-        Layer::Reshape { .. } => 0,
+    /// The model's output tensor.
+    pub fn output(&self) -> &'a [i8] {
+        self.probabilities.unwrap_or(self.logits)
     }
 }
 
-/// Where a tensor sits in the arena: at its start or at its end, and how long it is.
-#[derive(Clone, Copy, Debug)]
-struct Placement {
-    at_start: bool,
-    len: usize,
-}
-
-impl Placement {
-    fn range(self, arena_len: usize) -> core::ops::Range<usize> {
-        if self.at_start {
-            0..self.len
-        } else {
-            arena_len - self.len..arena_len
-        }
+/// Bytes of scratch an op's reference kernel asks for.
+pub fn scratch_bytes(layer: &Layer) -> usize {
+    match layer {
+        Layer::Conv2d(p) => kernels::conv2d_s8_scratch_bytes(p),
+        Layer::DepthwiseConv2d(p) => kernels::depthwise_conv2d_s8_scratch_bytes(p),
+        Layer::MaxPool2d(p) => kernels::max_pool_s8_scratch_bytes(p),
+        Layer::AvgPool2d(p) => kernels::avg_pool_s8_scratch_bytes(p),
+        Layer::FullyConnected(p) => kernels::fully_connected_s8_scratch_bytes(p),
+        Layer::Add(p) => kernels::add_s8_scratch_bytes(p),
+        Layer::Mean(p) => kernels::mean_s8_scratch_bytes(p),
+        Layer::Pad(p) => kernels::pad_s8_scratch_bytes(p),
+        Layer::Softmax(p) => kernels::softmax_s8_scratch_bytes(p),
+        Layer::Reshape { .. } => 0,
     }
 }
 
@@ -99,65 +95,110 @@ enum Kernel<'a> {
     View,
 }
 
-/// One step of a plan: layers `first..=last` run by `kernel`, reading the current tensor at one
-/// end of the arena and writing `output_len` bytes at the other. The caller owns the plan's
-/// storage ([`Engine::new`]): a `[Step; N]` with `N` at least the model's layer count.
+/// One step of a plan: ops `first..=last` run by `kernel`, reading `inputs`, writing `output`.
 #[derive(Clone, Copy, Debug)]
 pub struct Step<'a> {
     first: u8,
     last: u8,
     kernel: Kernel<'a>,
-    output_len: usize,
-    /// Whether the step's output is a softmax (the logits are the output before it).
-    softmax: bool,
+    inputs: [u16; 2],
+    output: u16,
+    scratch: Buffer,
 }
 
 impl Step<'static> {
-    /// A placeholder to initialize plan storage with.
-    pub const EMPTY: Step<'static> = Step { first: 0, last: 0, kernel: Kernel::View, output_len: 0, softmax: false };
+    const EMPTY: Step<'static> = Step { first: 0, last: 0, kernel: Kernel::View, inputs: [NO_TENSOR; 2], output: 0, scratch: Buffer::NONE };
 }
 
-/// Steps of plan storage that a model with `layer_count` layers may need.
-pub const fn plan_steps(layer_count: usize) -> usize {
-    layer_count
+/// A span of the arena and when it is in use (steps `first..=last`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Buffer {
+    offset: u32,
+    len: u32,
+    first: u16,
+    last: u16,
 }
 
-/// A model with its plan: the kernel of every step and the arena it needs, computed once by
-/// [`Engine::new`] (or [`Engine::reference`]); [`Engine::run`] only executes it.
+impl Buffer {
+    const NONE: Buffer = Buffer { offset: 0, len: 0, first: u16::MAX, last: 0 };
+
+    fn range(&self) -> Range<usize> {
+        self.offset as usize..self.offset as usize + self.len as usize
+    }
+
+    fn live_with(&self, other: &Buffer) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    fn used(&self) -> bool {
+        self.len > 0 && self.first <= self.last
+    }
+}
+
+/// Storage for an engine's plan, owned by the caller (a `static` on the device, a `Box` on the
+/// host): every step, every tensor's place in the arena.
+#[derive(Clone, Debug)]
+pub struct Plan<'m> {
+    steps: [Step<'m>; MAX_OPS],
+    /// Per tensor: its buffer (a reshape's output shares its input's: `root`).
+    tensors: [Buffer; MAX_TENSORS],
+    root: [u16; MAX_TENSORS],
+}
+
+impl Plan<'static> {
+    pub const fn new() -> Plan<'static> {
+        Plan { steps: [Step::EMPTY; MAX_OPS], tensors: [Buffer::NONE; MAX_TENSORS], root: [0; MAX_TENSORS] }
+    }
+}
+
+impl Default for Plan<'static> {
+    fn default() -> Self {
+        Plan::new()
+    }
+}
+
+/// Where a tensor or a step's scratch sits in the arena, for reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// `Some(tensor)` for a tensor (a reshape's output shares its input's bytes and is not listed), `None` for scratch.
+    pub tensor: Option<usize>,
+    /// `Some(step)` for a step's scratch.
+    pub scratch_of: Option<usize>,
+    pub offset: usize,
+    pub len: usize,
+    /// The steps during which the bytes are in use.
+    pub first_step: usize,
+    pub last_step: usize,
+}
+
+/// A model with its plan: the kernel of every step and where every tensor lives, computed once
+/// by [`Engine::new`] (or [`Engine::reference`]); [`Engine::run`] only executes it.
 #[derive(Clone, Copy, Debug)]
 pub struct Engine<'m, 'p> {
     model: Model<'m>,
+    plan: &'p Plan<'m>,
+    step_count: usize,
     arena_bytes: usize,
-    input_len: usize,
     optimized: bool,
-    steps: &'p [Step<'m>],
 }
 
 impl<'m, 'p> Engine<'m, 'p> {
     /// The optimized engine: fused and DSP kernels wherever they apply, reference kernels
-    /// elsewhere. The plan is written into `plan` (at least [`plan_steps`] steps).
-    pub fn new(model: Model<'m>, plan: &'p mut [Step<'m>]) -> Result<Self, Error> {
-        Self::plan(model, true, plan)
+    /// elsewhere. The plan is written into `plan`.
+    pub fn new(model: Model<'m>, plan: &'p mut Plan<'m>) -> Result<Self, Error> {
+        Self::prepare(model, true, plan)
     }
 
-    /// Reference kernels only, one layer at a time: the oracle, and every layer's output visible.
-    pub fn reference(model: Model<'m>, plan: &'p mut [Step<'m>]) -> Result<Self, Error> {
-        Self::plan(model, false, plan)
+    /// Reference kernels only, one op at a time: the oracle, and every op's output visible.
+    pub fn reference(model: Model<'m>, plan: &'p mut Plan<'m>) -> Result<Self, Error> {
+        Self::prepare(model, false, plan)
     }
 
-    fn plan(model: Model<'m>, optimized: bool, plan: &'p mut [Step<'m>]) -> Result<Self, Error> {
-        let input_len = model.input_shape().len()?;
-        let mut arena_bytes = input_len;
-        let (mut i, mut count) = (0, 0);
-        while i < model.layer_count() {
-            let step = step_at(&model, i, optimized)?;
-            arena_bytes = arena_bytes.max(step_footprint(&step, &model)?);
-            let available = plan.len();
-            *plan.get_mut(count).ok_or(Error::PlanTooSmall { needed: plan_steps(model.layer_count()), available })? = step;
-            count += 1;
-            i = step.last as usize + 1;
-        }
-        Ok(Engine { model, arena_bytes, input_len, optimized, steps: &plan[..count] })
+    fn prepare(model: Model<'m>, optimized: bool, plan: &'p mut Plan<'m>) -> Result<Self, Error> {
+        let step_count = plan_steps(&model, optimized, plan)?;
+        plan_lifetimes(&model, step_count, plan);
+        let arena_bytes = place_buffers(&model, step_count, plan);
+        Ok(Engine { model, plan, step_count, arena_bytes, optimized })
     }
 
     /// Whether this engine uses the optimized kernels.
@@ -174,63 +215,126 @@ impl<'m, 'p> Engine<'m, 'p> {
         self.arena_bytes
     }
 
-    /// Steps of the plan (layers fused into one step count once).
+    /// Steps of the plan (ops fused into one step count once).
     pub fn step_count(&self) -> usize {
-        self.steps.len()
+        self.step_count
     }
 
-    /// Length of [`Inference::logits`]: the output of the last step that is not a softmax (the
-    /// input when every step is one).
-    pub fn logits_len(&self) -> usize {
-        self.steps.iter().rev().find(|s| !s.softmax).map_or(self.input_len, |s| s.output_len)
-    }
-
-    /// The layers each step of the plan runs, in order.
+    /// The ops each step of the plan runs, in order.
     pub fn steps(&self) -> impl Iterator<Item = StepSpan> + '_ {
-        self.steps.iter().enumerate().map(|(index, s)| StepSpan { index, first: s.first as usize, last: s.last as usize })
+        self.plan.steps[..self.step_count].iter().enumerate().map(|(index, s)| StepSpan { index, first: s.first as usize, last: s.last as usize })
     }
 
-    /// Run one inference on a quantized input (see [`Model::quantize_input`]).
-    pub fn run<'a>(&self, input: &[i8], arena: &'a mut [u8], hook: &mut impl StepHook) -> Result<Inference<'a>, Error> {
-        let arena_len = arena.len();
-        if arena_len < self.arena_bytes {
-            return Err(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena_len });
-        }
-        expect_len(input.len(), self.input_len)?;
-        as_i8_mut(&mut arena[..self.input_len]).copy_from_slice(input);
+    /// Length of [`Inference::logits`].
+    pub fn logits_len(&self) -> usize {
+        self.model.tensor(self.model.logits_tensor()).shape.len().unwrap_or(0)
+    }
 
-        let mut current = Placement { at_start: true, len: self.input_len };
-        let mut logits = current;
-        let mut probabilities = None;
-        for (index, step) in self.steps.iter().enumerate() {
+    /// Length of the model's output.
+    pub fn output_len(&self) -> usize {
+        self.model.output_shape().len().unwrap_or(0)
+    }
+
+    /// The bytes of tensor `t` in the arena (`None` for a tensor a fused step never stores).
+    pub fn tensor_range(&self, t: usize) -> Option<Range<usize>> {
+        let root = *self.plan.root.get(t)? as usize;
+        let b = self.plan.tensors.get(root)?;
+        b.used().then(|| b.range())
+    }
+
+    /// Every stored tensor and every step's scratch, with its bytes and its lifetime.
+    pub fn placements(&self) -> impl Iterator<Item = Placement> + '_ {
+        let tensors = (0..self.model.tensor_count()).filter(|&t| self.plan.root[t] as usize == t).filter_map(move |t| {
+            let b = self.plan.tensors[t];
+            b.used().then_some(Placement {
+                tensor: Some(t),
+                scratch_of: None,
+                offset: b.offset as usize,
+                len: b.len as usize,
+                first_step: b.first as usize,
+                last_step: b.last as usize,
+            })
+        });
+        let scratch = self.plan.steps[..self.step_count].iter().enumerate().filter(|(_, s)| s.scratch.used()).map(|(i, s)| Placement {
+            tensor: None,
+            scratch_of: Some(i),
+            offset: s.scratch.offset as usize,
+            len: s.scratch.len as usize,
+            first_step: i,
+            last_step: i,
+        });
+        tensors.chain(scratch)
+    }
+
+    /// The bytes of the model's input tensor in an arena of [`Engine::arena_bytes`].
+    pub fn input_range(&self) -> Range<usize> {
+        self.tensor_range(self.model.input_tensor()).unwrap_or(0..0)
+    }
+
+    /// Run one inference on a quantized input (see the model input's scale and zero point).
+    pub fn run<'a>(&self, input: &[i8], arena: &'a mut [u8], hook: &mut impl StepHook) -> Result<Inference<'a>, Error> {
+        let at = self.input_range();
+        expect_len(input.len(), at.len())?;
+        self.check_arena(arena)?;
+        as_i8_mut(&mut arena[at]).copy_from_slice(input);
+        self.run_in_place(arena, hook)
+    }
+
+    /// Run one inference on an input already written at [`Engine::input_range`] of `arena`
+    /// (the device reads its inputs straight into the arena).
+    pub fn run_in_place<'a>(&self, arena: &'a mut [u8], hook: &mut impl StepHook) -> Result<Inference<'a>, Error> {
+        self.check_arena(arena)?;
+        for (index, step) in self.plan.steps[..self.step_count].iter().enumerate() {
             let span = StepSpan { index, first: step.first as usize, last: step.last as usize };
             hook.before_step(span);
+            let output = self.tensor_range(step.output as usize).ok_or(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena.len() })?;
             if !matches!(step.kernel, Kernel::View) {
-                let output = Placement { at_start: !current.at_start, len: step.output_len };
-                run_step(&step.kernel, arena, current, output)?;
-                current = output;
+                let ins = [self.input_of(step, 0), self.input_of(step, 1)];
+                let (out, scratch, inputs) = regions(arena, output.clone(), step.scratch.range(), ins)?;
+                run_kernel(&step.kernel, inputs, as_i8_mut(out), scratch)?;
             }
-            current.len = step.output_len;
-            hook.after_step(span, as_i8(&arena[current.range(arena_len)]));
-            if step.softmax {
-                probabilities = Some(current);
-            } else {
-                logits = current;
-                probabilities = None;
-            }
+            hook.after_step(span, as_i8(&arena[output]));
         }
         let arena: &'a [u8] = arena;
-        Ok(Inference {
-            logits: as_i8(&arena[logits.range(arena_len)]),
-            probabilities: probabilities.map(|p| as_i8(&arena[p.range(arena_len)])),
-        })
+        let slice = |t: usize| self.tensor_range(t).map(|r| as_i8(&arena[r]));
+        let logits = slice(self.model.logits_tensor()).unwrap_or(&[]);
+        let output = self.model.output_tensor();
+        Ok(Inference { logits, probabilities: (output != self.model.logits_tensor()).then(|| slice(output)).flatten() })
+    }
+
+    fn check_arena(&self, arena: &[u8]) -> Result<(), Error> {
+        if arena.len() < self.arena_bytes {
+            return Err(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena.len() });
+        }
+        Ok(())
+    }
+
+    fn input_of(&self, step: &Step, k: usize) -> Option<Range<usize>> {
+        match step.inputs[k] {
+            NO_TENSOR => None,
+            t => self.tensor_range(t as usize),
+        }
     }
 }
 
-/// The step of the plan that starts at layer `i`: which layers it fuses and which kernel runs them.
+/// Decide the steps: fusions and kernels. Returns the step count.
+fn plan_steps<'m>(model: &Model<'m>, optimized: bool, plan: &mut Plan<'m>) -> Result<usize, Error> {
+    let (mut i, mut count) = (0, 0);
+    while i < model.op_count() {
+        let step = step_at(model, i, optimized)?;
+        // At most one step per op: the plan storage always has room for a parsed model.
+        *plan.steps.get_mut(count).ok_or(Error::PlanTooSmall { needed: model.op_count(), available: MAX_OPS })? = step;
+        count += 1;
+        i = step.last as usize + 1;
+    }
+    Ok(count)
+}
+
+/// The step of the plan that starts at op `i`: which ops it fuses and which kernel runs them.
 fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>, Error> {
-    let layer = model.layer(i)?;
-    let next = if optimized && i + 1 < model.layer_count() { Some(model.layer(i + 1)?) } else { None };
+    let layer = model.op(i)?;
+    let rec = model.op_record(i);
+    let next = if optimized && i + 1 < model.op_count() && fusable(model, i) { Some(model.op(i + 1)?) } else { None };
     let (last, kernel) = match (layer, next) {
         (Layer::Reshape { .. }, _) => (i, Kernel::View),
         _ if !optimized => (i, Kernel::Reference(layer)),
@@ -242,8 +346,102 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>,
         (Layer::FullyConnected(f), _) if fast::fully_connected_s8_fast_supported(&f) => (i, Kernel::FullyConnected(f)),
         _ => (i, Kernel::Reference(layer)),
     };
-    let last_layer = if last == i { layer } else { model.layer(last)? };
-    Ok(Step { first: i as u8, last: last as u8, kernel, output_len: output_len(&last_layer)?, softmax: matches!(last_layer, Layer::Softmax(_)) })
+    let output = model.op_record(last).output;
+    let scratch = Buffer { len: step_scratch_bytes(&kernel) as u32, ..Buffer::NONE };
+    Ok(Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch })
+}
+
+/// Whether op `i` may be fused into op `i + 1`: `i + 1` reads `i`'s output, and nothing else
+/// does (nor is it the logits or the output, which must be stored).
+fn fusable(model: &Model, i: usize) -> bool {
+    let t = model.op_record(i).output as usize;
+    let next = model.op_record(i + 1);
+    next.inputs[0] as usize == t
+        && next.inputs[1] == NO_TENSOR
+        && model.consumers(t).count() == 1
+        && t != model.logits_tensor()
+        && t != model.output_tensor()
+}
+
+/// Every stored tensor's lifetime, on its root buffer.
+fn plan_lifetimes(model: &Model, step_count: usize, plan: &mut Plan) {
+    for t in 0..model.tensor_count() {
+        plan.root[t] = t as u16;
+        plan.tensors[t] = Buffer { len: model.tensor(t).shape.len().unwrap_or(0) as u32, ..Buffer::NONE };
+    }
+    let input = model.input_tensor();
+    plan.tensors[input].first = 0;
+    let touch = |plan: &mut Plan, t: u16, s: usize| {
+        let b = &mut plan.tensors[plan.root[t as usize] as usize];
+        b.first = b.first.min(s as u16);
+        b.last = b.last.max(s as u16);
+    };
+    for s in 0..step_count {
+        let step = plan.steps[s];
+        if let Kernel::View = step.kernel {
+            plan.root[step.output as usize] = plan.root[step.inputs[0] as usize];
+        }
+        for t in step.inputs.into_iter().filter(|&t| t != NO_TENSOR) {
+            touch(plan, t, s);
+        }
+        touch(plan, step.output, s);
+        plan.steps[s].scratch.first = s as u16;
+        plan.steps[s].scratch.last = s as u16;
+    }
+    let end = step_count.saturating_sub(1);
+    for t in [model.logits_tensor(), model.output_tensor()] {
+        touch(plan, t as u16, end);
+    }
+}
+
+/// Greedy placement, largest buffer first; returns the arena size.
+fn place_buffers(model: &Model, step_count: usize, plan: &mut Plan) -> usize {
+    let tensors = model.tensor_count();
+    let count = tensors + step_count;
+    // Buffer `b`: tensor `b`'s root buffer when `b < tensors`, else step `b - tensors`'s scratch.
+    let buffer = |plan: &Plan, b: usize| if b < tensors { plan.tensors[b] } else { plan.steps[b - tensors].scratch };
+    let wanted = |plan: &Plan, b: usize| (b >= tensors || plan.root[b] as usize == b) && buffer(plan, b).used();
+    let mut order = [0u16; MAX_TENSORS + MAX_OPS];
+    let mut n = 0;
+    for b in 0..count {
+        if wanted(plan, b) {
+            // Insertion sort by size, descending; equal sizes keep their index order.
+            let len = buffer(plan, b).len;
+            let mut at = n;
+            while at > 0 && buffer(plan, order[at - 1] as usize).len < len {
+                order[at] = order[at - 1];
+                at -= 1;
+            }
+            order[at] = b as u16;
+            n += 1;
+        }
+    }
+    let mut arena = 0usize;
+    for k in 0..n {
+        let b = order[k] as usize;
+        let mut this = buffer(plan, b);
+        let mut offset = 0u32;
+        // Move past every placed buffer that is alive at the same time and in the way.
+        'search: loop {
+            for &other in &order[..k] {
+                let other = buffer(plan, other as usize);
+                let clash = other.live_with(&this) && other.offset < offset + this.len && offset < other.offset + other.len;
+                if clash {
+                    offset = other.offset + other.len;
+                    continue 'search;
+                }
+            }
+            break;
+        }
+        this.offset = offset;
+        arena = arena.max(offset as usize + this.len as usize);
+        if b < tensors {
+            plan.tensors[b] = this;
+        } else {
+            plan.steps[b - tensors].scratch = this;
+        }
+    }
+    arena
 }
 
 /// Bytes of scratch a step's kernel asks for.
@@ -258,47 +456,41 @@ fn step_scratch_bytes(kernel: &Kernel) -> usize {
     }
 }
 
-/// Input + scratch + output bytes a step needs at once (a reshape needs nothing extra).
-fn step_footprint(step: &Step, model: &Model) -> Result<usize, Error> {
-    if let Kernel::View = step.kernel {
-        return Ok(0);
+/// The step's output and scratch (mutable) and its inputs (shared) out of one arena. The plan
+/// keeps them apart; should it not, this is an error, never aliasing.
+fn regions(arena: &mut [u8], out: Range<usize>, scratch: Range<usize>, inputs: [Option<Range<usize>>; 2]) -> Result<(&mut [u8], &mut [u8], [&[i8]; 2]), Error> {
+    let scratch = if scratch.is_empty() { out.end..out.end } else { scratch };
+    let out_first = out.start <= scratch.start;
+    let (a, b) = if out_first { (out.clone(), scratch.clone()) } else { (scratch.clone(), out.clone()) };
+    let bad = Error::ArenaTooSmall { needed: b.end.max(a.end), available: arena.len() };
+    if a.end > b.start || b.end > arena.len() {
+        return Err(bad);
     }
-    input_len(&model.layer(step.first as usize)?)?
-        .checked_add(step.output_len)
-        .and_then(|n| n.checked_add(step_scratch_bytes(&step.kernel)))
-        .ok_or(Error::SizeOverflow)
+    let (seg0, rest) = arena.split_at_mut(a.start);
+    let (ma, rest) = rest.split_at_mut(a.len());
+    let (seg2, rest) = rest.split_at_mut(b.start - a.end);
+    let (mb, seg4) = rest.split_at_mut(b.len());
+    let (seg0, seg2, seg4): (&[u8], &[u8], &[u8]) = (seg0, seg2, seg4);
+    let segments = [(0, seg0), (a.end, seg2), (b.end, seg4)];
+    let total = b.end + seg4.len();
+    let inputs = [pick(&segments, &inputs[0], total)?, pick(&segments, &inputs[1], total)?];
+    Ok(if out_first { (ma, mb, inputs) } else { (mb, ma, inputs) })
 }
 
-fn input_len(layer: &Layer) -> Result<usize, Error> {
-    match layer {
-        Layer::Conv2d(p) => p.input.len(),
-        Layer::MaxPool2d(p) | Layer::AvgPool2d(p) => p.input.len(),
-        Layer::FullyConnected(p) => Ok(p.input_len),
-        Layer::Reshape { input, .. } => input.len(),
-        Layer::Softmax(p) => p.rows.checked_mul(p.depth).ok_or(Error::SizeOverflow),
+/// Input range `r` out of the read-only segments `(start, bytes)` of the arena.
+fn pick<'a>(segments: &[(usize, &'a [u8]); 3], r: &Option<Range<usize>>, arena_len: usize) -> Result<&'a [i8], Error> {
+    let Some(r) = r else { return Ok(&[]) };
+    for &(base, seg) in segments {
+        if r.start >= base && r.end <= base + seg.len() {
+            return Ok(as_i8(&seg[r.start - base..r.end - base]));
+        }
     }
+    Err(Error::ArenaTooSmall { needed: r.end, available: arena_len })
 }
 
-fn output_len(layer: &Layer) -> Result<usize, Error> {
-    match layer {
-        Layer::Conv2d(p) => p.output.len(),
-        Layer::MaxPool2d(p) | Layer::AvgPool2d(p) => p.output.len(),
-        Layer::FullyConnected(p) => Ok(p.output_len),
-        Layer::Reshape { output, .. } => output.len(),
-        Layer::Softmax(p) => p.rows.checked_mul(p.depth).ok_or(Error::SizeOverflow),
-    }
-}
-
-/// Split the arena into the input, scratch and output of one step and run its kernel.
-fn run_step(kernel: &Kernel, arena: &mut [u8], input: Placement, output: Placement) -> Result<(), Error> {
-    let arena_len = arena.len();
-    if input.len + output.len > arena_len {
-        return Err(Error::ArenaTooSmall { needed: input.len + output.len, available: arena_len });
-    }
-    let (low, rest) = arena.split_at_mut(if input.at_start { input.len } else { output.len });
-    let (scratch, high) = rest.split_at_mut(arena_len - low.len() - if input.at_start { output.len } else { input.len });
-    let (input, output) = if input.at_start { (&*low, high) } else { (&*high, low) };
-    let (input, output) = (as_i8(input), as_i8_mut(output));
+/// Run one step's kernel.
+fn run_kernel(kernel: &Kernel, inputs: [&[i8]; 2], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
+    let [input, input2] = inputs;
     let layer = match kernel {
         Kernel::Reference(layer) => layer,
         Kernel::Conv(c) => return fast::conv2d_s8_fast(c, input, output, scratch),
@@ -308,11 +500,15 @@ fn run_step(kernel: &Kernel, arena: &mut [u8], input: Placement, output: Placeme
         Kernel::View => return Ok(()),
     };
     match layer {
-        Layer::Conv2d(p) => conv2d_s8(p, input, output, scratch),
-        Layer::MaxPool2d(p) => max_pool_s8(p, input, output, scratch),
-        Layer::AvgPool2d(p) => avg_pool_s8(p, input, output, scratch),
-        Layer::FullyConnected(p) => fully_connected_s8(p, input, output, scratch),
-        Layer::Softmax(p) => softmax_s8(p, input, output, scratch),
+        Layer::Conv2d(p) => kernels::conv2d_s8(p, input, output, scratch),
+        Layer::DepthwiseConv2d(p) => kernels::depthwise_conv2d_s8(p, input, output, scratch),
+        Layer::MaxPool2d(p) => kernels::max_pool_s8(p, input, output, scratch),
+        Layer::AvgPool2d(p) => kernels::avg_pool_s8(p, input, output, scratch),
+        Layer::FullyConnected(p) => kernels::fully_connected_s8(p, input, output, scratch),
+        Layer::Add(p) => kernels::add_s8(p, input, input2, output, scratch),
+        Layer::Mean(p) => kernels::mean_s8(p, input, output, scratch),
+        Layer::Pad(p) => kernels::pad_s8(p, input, output, scratch),
+        Layer::Softmax(p) => kernels::softmax_s8(p, input, output, scratch),
         Layer::Reshape { .. } => Ok(()),
     }
 }

@@ -7,9 +7,9 @@
 //!
 //! ```no_run
 //! # fn demo(blob: &[u8], pixels: &[u8; 784]) -> Result<usize, lepton_nn::Error> {
-//! use lepton_nn::{Engine, Model, NoHook, Step};
+//! use lepton_nn::{Engine, Model, NoHook, Plan};
 //! let model = Model::parse(blob)?;           // validates everything, zero-copy
-//! let mut plan = [Step::EMPTY; 16];          // the caller owns the plan's storage too
+//! let mut plan = Plan::new();                // the caller owns the plan's storage too
 //! let engine = Engine::new(model, &mut plan)?; // decides every kernel and plans the arena, once
 //! let mut arena = [0u8; 32 * 1024];          // the caller owns all memory
 //! let mut input = [0i8; 784];
@@ -30,7 +30,7 @@ pub mod kernels;
 pub mod protocol;
 pub mod types;
 
-pub use engine::{plan_steps, Engine, Inference, NoHook, Step, StepHook, StepSpan};
+pub use engine::{Engine, Inference, NoHook, Placement, Plan, StepHook, StepSpan};
 pub use error::Error;
-pub use format::{Header, Layer, LayerRecord, Model, Op, Section};
+pub use format::{Header, Layer, Model, Op, OpRecord, Section, TensorRecord};
 pub use types::{I32Le, Padding, Requant, Shape, WeightLayout};

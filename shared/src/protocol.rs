@@ -6,12 +6,13 @@
 //!
 //! | frame | bytes (integers little-endian) |
 //! |---|---|
-//! | hello | `"LPRS"`, protocol version (u8), steps per inference (u16), outputs per inference (u16) |
-//! | result, per input | class (u16), output count (u16), the int8 outputs, instructions (u32), one u32 per step |
+//! | hello | `"LPRS"`, protocol version (u8), steps per inference (u16), logits per inference (u16), outputs per inference (u16; 0 when the output is the logits) |
+//! | result, per input | class (u16), logits count (u16), the int8 logits, the int8 outputs, instructions (u32), one u32 per step |
 //! | summary | `"DONE"`, stack peak bytes (u32), arena bytes (u32), model bytes (u32) |
 //!
-//! Inputs (host to device): over semihosting a file of whole inputs back to back; over a UART
-//! each input is preceded by [`UART_INPUT`], and [`UART_END`] ends the session.
+//! Inputs (host to device): the model's int8 input tensors; over semihosting a file of whole
+//! inputs back to back, over a UART each input preceded by [`UART_INPUT`], and [`UART_END`] ends
+//! the session. The logits are the input of a final softmax (else the output).
 //!
 //! A step is what the engine's plan runs at once: one op, or several fused (e.g. a conv and the
 //! max-pool after it). Its instructions are charged to its first op ([`charged_layer`]).
@@ -33,7 +34,7 @@ pub const PROTOCOL_VERSION: u8 = 2;
 pub const HELLO_MAGIC: [u8; 4] = *b"LPRS";
 pub const SUMMARY_MAGIC: [u8; 4] = *b"DONE";
 /// Bytes of the hello frame.
-pub const HELLO_BYTES: usize = 9;
+pub const HELLO_BYTES: usize = 11;
 /// Bytes of the summary frame.
 pub const SUMMARY_BYTES: usize = 16;
 /// UART, host to device: an input follows.
@@ -47,9 +48,9 @@ pub const fn charged_layer(first: usize, _last: usize) -> usize {
     first
 }
 
-/// Bytes of one result frame for `outputs` int8 outputs and `steps` per-step counters.
-pub const fn result_bytes(outputs: usize, steps: usize) -> usize {
-    2 + 2 + outputs + 4 + 4 * steps
+/// Bytes of one result frame for a stream announced by `hello`.
+pub const fn result_bytes(hello: &Hello) -> usize {
+    2 + 2 + hello.logits as usize + hello.outputs as usize + 4 + 4 * hello.steps as usize
 }
 
 /// How the firmware ends: its exit status under QEMU (semihosting), logged on a board.
@@ -135,6 +136,8 @@ pub trait Sink {
 pub struct Hello {
     pub version: u8,
     pub steps: u16,
+    pub logits: u16,
+    /// 0 when the output is the logits (no final softmax).
     pub outputs: u16,
 }
 
@@ -144,7 +147,8 @@ impl Hello {
         b[0..4].copy_from_slice(&HELLO_MAGIC);
         b[4] = self.version;
         b[5..7].copy_from_slice(&self.steps.to_le_bytes());
-        b[7..9].copy_from_slice(&self.outputs.to_le_bytes());
+        b[7..9].copy_from_slice(&self.logits.to_le_bytes());
+        b[9..11].copy_from_slice(&self.outputs.to_le_bytes());
         b
     }
 }
@@ -153,6 +157,8 @@ impl Hello {
 #[derive(Clone, Copy, Debug)]
 pub struct ResultFrame<'a> {
     pub class: u16,
+    pub logits: &'a [i8],
+    /// The model's output when it is not the logits (else empty).
     pub outputs: &'a [i8],
     pub instructions: u32,
     /// Per-step counters, little-endian u32 each (as read from a stream or written by the device).
@@ -184,7 +190,8 @@ pub fn send_hello<S: Sink>(sink: &mut S, hello: &Hello) -> Result<(), S::Error> 
 
 pub fn send_result<S: Sink>(sink: &mut S, r: &ResultFrame) -> Result<(), S::Error> {
     sink.send(&r.class.to_le_bytes())?;
-    sink.send(&(r.outputs.len() as u16).to_le_bytes())?;
+    sink.send(&(r.logits.len() as u16).to_le_bytes())?;
+    sink.send(crate::types::as_u8(r.logits))?;
     sink.send(crate::types::as_u8(r.outputs))?;
     sink.send(&r.instructions.to_le_bytes())?;
     for n in r.per_step {
@@ -206,7 +213,7 @@ pub enum StreamError {
     Version(u8),
     /// The stream ends inside a frame, or without a summary.
     Truncated,
-    /// A result frame carries another number of outputs than the hello frame announced.
+    /// A result frame carries another number of logits than the hello frame announced.
     OutputCount { announced: u16, found: u16 },
 }
 
@@ -217,7 +224,7 @@ impl core::fmt::Display for StreamError {
             StreamError::Version(v) => write!(f, "results stream has protocol version {v}; this build reads {PROTOCOL_VERSION}"),
             StreamError::Truncated => write!(f, "results stream truncated (no DONE summary)"),
             StreamError::OutputCount { announced, found } => {
-                write!(f, "result frame has {found} outputs; the hello frame announced {announced}")
+                write!(f, "result frame has {found} logits; the hello frame announced {announced}")
             }
         }
     }
@@ -226,7 +233,7 @@ impl core::fmt::Display for StreamError {
 /// One frame read from a results stream.
 #[derive(Clone, Copy, Debug)]
 pub enum Frame<'a> {
-    Result { class: u16, outputs: &'a [i8], instructions: u32, per_step: &'a [u8] },
+    Result { class: u16, logits: &'a [i8], outputs: &'a [i8], instructions: u32, per_step: &'a [u8] },
     Summary(Summary),
 }
 
@@ -246,13 +253,18 @@ impl<'a> StreamReader<'a> {
         if b[4] != PROTOCOL_VERSION {
             return Err(StreamError::Version(b[4]));
         }
-        let hello = Hello { version: b[4], steps: u16::from_le_bytes([b[5], b[6]]), outputs: u16::from_le_bytes([b[7], b[8]]) };
+        let hello = Hello {
+            version: b[4],
+            steps: u16::from_le_bytes([b[5], b[6]]),
+            logits: u16::from_le_bytes([b[7], b[8]]),
+            outputs: u16::from_le_bytes([b[9], b[10]]),
+        };
         Ok(StreamReader { bytes, at: HELLO_BYTES, hello })
     }
 
     /// Results complete so far (for progress while a device is still writing).
     pub fn complete_results(bytes_so_far: usize, hello: &Hello) -> usize {
-        bytes_so_far.saturating_sub(HELLO_BYTES) / result_bytes(hello.outputs as usize, hello.steps as usize)
+        bytes_so_far.saturating_sub(HELLO_BYTES) / result_bytes(hello)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], StreamError> {
@@ -284,13 +296,14 @@ impl<'a> StreamReader<'a> {
         }
         let class = self.u16()?;
         let count = self.u16()?;
-        if count != self.hello.outputs {
-            return Err(StreamError::OutputCount { announced: self.hello.outputs, found: count });
+        if count != self.hello.logits {
+            return Err(StreamError::OutputCount { announced: self.hello.logits, found: count });
         }
-        let outputs = crate::types::as_i8(self.take(count as usize)?);
+        let logits = crate::types::as_i8(self.take(count as usize)?);
+        let outputs = crate::types::as_i8(self.take(self.hello.outputs as usize)?);
         let instructions = self.u32()?;
         let per_step = self.take(4 * self.hello.steps as usize)?;
-        Ok(Some(Frame::Result { class, outputs, instructions, per_step }))
+        Ok(Some(Frame::Result { class, logits, outputs, instructions, per_step }))
     }
 }
 
@@ -320,17 +333,17 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut b = Buf([0; 256], 0);
-        let hello = Hello { version: PROTOCOL_VERSION, steps: 2, outputs: 3 };
+        let hello = Hello { version: PROTOCOL_VERSION, steps: 2, logits: 3, outputs: 3 };
         send_hello(&mut b, &hello).unwrap();
-        send_result(&mut b, &ResultFrame { class: 300, outputs: &[-1, 0, 7], instructions: 99, per_step: &[5, 6] }).unwrap();
-        assert_eq!(b.1, HELLO_BYTES + result_bytes(3, 2));
+        send_result(&mut b, &ResultFrame { class: 300, logits: &[-1, 0, 7], outputs: &[-128, -128, 127], instructions: 99, per_step: &[5, 6] }).unwrap();
+        assert_eq!(b.1, HELLO_BYTES + result_bytes(&hello));
         let summary = Summary { stack_peak_bytes: 1, arena_bytes: 2, model_bytes: 3 };
         send_summary(&mut b, &summary).unwrap();
         let mut r = StreamReader::new(&b.0[..b.1]).unwrap();
         assert_eq!(r.hello, hello);
         match r.next_frame().unwrap() {
-            Some(Frame::Result { class, outputs, instructions, per_step }) => {
-                assert_eq!((class, outputs, instructions), (300, &[-1i8, 0, 7][..], 99));
+            Some(Frame::Result { class, logits, outputs, instructions, per_step }) => {
+                assert_eq!((class, logits, outputs, instructions), (300, &[-1i8, 0, 7][..], &[-128i8, -128, 127][..], 99));
                 assert_eq!((step_counter(per_step, 0), step_counter(per_step, 1)), (5, 6));
             }
             other => panic!("{other:?}"),

@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use lepton_core::data::{self, Part, PIXELS};
 use lepton_core::report::Report;
-use lepton_nn::{plan_steps, Engine, Model, Step};
+use lepton_nn::{Engine, Model, Plan};
 use serde_json::json;
 
 /// CMSIS-NN (gcc 12.2 -O3, DSP path) on the seed CNN under the same QEMU: instructions per inference.
@@ -26,14 +25,14 @@ fn is_seed_cnn(report: &Report) -> bool {
     report.layers.len() == SEED_CNN_SHAPES.len() && report.layers.iter().zip(SEED_CNN_SHAPES).all(|(l, s)| l.output == s)
 }
 
-pub fn bench(model_path: &Path, images: usize, elf: &Path, as_json: bool) -> Result<serde_json::Value> {
+pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, as_json: bool) -> Result<serde_json::Value> {
     let blob = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let model = Model::parse(&blob).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
-    let mut plan = vec![Step::EMPTY; plan_steps(model.layer_count())];
+    let mut plan = Box::new(Plan::new());
     let engine = Engine::new(model, &mut plan).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
     let cost = lepton_core::report::report(&blob)?;
-    let test = data::load_part(None, Part::Test)?.truncated(images);
-    let run = lepton_core::device::run(elf, Some(&blob), &test.images, PIXELS, 1)?;
+    let inputs = crate::inputs::load(Some(&model), npy, Some(images))?;
+    let run = lepton_core::device::run(elf, Some(&blob), &inputs.bytes, inputs.len, 1)?;
     let n = run.results.len().max(1) as f64;
     let mean = |f: &dyn Fn(&lepton_core::device::DeviceResult) -> u32| run.results.iter().map(|r| f(r) as f64).sum::<f64>() / n;
     let total = mean(&|r| r.instructions);

@@ -16,6 +16,7 @@ mod bench_train;
 mod cli;
 mod demo;
 mod firmware;
+mod inputs;
 mod preflight;
 mod qemu;
 
@@ -40,7 +41,10 @@ enum Cmd {
     Bench {
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: PathBuf,
-        /// Images to average over (counts vary by a few instructions with the data).
+        /// int8 inputs of the model's input shape (`N x ...` .npy; default: MNIST test images).
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// Inputs to average over (counts vary by a few instructions with the data).
         #[arg(long, default_value_t = 20)]
         images: usize,
         #[arg(long)]
@@ -62,7 +66,10 @@ enum Cmd {
         /// The Lepton model to load into the model partition.
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: PathBuf,
-        /// First N test images (default: all 10,000).
+        /// int8 inputs of the model's input shape (`N x ...` .npy; default: the MNIST test images).
+        #[arg(long)]
+        inputs: Option<PathBuf>,
+        /// First N inputs (default: all).
         #[arg(long)]
         images: Option<usize>,
         #[arg(long)]
@@ -95,13 +102,13 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { args } => test(&args),
         Cmd::BenchTrain { epochs } => bench_train::bench_train(epochs),
-        Cmd::Bench { model, images, json } => {
+        Cmd::Bench { model, inputs, images, json } => {
             preflight::check(&preflight::DEVICE)?;
             let elf = firmware::build(&[])?;
-            bench::bench(&root().join(model), images, &elf, json).map(|_| ())
+            bench::bench(&root().join(model), inputs.as_deref(), images, &elf, json).map(|_| ())
         }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
-        Cmd::Qemu { model, images, json, skip_host_check, embedded } => {
+        Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded } => {
             preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);
             let elf = if embedded {
@@ -109,7 +116,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 firmware::build(&[])?
             };
-            let report = qemu::run(&model, images, &elf, !skip_host_check, !embedded)?;
+            let report = qemu::run(&model, inputs.as_deref(), images, &elf, !skip_host_check, !embedded)?;
             qemu::print(&report, json)
         }
     }

@@ -43,6 +43,27 @@ pub fn softmax_params(beta: f32, input_scale: f32) -> (i32, i32, i32) {
     (multiplier, left_shift, -(radius.floor() as i32))
 }
 
+/// TFLM's int8 ADD Prepare: `[left_shift, m1, s1, m2, s2, m_out, s_out]` for inputs of scales
+/// `s1`, `s2` and an output of scale `so`: both inputs are brought to twice the larger scale
+/// with 20 bits of headroom.
+pub fn add_params(s1: f32, s2: f32, so: f32) -> [i32; 7] {
+    const LEFT_SHIFT: i32 = 20;
+    let twice_max = 2.0 * s1.max(s2) as f64;
+    let (m1, e1) = quantize_multiplier(s1 as f64 / twice_max);
+    let (m2, e2) = quantize_multiplier(s2 as f64 / twice_max);
+    let (mo, eo) = quantize_multiplier(twice_max / ((1i64 << LEFT_SHIFT) as f64 * so as f64));
+    [LEFT_SHIFT, m1, e1, m2, e2, mo, eo]
+}
+
+/// TFLM's int8 MEAN (`QuantizedMeanOrSum`): the multiplier and shift of `input_scale /
+/// output_scale` with the division by `count` elements folded in.
+pub fn mean_params(input_scale: f32, output_scale: f32, count: usize) -> (i32, i32) {
+    let (m, shift) = quantize_multiplier(input_scale as f64 / output_scale as f64);
+    let count = count.max(1) as i64;
+    let k = (63 - count.leading_zeros() as i32).min(32).min(31 + shift).max(0);
+    ((((m as i64) << k) / count) as i32, shift - k)
+}
+
 /// TFLite `CalculateActivationRangeQuantized` for int8.
 pub fn activation_range(activation: Activation, scale: f32, zero_point: i32) -> (i8, i8) {
     let quantize = |x: f32| zero_point + (x / scale).round() as i32;
@@ -90,6 +111,21 @@ mod tests {
         for p in 0..=255u8 {
             assert_eq!(quantize_pixel(p, scale, -128) as i32, p as i32 - 128);
         }
+    }
+
+    #[test]
+    fn mean_folds_the_count_into_the_multiplier() {
+        // The worked example of TFLM's QuantizedMeanOrSum: in 0.11, out 0.043, n = 25.
+        assert_eq!(quantize_multiplier(0.11f32 as f64 / 0.043f32 as f64), (1373390651, 2));
+        assert_eq!(mean_params(0.11, 0.043, 25), (878970016, -2));
+    }
+
+    #[test]
+    fn add_gives_the_larger_input_the_multiplier_one_half() {
+        let p = add_params(0.05, 0.1, 0.12);
+        assert_eq!(p[0], 20);
+        assert_eq!((p[3], p[4]), (1 << 30, 0)); // 0.1 / 0.2 = 0.5
+        assert_eq!(p[2], -1); // 0.05 / 0.2 = 0.25 = 0.5 * 2^-1
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! The `.lpk` writer: a quantized model in memory, with real-valued scales: what `import` and `quantize` produce and
-//! what is written as a `.lpk` (see `shared/FORMAT.md`). The integer multipliers and shifts the
-//! device uses are derived here, once, with TFLite's arithmetic.
-
-use anyhow::{bail, Context, Result};
-use lepton_nn::format::{crc32, Header, LayerRecord, Op, Section, HEADER_LEN, INPUT_LUT_LEN, RECORD_LEN, VERSION};
-use lepton_nn::{Padding, Shape, WeightLayout};
+//! The `.lpk` writer: a quantized model in memory, with real-valued scales, as `import` and
+//! `quantize` produce it, and its serialization (see `shared/FORMAT.md`). The integer
+//! multipliers and shifts the device uses are derived here, once, with TFLite's arithmetic.
 
 pub mod arithmetic;
 
-use arithmetic::{activation_range, channel_multipliers, quantize_pixel, softmax_params};
+use anyhow::{bail, ensure, Context, Result};
+use lepton_nn::format::{model_crc, Header, OpRecord, Section, TensorRecord, HEADER_LEN, NO_TENSOR, OP_RECORD_LEN, SECTION_ALIGN, TENSOR_RECORD_LEN, VERSION};
+use lepton_nn::{Op, Padding, Shape, WeightLayout};
+
 pub use arithmetic::Activation;
+use arithmetic::{activation_range, add_params, channel_multipliers, mean_params, softmax_params};
 
 /// How weights are stored for the device: the flash/instructions trade-off of a model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -43,7 +43,7 @@ pub struct Window {
 /// Int8 weights with one float scale per output channel (symmetric, zero point 0).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weights {
-    /// Conv: OHWI. Fully connected: `[out, in]`.
+    /// Conv: OHWI. Depthwise: `[kh, kw, out]`. Fully connected: `[out, in]`.
     pub values: Vec<i8>,
     pub scales: Vec<f32>,
     pub bias: Vec<i32>,
@@ -52,13 +52,66 @@ pub struct Weights {
 #[derive(Clone, Debug, PartialEq)]
 pub enum QOp {
     Conv2d { window: Window, weights: Weights, activation: Activation },
+    DepthwiseConv2d { window: Window, depth_multiplier: u8, weights: Weights, activation: Activation },
     MaxPool2d { window: Window, activation: Activation },
     AvgPool2d { window: Window, activation: Activation },
     FullyConnected { weights: Weights, activation: Activation },
+    /// Two inputs of one shape.
+    Add { activation: Activation },
+    /// Mean over height and width.
+    Mean,
+    /// Rows above and below, columns left and right, filled with the zero point.
+    Pad { top: u16, bottom: u16, left: u16, right: u16 },
     Reshape,
     Softmax { beta: f32 },
 }
 
+impl QOp {
+    pub fn name(&self) -> &'static str {
+        self.code().name()
+    }
+
+    fn code(&self) -> Op {
+        match self {
+            QOp::Conv2d { .. } => Op::Conv2d,
+            QOp::DepthwiseConv2d { .. } => Op::DepthwiseConv2d,
+            QOp::MaxPool2d { .. } => Op::MaxPool2d,
+            QOp::AvgPool2d { .. } => Op::AvgPool2d,
+            QOp::FullyConnected { .. } => Op::FullyConnected,
+            QOp::Add { .. } => Op::Add,
+            QOp::Mean => Op::Mean,
+            QOp::Pad { .. } => Op::Pad,
+            QOp::Reshape => Op::Reshape,
+            QOp::Softmax { .. } => Op::Softmax,
+        }
+    }
+}
+
+/// An int8 tensor: NHWC with batch 1 (vectors are `1 x 1 x N`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QTensor {
+    pub shape: Shape,
+    pub q: QParams,
+}
+
+/// One op of the graph, reading `inputs` and writing `output` (tensor indices).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QNode {
+    pub op: QOp,
+    pub inputs: Vec<usize>,
+    pub output: usize,
+}
+
+/// A quantized graph: tensors, and ops in topological order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QModel {
+    pub tensors: Vec<QTensor>,
+    pub nodes: Vec<QNode>,
+    pub input: usize,
+    pub output: usize,
+}
+
+/// One op of a chain and the tensor it produces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QLayer {
     pub op: QOp,
@@ -66,130 +119,157 @@ pub struct QLayer {
     pub output: QParams,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct QModel {
-    pub input_shape: Shape,
-    pub input: QParams,
-    pub layers: Vec<QLayer>,
-}
-
 impl QModel {
+    /// A chain of layers, each reading the previous one's output.
+    pub fn chain(input_shape: Shape, input: QParams, layers: Vec<QLayer>) -> QModel {
+        let mut tensors = vec![QTensor { shape: input_shape, q: input }];
+        let mut nodes = Vec::with_capacity(layers.len());
+        for layer in layers {
+            let output = tensors.len();
+            tensors.push(QTensor { shape: layer.output_shape, q: layer.output });
+            nodes.push(QNode { op: layer.op, inputs: vec![output - 1], output });
+        }
+        let output = tensors.len() - 1;
+        QModel { tensors, nodes, input: 0, output }
+    }
+
+    pub fn input_shape(&self) -> Shape {
+        self.tensors[self.input].shape
+    }
+
+    pub fn input_q(&self) -> QParams {
+        self.tensors[self.input].q
+    }
+
     /// Serialize as a `.lpk` blob with [`Packing::default`].
     pub fn to_lpk(&self) -> Result<Vec<u8>> {
         self.to_lpk_with(Packing::default())
     }
 
-    /// Serialize with the weights laid out as `packing` says, where a layer can use it. The
-    /// result is parsed back with `lepton-nn` before it is returned.
-    pub fn to_lpk_with(&self, packed: Packing) -> Result<Vec<u8>> {
-        let mut records = Vec::with_capacity(self.layers.len());
-        let mut data = Vec::new(); // sections, offsets relative to the end of the fixed tables
-        let mut input_shape = self.input_shape;
-        let mut input = self.input;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let record = layer_record(layer, input_shape, input, packed, &mut data).with_context(|| format!("layer {i}"))?;
+    /// Serialize with the weights laid out as `packing` says, where an op can use it. The result
+    /// is parsed back with `lepton-nn` before it is returned.
+    pub fn to_lpk_with(&self, packing: Packing) -> Result<Vec<u8>> {
+        let tables = self.tensors.len() * TENSOR_RECORD_LEN + self.nodes.len() * OP_RECORD_LEN;
+        let mut data = Vec::new(); // sections, at offsets relative to the payload start
+        let mut records = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let record = self.op_record(node, packing, tables, &mut data).with_context(|| format!("op {i} ({})", node.op.name()))?;
             records.push(record);
-            input_shape = layer.output_shape;
-            input = layer.output;
         }
-        let tables = records.len() * RECORD_LEN + INPUT_LUT_LEN;
         let mut payload = Vec::with_capacity(tables + data.len());
-        for mut record in records {
-            for section in [&mut record.weights, &mut record.bias, &mut record.multipliers, &mut record.shifts] {
-                if section.len > 0 {
-                    section.offset += tables as u32;
-                }
-            }
-            payload.extend_from_slice(&record.encode());
+        for t in &self.tensors {
+            payload.extend_from_slice(&TensorRecord { shape: t.shape, scale: t.q.scale, zero_point: t.q.zero_point }.encode());
         }
-        payload.extend((0..=255u8).map(|p| quantize_pixel(p, self.input.scale, self.input.zero_point) as u8));
+        for r in &records {
+            payload.extend_from_slice(&r.encode());
+        }
         payload.extend_from_slice(&data);
 
+        let u16_of = |n: usize, what: &str| u16::try_from(n).with_context(|| format!("too many {what}"));
         let header = Header {
             version: VERSION,
             payload_len: u32::try_from(payload.len()).context("model larger than 4 GiB")?,
-            payload_crc: crc32(&payload),
-            layer_count: u16::try_from(self.layers.len()).context("too many layers")?,
-            flags: 0,
-            input: self.input_shape,
-            input_scale: self.input.scale,
+            crc: 0,
+            tensor_count: u16_of(self.tensors.len(), "tensors")?,
+            op_count: u16_of(self.nodes.len(), "ops")?,
+            input: u16_of(self.input, "tensors")?,
+            output: u16_of(self.output, "tensors")?,
         };
         let mut blob = Vec::with_capacity(HEADER_LEN + payload.len());
         blob.extend_from_slice(&header.encode());
         blob.extend_from_slice(&payload);
+        let crc = model_crc(&blob);
+        blob[12..16].copy_from_slice(&crc.to_le_bytes());
         lepton_nn::Model::parse(&blob).map_err(|e| anyhow::anyhow!("internal error: written model does not parse: {e}"))?;
         Ok(blob)
     }
-}
 
-fn layer_record(layer: &QLayer, input_shape: Shape, input: QParams, packed: Packing, data: &mut Vec<u8>) -> Result<LayerRecord> {
-    let mut r = LayerRecord {
-        input: input_shape,
-        output: layer.output_shape,
-        input_zp: input.zero_point,
-        output_zp: layer.output.zero_point,
-        output_scale: layer.output.scale,
-        ..LayerRecord::default()
-    };
-    let set_window = |r: &mut LayerRecord, w: &Window| {
-        r.kernel_h = w.kernel_h;
-        r.kernel_w = w.kernel_w;
-        r.stride_h = w.stride_h;
-        r.stride_w = w.stride_w;
-        r.padding = w.padding as u8;
-    };
-    match &layer.op {
-        QOp::Conv2d { window, weights, activation } => {
-            r.op = Op::Conv2d as u8;
-            set_window(&mut r, window);
-            set_weights(&mut r, weights, *activation, input, layer.output, packed, data)?;
+    fn op_record(&self, node: &QNode, packing: Packing, tables: usize, data: &mut Vec<u8>) -> Result<OpRecord> {
+        ensure!(!node.inputs.is_empty() && node.inputs.len() <= 2, "{} inputs", node.inputs.len());
+        let tensor = |t: usize| self.tensors.get(t).with_context(|| format!("tensor {t} does not exist"));
+        let input = tensor(node.inputs[0])?;
+        let output = tensor(node.output)?;
+        let id = |t: usize| u16::try_from(t).context("too many tensors");
+        let mut r = OpRecord {
+            op: node.op.code() as u8,
+            inputs: [id(node.inputs[0])?, node.inputs.get(1).map(|&t| id(t)).transpose()?.unwrap_or(NO_TENSOR)],
+            output: id(node.output)?,
+            ..OpRecord::default()
+        };
+        let set_window = |r: &mut OpRecord, w: &Window| {
+            (r.kernel_h, r.kernel_w, r.stride_h, r.stride_w) = (w.kernel_h, w.kernel_w, w.stride_h, w.stride_w);
+            r.padding = w.padding as u8;
+        };
+        let out = output.q;
+        match &node.op {
+            QOp::Conv2d { window, weights, activation } => {
+                set_window(&mut r, window);
+                set_weights(&mut r, weights, *activation, input.q, out, Some(packing), tables, data)?;
+            }
+            QOp::DepthwiseConv2d { window, depth_multiplier, weights, activation } => {
+                set_window(&mut r, window);
+                r.depth_multiplier = *depth_multiplier;
+                set_weights(&mut r, weights, *activation, input.q, out, None, tables, data)?;
+            }
+            QOp::FullyConnected { weights, activation } => set_weights(&mut r, weights, *activation, input.q, out, Some(packing), tables, data)?,
+            QOp::MaxPool2d { window, activation } | QOp::AvgPool2d { window, activation } => {
+                set_window(&mut r, window);
+                (r.act_min, r.act_max) = activation_range(*activation, out.scale, out.zero_point);
+            }
+            QOp::Add { activation } => {
+                let second = tensor(*node.inputs.get(1).context("add needs two inputs")?)?;
+                let p = add_params(input.q.scale, second.q.scale, out.scale);
+                r.params[..7].copy_from_slice(&p);
+                (r.act_min, r.act_max) = activation_range(*activation, out.scale, out.zero_point);
+            }
+            QOp::Mean => {
+                let count = input.shape.h as usize * input.shape.w as usize;
+                let (m, s) = mean_params(input.q.scale, out.scale, count);
+                r.params[..2].copy_from_slice(&[m, s]);
+            }
+            QOp::Pad { top, bottom, left, right } => r.params[..4].copy_from_slice(&[*top as i32, *bottom as i32, *left as i32, *right as i32]),
+            QOp::Reshape => {}
+            QOp::Softmax { beta } => {
+                let (multiplier, left_shift, diff_min) = softmax_params(*beta, input.q.scale);
+                r.params[..3].copy_from_slice(&[multiplier, left_shift, diff_min]);
+            }
         }
-        QOp::FullyConnected { weights, activation } => {
-            r.op = Op::FullyConnected as u8;
-            set_weights(&mut r, weights, *activation, input, layer.output, packed, data)?;
-        }
-        QOp::MaxPool2d { window, activation } | QOp::AvgPool2d { window, activation } => {
-            r.op = if matches!(layer.op, QOp::MaxPool2d { .. }) { Op::MaxPool2d } else { Op::AvgPool2d } as u8;
-            set_window(&mut r, window);
-            (r.act_min, r.act_max) = activation_range(*activation, layer.output.scale, layer.output.zero_point);
-        }
-        QOp::Reshape => r.op = Op::Reshape as u8,
-        QOp::Softmax { beta } => {
-            r.op = Op::Softmax as u8;
-            let (multiplier, left_shift, diff_min) = softmax_params(*beta, input.scale);
-            r.params = [multiplier, left_shift, diff_min];
-        }
+        Ok(r)
     }
-    Ok(r)
 }
 
+/// Weights, bias, multipliers and shifts of a conv, depthwise or fully-connected op.
+/// `packing = None`: the canonical layout only (depthwise).
+#[allow(clippy::too_many_arguments)]
 fn set_weights(
-    r: &mut LayerRecord,
+    r: &mut OpRecord,
     weights: &Weights,
     activation: Activation,
     input: QParams,
     output: QParams,
-    packed: Packing,
+    packing: Option<Packing>,
+    tables: usize,
     data: &mut Vec<u8>,
 ) -> Result<()> {
-    let channels = r.output.c as usize;
-    if weights.scales.len() != channels || weights.bias.len() != channels {
-        bail!("{} weight scales and {} biases for {channels} output channels", weights.scales.len(), weights.bias.len());
+    let channels = weights.scales.len();
+    if channels == 0 || weights.bias.len() != channels || !weights.values.len().is_multiple_of(channels) {
+        bail!("{} weights, {} scales and {} biases do not fit together", weights.values.len(), channels, weights.bias.len());
     }
     let (multipliers, shifts) = channel_multipliers(input.scale, &weights.scales, output.scale);
     (r.act_min, r.act_max) = activation_range(activation, output.scale, output.zero_point);
-    let taps = weights.values.len() / channels.max(1);
-    let layout = match packed {
+    let taps = weights.values.len() / channels;
+    let layout = match packing {
         _ if !taps.is_multiple_of(4) => WeightLayout::Canonical,
-        Packing::Canonical => WeightLayout::Canonical,
-        Packing::Int8 => WeightLayout::Oc4Quads,
-        Packing::I16 => WeightLayout::Oc4PairsI16,
+        None | Some(Packing::Canonical) => WeightLayout::Canonical,
+        Some(Packing::Int8) => WeightLayout::Oc4Quads,
+        Some(Packing::I16) => WeightLayout::Oc4PairsI16,
     };
     r.weight_layout = layout as u8;
-    r.weights = push_section(data, relayout(&weights.values, channels, taps, layout).into_iter().map(|w| w as u8));
-    r.bias = push_section(data, weights.bias.iter().flat_map(|b| b.to_le_bytes()));
-    r.multipliers = push_section(data, multipliers.iter().flat_map(|m| m.to_le_bytes()));
-    r.shifts = push_section(data, shifts.iter().flat_map(|s| s.to_le_bytes()));
+    let values = if packing.is_some() { relayout(&weights.values, channels, taps, layout) } else { weights.values.clone() };
+    r.weights = push_section(data, tables, values.into_iter().map(|w| w as u8));
+    r.bias = push_section(data, tables, weights.bias.iter().flat_map(|b| b.to_le_bytes()));
+    r.multipliers = push_section(data, tables, multipliers.iter().flat_map(|m| m.to_le_bytes()));
+    r.shifts = push_section(data, tables, shifts.iter().flat_map(|s| s.to_le_bytes()));
     Ok(())
 }
 
@@ -204,12 +284,16 @@ pub fn relayout(values: &[i8], channels: usize, taps: usize, layout: WeightLayou
     out
 }
 
-/// Append a section, 4-byte aligned so word-reading kernels can use it directly.
-fn push_section(data: &mut Vec<u8>, bytes: impl Iterator<Item = u8>) -> Section {
-    while !data.len().is_multiple_of(4) {
+/// Append a section after the tables, 4-byte aligned so word-reading kernels can use it in place.
+fn push_section(data: &mut Vec<u8>, tables: usize, bytes: impl Iterator<Item = u8>) -> Section {
+    while !(tables + data.len()).is_multiple_of(SECTION_ALIGN) {
         data.push(0);
     }
-    let offset = data.len();
+    let offset = tables + data.len();
     data.extend(bytes);
-    Section { offset: offset as u32, len: (data.len() - offset) as u32 }
+    let len = tables + data.len() - offset;
+    if len == 0 {
+        return Section::default();
+    }
+    Section { offset: offset as u32, len: len as u32 }
 }

@@ -100,7 +100,7 @@ pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
         out.push(QLayer { op, output_shape: Shape::new(dim(oh)?, dim(ow)?, dim(oc)?), output: next_q });
         q = next_q;
     }
-    Ok(QModel { input_shape: Shape::new(dim(h)?, dim(w)?, dim(c)?), input, layers: out })
+    Ok(QModel::chain(Shape::new(dim(h)?, dim(w)?, dim(c)?), input, out))
 }
 
 #[cfg(test)]

@@ -3,16 +3,16 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use crate::data::{Split, PIXELS};
+use crate::data::Split;
 
-/// Images `indices` of `split` as `[n, 1, 28, 28]` and their labels as `[n]`.
+/// Images `indices` of `split` as `[n, 1, rows, cols]` and their labels as `[n]`.
 pub fn batch(split: &Split, indices: &[usize], device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
-    let mut pixels = Vec::with_capacity(indices.len() * PIXELS);
+    let mut pixels = Vec::with_capacity(indices.len() * split.pixels());
     for &i in indices {
         pixels.extend(split.image(i).iter().map(|&p| p as f32 / 255.0));
     }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
-    let images = Tensor::from_data(TensorData::new(pixels, [indices.len(), 1, 28, 28]), device);
+    let images = Tensor::from_data(TensorData::new(pixels, [indices.len(), 1, split.rows, split.cols]), device);
     let labels = Tensor::from_data(TensorData::new(labels, [indices.len()]), device);
     (images, labels)
 }

@@ -4,13 +4,22 @@
 //! function and takes all memory from the caller. None allocates; none panics: buffer lengths
 //! are checked up front and reported as [`crate::Error::BufferSize`].
 
+pub mod add;
 pub mod argmax;
 pub mod avg_pool;
 pub mod conv2d;
+pub mod depthwise_conv;
 pub mod fast;
 pub mod fully_connected;
 pub mod max_pool;
+pub mod mean;
+pub mod pad;
 pub mod softmax;
+
+pub use add::{add_s8, add_s8_scratch_bytes, Add};
+pub use depthwise_conv::{depthwise_conv2d_s8, depthwise_conv2d_s8_scratch_bytes, DepthwiseConv2d};
+pub use mean::{mean_s8, mean_s8_scratch_bytes, Mean};
+pub use pad::{pad_s8, pad_s8_scratch_bytes, Pad};
 
 pub use argmax::argmax_s8;
 pub use avg_pool::{avg_pool_s8, avg_pool_s8_scratch_bytes};
