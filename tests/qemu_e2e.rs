@@ -81,3 +81,33 @@ fn an_onnx_imported_model_runs_on_the_device() {
     assert_eq!(r["mismatches"], 0, "{r}");
     assert!(r["accuracy"].as_f64().unwrap() > 0.97, "{r}");
 }
+
+/// Each MLPerf Tiny model on the device: every logit and output bit equal to the host's (which
+/// `tests/mlperf_tiny.rs` proves equal to TFLM's), on a few of TFLM's vectors each.
+#[test]
+fn every_mlperf_tiny_model_runs_on_the_device_bit_exact_with_the_host() {
+    let Some(dir) = lepton_tests::shared_data("mlperf-tiny") else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let work = tempfile_dir();
+    for name in ["pretrainedResnet_quant", "kws_ref_model", "vww_96_int8", "ad01_int8", "str_ww_ref_model"] {
+        let tflite = std::fs::read(dir.join(format!("{name}.tflite"))).unwrap();
+        let lpk = work.join(format!("{name}.lpk"));
+        std::fs::write(&lpk, lepton::import::tflite::import_tflite(&tflite).unwrap().to_lpk().unwrap()).unwrap();
+        let inputs = dir.join("vectors").join(format!("{name}.inputs.npy"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(root)
+            .args(["xtask", "qemu", "--images", "3", "--json", "--model"])
+            .arg(&lpk)
+            .arg("--inputs")
+            .arg(&inputs)
+            .output()
+            .expect("cargo xtask runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(r["images"], 3, "{name}: {r}");
+        assert_eq!(r["mismatches"], 0, "{name}: {r}");
+        assert_eq!(r["firmware_exit"], 0, "{name}: {r}");
+    }
+}

@@ -417,3 +417,118 @@ proptest! {
         prop_assert_eq!(relaid, want);
     }
 }
+
+/// Round-half-away-from-zero division of wide integers: TFLM's rounding of a right shift.
+fn div_round_away(n: i128, d: i128) -> i128 {
+    let q = (2 * n.abs() + d) / (2 * d);
+    if n < 0 { -q } else { q }
+}
+
+/// `MultiplyByQuantizedMultiplier` from its definition, in i128 (any shift).
+fn naive_mbqm(x: i64, m: i32, shift: i32) -> i64 {
+    let x = (x as i128) << shift.max(0);
+    let high = (x * m as i128 + (1i128 << 30)).div_euclid(1i128 << 31);
+    let r = (-shift).max(0);
+    (if r == 0 { high } else { div_round_away(high, 1i128 << r) }) as i64
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn depthwise_conv2d_matches_naive(
+        (h, w, ci, m, k, s, same) in (1usize..=8, 1usize..=8, 1usize..=4, 1usize..=3, 1usize..=3, 1usize..=2, any::<bool>())
+            .prop_filter("VALID needs kernel <= input", |&(h, w, _, _, k, _, same)| same || (k <= h && k <= w)),
+        seed in any::<u64>(), in_zp in -128i32..=127, out_zp in -128i32..=127, act in act_range(),
+    ) {
+        let co = ci * m;
+        let mut rng = seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        let input: Vec<i8> = (0..h * w * ci).map(|_| next() as i8).collect();
+        let weights: Vec<i8> = (0..k * k * co).map(|_| next() as i8).collect();
+        let bias: Vec<i32> = (0..co).map(|_| (next() % 200_001) as i32 - 100_000).collect();
+        let mult: Vec<i32> = (0..co).map(|_| (1 << 30) + (next() % (1 << 30)) as i32).collect();
+        let shift: Vec<i32> = (0..co).map(|_| -((next() % 20) as i32)).collect();
+        let (oh, pt) = geometry(h, k, s, same);
+        let (ow, pl) = geometry(w, k, s, same);
+        let (b, mu, sh) = (le(&bias), le(&mult), le(&shift));
+        let p = DepthwiseConv2d {
+            input: Shape::new(h as u16, w as u16, ci as u16), output: Shape::new(oh as u16, ow as u16, co as u16),
+            kernel_h: k as u8, kernel_w: k as u8, stride_h: s as u8, stride_w: s as u8,
+            padding: if same { Padding::Same } else { Padding::Valid }, depth_multiplier: m as u16, input_zp: in_zp,
+            weights: &weights, bias: I32Le::new(&b),
+            requant: Requant { multipliers: I32Le::new(&mu), shifts: I32Le::new(&sh), output_zp: out_zp, act_min: act.0, act_max: act.1 },
+        };
+        let mut out = vec![0i8; oh * ow * co];
+        depthwise_conv2d_s8(&p, &input, &mut out, &mut []).unwrap();
+        for oy in 0..oh { for ox in 0..ow { for oc in 0..co {
+            let mut acc = bias[oc] as i64;
+            for ky in 0..k { for kx in 0..k {
+                let (iy, ix) = ((oy * s + ky) as i64 - pt as i64, (ox * s + kx) as i64 - pl as i64);
+                if iy >= 0 && ix >= 0 && iy < h as i64 && ix < w as i64 {
+                    let x = input[(iy as usize * w + ix as usize) * ci + oc / m] as i64;
+                    acc += weights[(ky * k + kx) * co + oc] as i64 * (x - in_zp as i64);
+                }
+            }}
+            prop_assert_eq!(out[(oy * ow + ox) * co + oc], naive_requant(acc, mult[oc], shift[oc], out_zp, act.0, act.1));
+        }}}
+    }
+
+    #[test]
+    fn add_matches_naive(
+        (a, b) in (1usize..=64).prop_flat_map(|n| (prop::collection::vec(any::<i8>(), n), prop::collection::vec(any::<i8>(), n))),
+        zps in (-128i32..=127, -128i32..=127, -128i32..=127),
+        mults in (0i32..=i32::MAX, 0i32..=i32::MAX, 0i32..=i32::MAX),
+        shifts in (-31i32..=0, -31i32..=0, -31i32..=0),
+        left_shift in 0i32..=22, act in act_range(),
+    ) {
+        let p = Add {
+            len: a.len(), input1_zp: zps.0, input2_zp: zps.1, output_zp: zps.2, left_shift,
+            input1_multiplier: mults.0, input1_shift: shifts.0, input2_multiplier: mults.1, input2_shift: shifts.1,
+            output_multiplier: mults.2, output_shift: shifts.2, act_min: act.0, act_max: act.1,
+        };
+        let mut out = vec![0i8; a.len()];
+        add_s8(&p, &a, &b, &mut out, &mut []).unwrap();
+        for i in 0..a.len() {
+            let x = naive_mbqm((a[i] as i64 - zps.0 as i64) << left_shift, mults.0, shifts.0);
+            let y = naive_mbqm((b[i] as i64 - zps.1 as i64) << left_shift, mults.1, shifts.1);
+            // The sum wraps in int32 as TFLM's does (it cannot for real scales: both terms are halved).
+            let sum = (x as i32).wrapping_add(y as i32) as i64;
+            let want = (naive_mbqm(sum, mults.2, shifts.2) + zps.2 as i64).clamp(act.0 as i64, act.1 as i64);
+            prop_assert_eq!(out[i] as i64, want);
+        }
+    }
+
+    #[test]
+    fn mean_matches_naive(
+        (h, w, c, input) in (1usize..=9, 1usize..=9, 1usize..=5).prop_flat_map(|(h, w, c)| (Just(h), Just(w), Just(c), prop::collection::vec(any::<i8>(), h * w * c))),
+        in_zp in -128i32..=127, out_zp in -128i32..=127, m in 0i32..=i32::MAX, shift in -31i32..=6,
+    ) {
+        let p = Mean { input: Shape::new(h as u16, w as u16, c as u16), input_zp: in_zp, output_zp: out_zp, multiplier: m, shift, act_min: -128, act_max: 127 };
+        let mut out = vec![0i8; c];
+        mean_s8(&p, &input, &mut out, &mut []).unwrap();
+        for ch in 0..c {
+            let sum: i64 = (0..h * w).map(|i| input[i * c + ch] as i64).sum::<i64>() - in_zp as i64 * (h * w) as i64;
+            // int32 semantics for the left shift, as on the device.
+            let shifted = ((sum as i32).wrapping_mul(1i32.wrapping_shl(shift.max(0) as u32))) as i64;
+            let want = (naive_mbqm(shifted, m, shift.min(0)) + out_zp as i64).clamp(-128, 127);
+            prop_assert_eq!(out[ch] as i64, want);
+        }
+    }
+
+    #[test]
+    fn pad_places_the_input_inside_the_zero_point(
+        (h, w, c, input) in (1usize..=6, 1usize..=6, 1usize..=3).prop_flat_map(|(h, w, c)| (Just(h), Just(w), Just(c), prop::collection::vec(any::<i8>(), h * w * c))),
+        pads in (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2), zp in any::<i8>(),
+    ) {
+        let (oh, ow) = (h + pads.0 + pads.1, w + pads.2 + pads.3);
+        let p = Pad { input: Shape::new(h as u16, w as u16, c as u16), output: Shape::new(oh as u16, ow as u16, c as u16), top: pads.0 as u16, left: pads.2 as u16, value: zp };
+        let mut out = vec![0i8; oh * ow * c];
+        pad_s8(&p, &input, &mut out, &mut []).unwrap();
+        for y in 0..oh { for x in 0..ow { for ch in 0..c {
+            let inside = y >= pads.0 && y < pads.0 + h && x >= pads.2 && x < pads.2 + w;
+            let want = if inside { input[((y - pads.0) * w + x - pads.2) * c + ch] } else { zp };
+            prop_assert_eq!(out[(y * ow + x) * c + ch], want);
+        }}}
+    }
+}
