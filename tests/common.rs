@@ -15,20 +15,29 @@ pub fn data_dir() -> PathBuf {
 /// models), when present. On a user's clone it is absent: the test is skipped with a message.
 /// Under CI (`CI` set) it must be there, and its absence fails the test.
 pub fn shared_data(sub: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared").join(sub);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared")
+        .join(sub);
     if dir.exists() {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{} is missing, and CI is set: CI must provide ../shared/{sub}", dir.display());
+        panic!(
+            "{} is missing, and CI is set: CI must provide ../shared/{sub}",
+            dir.display()
+        );
     }
-    eprintln!("skipped: {} not found (the team's reference data beside the repository)", dir.display());
+    eprintln!(
+        "skipped: {} not found (the team's reference data beside the repository)",
+        dir.display()
+    );
     None
 }
 
 /// The parsed `tflm_mnist_int8_vectors.json`.
 pub fn vectors() -> Value {
-    let text = std::fs::read_to_string(data_dir().join("tflm_mnist_int8_vectors.json")).expect("test vectors present");
+    let text = std::fs::read_to_string(data_dir().join("tflm_mnist_int8_vectors.json"))
+        .expect("test vectors present");
     serde_json::from_str(&text).expect("test vectors parse")
 }
 
@@ -45,7 +54,11 @@ pub fn ints<T: TryFrom<i64>>(v: &Value) -> Vec<T> {
     v.as_array()
         .expect("array")
         .iter()
-        .map(|x| T::try_from(x.as_i64().expect("integer")).ok().expect("in range"))
+        .map(|x| {
+            T::try_from(x.as_i64().expect("integer"))
+                .ok()
+                .expect("in range")
+        })
         .collect()
 }
 
@@ -59,7 +72,10 @@ fn shape_of(v: &Value) -> Shape {
 }
 
 fn qparams(layer: &Value, which: &str) -> QParams {
-    QParams { scale: f32_of(&layer[format!("{which}_scale")]), zero_point: layer[format!("{which}_zero_point")].as_i64().unwrap() as i32 }
+    QParams {
+        scale: f32_of(&layer[format!("{which}_scale")]),
+        zero_point: layer[format!("{which}_zero_point")].as_i64().unwrap() as i32,
+    }
 }
 
 fn activation(layer: &Value) -> Activation {
@@ -77,7 +93,11 @@ fn window(layer: &Value, kernel: (u8, u8)) -> Window {
         kernel_w: kernel.1,
         stride_h: stride[0],
         stride_w: stride[1],
-        padding: if layer["padding"] == "SAME" { Padding::Same } else { Padding::Valid },
+        padding: if layer["padding"] == "SAME" {
+            Padding::Same
+        } else {
+            Padding::Valid
+        },
     }
 }
 
@@ -88,7 +108,11 @@ fn weights(layer: &Value) -> Weights {
             .as_array()
             .unwrap()
             .iter()
-            .map(|h| f32::from_bits(u32::from_str_radix(h.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()))
+            .map(|h| {
+                f32::from_bits(
+                    u32::from_str_radix(h.as_str().unwrap().trim_start_matches("0x"), 16).unwrap(),
+                )
+            })
             .collect(),
         bias: ints(&layer["bias_int32"]),
     }
@@ -104,23 +128,42 @@ pub fn model_from_vectors(v: &Value) -> QModel {
             let op = match l["op"].as_str().unwrap() {
                 "CONV_2D" => {
                     let ws: Vec<u8> = ints(&l["weights_shape"]);
-                    QOp::Conv2d { window: window(l, (ws[1], ws[2])), weights: weights(l), activation: activation(l) }
+                    QOp::Conv2d {
+                        window: window(l, (ws[1], ws[2])),
+                        weights: weights(l),
+                        activation: activation(l),
+                    }
                 }
                 "MAX_POOL_2D" => {
                     let f: Vec<u8> = ints(&l["filter_hw"]);
-                    QOp::MaxPool2d { window: window(l, (f[0], f[1])), activation: activation(l) }
+                    QOp::MaxPool2d {
+                        window: window(l, (f[0], f[1])),
+                        activation: activation(l),
+                    }
                 }
                 "RESHAPE" => QOp::Reshape,
-                "FULLY_CONNECTED" => QOp::FullyConnected { weights: weights(l), activation: activation(l) },
-                "SOFTMAX" => QOp::Softmax { beta: l["beta"].as_f64().unwrap() as f32 },
+                "FULLY_CONNECTED" => QOp::FullyConnected {
+                    weights: weights(l),
+                    activation: activation(l),
+                },
+                "SOFTMAX" => QOp::Softmax {
+                    beta: l["beta"].as_f64().unwrap() as f32,
+                },
                 other => panic!("unexpected op {other}"),
             };
-            QLayer { op, output_shape: shape_of(&l["output_shape_nhwc"]), output: qparams(l, "output") }
+            QLayer {
+                op,
+                output_shape: shape_of(&l["output_shape_nhwc"]),
+                output: qparams(l, "output"),
+            }
         })
         .collect();
     QModel::chain(
         shape_of(&v["layers"][0]["input_shape_nhwc"]),
-        QParams { scale: f32_of(&v["input_quantization"]["scale"]), zero_point: v["input_quantization"]["zero_point"].as_i64().unwrap() as i32 },
+        QParams {
+            scale: f32_of(&v["input_quantization"]["scale"]),
+            zero_point: v["input_quantization"]["zero_point"].as_i64().unwrap() as i32,
+        },
         layers,
     )
 }

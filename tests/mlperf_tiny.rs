@@ -21,7 +21,10 @@ pub const MODELS: [(&str, u64); 5] = [
 
 fn check(dir: &Path, name: &str, macs: u64) {
     let tflite = std::fs::read(dir.join(format!("{name}.tflite"))).unwrap();
-    let blob = import_tflite(&tflite).unwrap_or_else(|e| panic!("{name}: {e:#}")).to_lpk().unwrap();
+    let blob = import_tflite(&tflite)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+        .to_lpk()
+        .unwrap();
     let report = lepton::report::report(&blob).unwrap();
     assert_eq!(report.macs, macs, "{name}: MACs");
     let vectors = dir.join("vectors");
@@ -35,16 +38,26 @@ fn check(dir: &Path, name: &str, macs: u64) {
         assert_eq!(got.logits.len(), 24);
         for (i, (l, o)) in got.logits.iter().zip(&got.outputs).enumerate() {
             let k = l.len();
-            assert_eq!(l.as_slice(), &logits.values[i * k..(i + 1) * k], "{name} ({which}) input {i}: logits differ from TFLM");
+            assert_eq!(
+                l.as_slice(),
+                &logits.values[i * k..(i + 1) * k],
+                "{name} ({which}) input {i}: logits differ from TFLM"
+            );
             let k = o.len();
-            assert_eq!(o.as_slice(), &outputs.values[i * k..(i + 1) * k], "{name} ({which}) input {i}: outputs differ from TFLM");
+            assert_eq!(
+                o.as_slice(),
+                &outputs.values[i * k..(i + 1) * k],
+                "{name} ({which}) input {i}: outputs differ from TFLM"
+            );
         }
     }
 }
 
 #[test]
 fn every_mlperf_tiny_model_is_bit_exact_with_tflm() {
-    let Some(dir) = shared_data("mlperf-tiny") else { return };
+    let Some(dir) = shared_data("mlperf-tiny") else {
+        return;
+    };
     for (name, macs) in MODELS {
         check(&dir, name, macs);
     }

@@ -76,8 +76,18 @@ fn version_1_models_are_refused_with_advice() {
     let mut b = blob();
     b[4] = 1;
     let e = parse(&b).unwrap_err();
-    assert_eq!(e, Error::UnsupportedVersion { found: 1, supported: 2 });
-    assert!(e.to_string().contains("re-run `lepton quantize` or `lepton import`"), "{e}");
+    assert_eq!(
+        e,
+        Error::UnsupportedVersion {
+            found: 1,
+            supported: 2
+        }
+    );
+    assert!(
+        e.to_string()
+            .contains("re-run `lepton quantize` or `lepton import`"),
+        "{e}"
+    );
 }
 
 /// Every single-bit flip is rejected: the CRC covers bytes 16.. (the rest of the header and the
@@ -97,7 +107,12 @@ fn every_single_bit_flip_is_rejected() {
             }
         }
     }
-    assert!(accepted.is_empty(), "{} flips accepted, first {:?}", accepted.len(), &accepted[..accepted.len().min(10)]);
+    assert!(
+        accepted.is_empty(),
+        "{} flips accepted, first {:?}",
+        accepted.len(),
+        &accepted[..accepted.len().min(10)]
+    );
 }
 
 #[test]
@@ -106,7 +121,11 @@ fn header_fields_after_the_crc_are_covered() {
     for at in 16..HEADER_LEN {
         let mut c = b.clone();
         c[at] ^= 0x01;
-        assert!(matches!(parse(&c), Err(Error::CrcMismatch { .. })), "byte {at}: {:?}", parse(&c));
+        assert!(
+            matches!(parse(&c), Err(Error::CrcMismatch { .. })),
+            "byte {at}: {:?}",
+            parse(&c)
+        );
     }
 }
 
@@ -115,25 +134,62 @@ fn a_payload_length_smaller_than_the_tables_says_so() {
     let b = blob();
     let c = patched(b[..HEADER_LEN + 200].to_vec(), 8, &200u32.to_le_bytes());
     let e = parse(&c).unwrap_err();
-    assert_eq!(e, Error::PayloadTooShort { needed: TENSORS * TENSOR_RECORD_LEN + 9 * OP_RECORD_LEN, declared: 200 });
-    assert!(e.to_string().contains("declares a payload of 200 bytes"), "{e}");
+    assert_eq!(
+        e,
+        Error::PayloadTooShort {
+            needed: TENSORS * TENSOR_RECORD_LEN + 9 * OP_RECORD_LEN,
+            declared: 200
+        }
+    );
+    assert!(
+        e.to_string().contains("declares a payload of 200 bytes"),
+        "{e}"
+    );
 }
 
 #[test]
 fn reserved_fields_must_be_zero() {
-    assert_eq!(parse(&patched(blob(), 26, &[1])).unwrap_err(), Error::Reserved { what: "header bytes 24..32" });
-    assert_eq!(parse(&patched(blob(), tensor_at(3) + 6, &[1])).unwrap_err(), Error::Reserved { what: "tensor record bytes 6..8" });
-    assert_eq!(parse(&patched(blob(), op_at(4) + 90, &[7])).unwrap_err(), Error::Reserved { what: "op record bytes 80..96" });
+    assert_eq!(
+        parse(&patched(blob(), 26, &[1])).unwrap_err(),
+        Error::Reserved {
+            what: "header bytes 24..32"
+        }
+    );
+    assert_eq!(
+        parse(&patched(blob(), tensor_at(3) + 6, &[1])).unwrap_err(),
+        Error::Reserved {
+            what: "tensor record bytes 6..8"
+        }
+    );
+    assert_eq!(
+        parse(&patched(blob(), op_at(4) + 90, &[7])).unwrap_err(),
+        Error::Reserved {
+            what: "op record bytes 80..96"
+        }
+    );
 }
 
 #[test]
 fn meaningless_scales_and_zero_points() {
     for scale in [f32::NAN, f32::INFINITY, 0.0, -0.5] {
         let e = parse(&patched(blob(), tensor_at(2) + 8, &scale.to_le_bytes())).unwrap_err();
-        assert_eq!(e, Error::BadTensor { tensor: 2, what: "scale not a positive finite number" }, "{scale}");
+        assert_eq!(
+            e,
+            Error::BadTensor {
+                tensor: 2,
+                what: "scale not a positive finite number"
+            },
+            "{scale}"
+        );
     }
     let e = parse(&patched(blob(), tensor_at(2) + 12, &200i32.to_le_bytes())).unwrap_err();
-    assert_eq!(e, Error::BadTensor { tensor: 2, what: "zero point outside int8" });
+    assert_eq!(
+        e,
+        Error::BadTensor {
+            tensor: 2,
+            what: "zero point outside int8"
+        }
+    );
 }
 
 #[test]
@@ -144,33 +200,64 @@ fn sizes_beyond_any_device_are_refused_before_anything_is_allocated() {
         shape.extend(u16::MAX.to_le_bytes());
     }
     let e = parse(&patched(blob(), tensor_at(0), &shape)).unwrap_err();
-    assert!(matches!(e, Error::TensorTooLarge { tensor: 0, .. }), "{e:?}");
+    assert!(
+        matches!(e, Error::TensorTooLarge { tensor: 0, .. }),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn unknown_op() {
-    assert_eq!(parse(&patched(blob(), op_at(3), &[99])).unwrap_err(), Error::UnknownOp { layer: 3, op: 99 });
+    assert_eq!(
+        parse(&patched(blob(), op_at(3), &[99])).unwrap_err(),
+        Error::UnknownOp { layer: 3, op: 99 }
+    );
 }
 
 #[test]
 fn graph_structure_errors() {
     // Op 2 reads tensor 5, which op 4 writes later.
-    assert_eq!(parse(&patched(blob(), op_at(2) + 8, &5u16.to_le_bytes())).unwrap_err(), Error::NotTopological { op: 2, tensor: 5 });
+    assert_eq!(
+        parse(&patched(blob(), op_at(2) + 8, &5u16.to_le_bytes())).unwrap_err(),
+        Error::NotTopological { op: 2, tensor: 5 }
+    );
     // Op 2 writes tensor 2, which op 1 wrote.
-    assert_eq!(parse(&patched(blob(), op_at(2) + 12, &2u16.to_le_bytes())).unwrap_err(), Error::TensorWrittenTwice { op: 2, tensor: 2 });
+    assert_eq!(
+        parse(&patched(blob(), op_at(2) + 12, &2u16.to_le_bytes())).unwrap_err(),
+        Error::TensorWrittenTwice { op: 2, tensor: 2 }
+    );
     // A tensor that does not exist.
-    assert_eq!(parse(&patched(blob(), op_at(2) + 8, &77u16.to_le_bytes())).unwrap_err(), Error::BadTensorRef { op: Some(2), tensor: 77 });
+    assert_eq!(
+        parse(&patched(blob(), op_at(2) + 8, &77u16.to_le_bytes())).unwrap_err(),
+        Error::BadTensorRef {
+            op: Some(2),
+            tensor: 77
+        }
+    );
     // A second input for an op that takes one.
-    assert!(matches!(parse(&patched(blob(), op_at(2) + 10, &1u16.to_le_bytes())), Err(Error::BadParameter { layer: 2, .. })));
+    assert!(matches!(
+        parse(&patched(blob(), op_at(2) + 10, &1u16.to_le_bytes())),
+        Err(Error::BadParameter { layer: 2, .. })
+    ));
     // The model output names a tensor that does not exist.
-    assert_eq!(parse(&patched(blob(), 22, &40u16.to_le_bytes())).unwrap_err(), Error::BadTensorRef { op: None, tensor: 40 });
+    assert_eq!(
+        parse(&patched(blob(), 22, &40u16.to_le_bytes())).unwrap_err(),
+        Error::BadTensorRef {
+            op: None,
+            tensor: 40
+        }
+    );
 }
 
 #[test]
 fn shapes_that_do_not_fit() {
     // Tensor 3 (conv2's output, 11x11x64) claimed 10x11x64: conv2's window no longer produces it.
     let b = patched(blob(), tensor_at(3), &10u16.to_le_bytes());
-    assert!(matches!(parse(&b), Err(Error::ShapeMismatch { layer: 2, .. })), "{:?}", parse(&b));
+    assert!(
+        matches!(parse(&b), Err(Error::ShapeMismatch { layer: 2, .. })),
+        "{:?}",
+        parse(&b)
+    );
 }
 
 #[test]
@@ -179,38 +266,93 @@ fn sections_out_of_range_misaligned_or_overlapping() {
     let model = Model::parse(&b).unwrap();
     let payload_len = b.len() - HEADER_LEN;
     // Weights of op 6 (fc1) past the payload.
-    let c = patched(b.clone(), op_at(6) + 48, &(payload_len as u32 - 100).to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::SectionOutOfRange { layer: 6, section: "weights" });
+    let c = patched(
+        b.clone(),
+        op_at(6) + 48,
+        &(payload_len as u32 - 100).to_le_bytes(),
+    );
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::SectionOutOfRange {
+            layer: 6,
+            section: "weights"
+        }
+    );
     // Offset + length overflowing.
     let c = patched(b.clone(), op_at(6) + 48, &(u32::MAX & !3).to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::SectionOutOfRange { layer: 6, section: "weights" });
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::SectionOutOfRange {
+            layer: 6,
+            section: "weights"
+        }
+    );
     // Misaligned.
     let w = model.op_record(6).weights.offset;
     let c = patched(b.clone(), op_at(6) + 48, &(w + 1).to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::SectionMisaligned { layer: 6, section: "weights" });
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::SectionMisaligned {
+            layer: 6,
+            section: "weights"
+        }
+    );
     // Overlapping the tables, and an earlier op's sections.
     let c = patched(b.clone(), op_at(0) + 48, &16u32.to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::SectionOverlap { layer: 0, section: "weights" });
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::SectionOverlap {
+            layer: 0,
+            section: "weights"
+        }
+    );
     let earlier = model.op_record(0).bias.offset;
     let c = patched(b.clone(), op_at(2) + 56, &earlier.to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::SectionOverlap { layer: 2, section: "bias" });
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::SectionOverlap {
+            layer: 2,
+            section: "bias"
+        }
+    );
     // A bias length that does not match the channel count.
     let c = patched(b, op_at(0) + 60, &4u32.to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::SectionOutOfRange { layer: 0, section: "bias" });
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::SectionOutOfRange {
+            layer: 0,
+            section: "bias"
+        }
+    );
 }
 
 #[test]
 fn bad_parameters() {
     // Zero stride.
-    assert!(matches!(parse(&patched(blob(), op_at(1) + 4, &[0])), Err(Error::BadParameter { layer: 1, .. })));
+    assert!(matches!(
+        parse(&patched(blob(), op_at(1) + 4, &[0])),
+        Err(Error::BadParameter { layer: 1, .. })
+    ));
     // act_min > act_max.
-    assert!(matches!(parse(&patched(blob(), op_at(0) + 6, &[100, 0])), Err(Error::BadParameter { layer: 0, .. })));
+    assert!(matches!(
+        parse(&patched(blob(), op_at(0) + 6, &[100, 0])),
+        Err(Error::BadParameter { layer: 0, .. })
+    ));
     // Softmax shift that would overflow int32.
-    assert!(matches!(parse(&patched(blob(), op_at(8) + 20, &31i32.to_le_bytes())), Err(Error::BadParameter { layer: 8, .. })));
+    assert!(matches!(
+        parse(&patched(blob(), op_at(8) + 20, &31i32.to_le_bytes())),
+        Err(Error::BadParameter { layer: 8, .. })
+    ));
     // Parameters an op does not take.
-    assert!(matches!(parse(&patched(blob(), op_at(0) + 16, &1i32.to_le_bytes())), Err(Error::BadParameter { layer: 0, .. })));
+    assert!(matches!(
+        parse(&patched(blob(), op_at(0) + 16, &1i32.to_le_bytes())),
+        Err(Error::BadParameter { layer: 0, .. })
+    ));
     // Zero ops.
-    assert_eq!(parse(&patched(blob(), 18, &0u16.to_le_bytes())).unwrap_err(), Error::LayerCount(0));
+    assert_eq!(
+        parse(&patched(blob(), 18, &0u16.to_le_bytes())).unwrap_err(),
+        Error::LayerCount(0)
+    );
 }
 
 #[test]
@@ -220,7 +362,10 @@ fn accumulator_overflow_is_refused() {
     let model = Model::parse(&b).unwrap();
     let bias_at = HEADER_LEN + model.op_record(2).bias.offset as usize;
     let c = patched(b, bias_at, &(i32::MAX - 10).to_le_bytes());
-    assert_eq!(parse(&c).unwrap_err(), Error::AccumulatorOverflow { layer: 2 });
+    assert_eq!(
+        parse(&c).unwrap_err(),
+        Error::AccumulatorOverflow { layer: 2 }
+    );
 }
 
 /// Every byte of the header and the tables set to several values (CRC fixed up): the parser
@@ -231,7 +376,17 @@ fn mutated_tables_never_panic() {
     let tables = op_at(9);
     let mut accepted = 0;
     for at in 0..tables {
-        for v in [0u8, 1, 2, 3, 0x7F, 0x80, 0xFF, b[at].wrapping_add(1), b[at].wrapping_sub(1)] {
+        for v in [
+            0u8,
+            1,
+            2,
+            3,
+            0x7F,
+            0x80,
+            0xFF,
+            b[at].wrapping_add(1),
+            b[at].wrapping_sub(1),
+        ] {
             let c = if (12..16).contains(&at) {
                 let mut c = b.clone();
                 c[at] = v;
@@ -249,5 +404,8 @@ fn mutated_tables_never_panic() {
             }
         }
     }
-    assert!(accepted > 0, "some mutations (e.g. of scales or activation bounds) are valid models");
+    assert!(
+        accepted > 0,
+        "some mutations (e.g. of scales or activation bounds) are valid models"
+    );
 }

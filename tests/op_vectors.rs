@@ -12,17 +12,35 @@ use lepton_tests::data_dir;
 #[test]
 fn op_models_are_bit_exact_with_tflm() {
     let dir = data_dir().join("ops");
-    for name in ["conv_same_s2", "dw_mult2", "pad_conv", "mean_hw", "mean_hw_flat", "add_relu"] {
+    for name in [
+        "conv_same_s2",
+        "dw_mult2",
+        "pad_conv",
+        "mean_hw",
+        "mean_hw_flat",
+        "add_relu",
+    ] {
         let tflite = std::fs::read(dir.join(format!("{name}.tflite"))).unwrap();
-        let blob = import_tflite(&tflite).unwrap_or_else(|e| panic!("{name}: {e:#}")).to_lpk().unwrap();
+        let blob = import_tflite(&tflite)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+            .to_lpk()
+            .unwrap();
         let inputs = read_i8(&dir.join(format!("{name}.inputs.npy"))).unwrap();
         let logits = read_i8(&dir.join(format!("{name}.logits.npy"))).unwrap();
         let outputs = read_i8(&dir.join(format!("{name}.outputs.npy"))).unwrap();
         for optimized in [false, true] {
             let got = run_inputs(&blob, &inputs.values, optimized).unwrap();
             assert_eq!(got.logits.len(), 16, "{name}");
-            assert_eq!(got.logits.concat(), logits.values, "{name} (optimized: {optimized}): logits differ from TFLM");
-            assert_eq!(got.outputs.concat(), outputs.values, "{name} (optimized: {optimized}): outputs differ from TFLM");
+            assert_eq!(
+                got.logits.concat(),
+                logits.values,
+                "{name} (optimized: {optimized}): logits differ from TFLM"
+            );
+            assert_eq!(
+                got.outputs.concat(),
+                outputs.values,
+                "{name} (optimized: {optimized}): outputs differ from TFLM"
+            );
         }
     }
 }

@@ -9,19 +9,39 @@ use std::process::Command;
 fn device_is_bit_exact_with_the_host_on_all_test_images() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo).current_dir(root).args(["xtask", "qemu", "--json"]).output().expect("cargo xtask runs");
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "qemu", "--json"])
+        .output()
+        .expect("cargo xtask runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "cargo xtask qemu failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo xtask qemu failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
     assert_eq!(r["images"], 10_000);
     assert_eq!(r["mismatches"], 0, "{r}");
     assert_eq!(r["accuracy"], r["host_accuracy"], "{r}");
     assert!(r["accuracy"].as_f64().unwrap() > 0.99, "{r}");
     let ipi = &r["instructions_per_inference"];
-    assert!(ipi["min"].as_u64().unwrap() > 1_000_000, "an inference of 2.8 M MACs cannot take fewer instructions: {r}");
-    assert!(r["stack_peak_bytes"].as_u64().unwrap() > 0 && r["stack_peak_bytes"].as_u64().unwrap() < 16 * 1024, "{r}");
+    assert!(
+        ipi["min"].as_u64().unwrap() > 1_000_000,
+        "an inference of 2.8 M MACs cannot take fewer instructions: {r}"
+    );
+    assert!(
+        r["stack_peak_bytes"].as_u64().unwrap() > 0
+            && r["stack_peak_bytes"].as_u64().unwrap() < 16 * 1024,
+        "{r}"
+    );
     assert_eq!(r["arena_bytes"], 9_315);
-    assert_eq!(r["flash_model_bytes"].as_u64().unwrap(), std::fs::metadata(root.join("models/mnist-cnn/int8.lpk")).unwrap().len());
+    assert_eq!(
+        r["flash_model_bytes"].as_u64().unwrap(),
+        std::fs::metadata(root.join("models/mnist-cnn/int8.lpk"))
+            .unwrap()
+            .len()
+    );
 }
 
 #[test]
@@ -36,13 +56,23 @@ fn missing_or_corrupt_model_stops_the_firmware_cleanly() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(root)
-        .args(["xtask", "qemu", "--images", "1", "--skip-host-check", "--model"])
+        .args([
+            "xtask",
+            "qemu",
+            "--images",
+            "1",
+            "--skip-host-check",
+            "--model",
+        ])
         .arg(&bad)
         .output()
         .expect("cargo xtask runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("exited with code 3") && stderr.contains("CRC"), "{stderr}");
+    assert!(
+        stderr.contains("exited with code 3") && stderr.contains("CRC"),
+        "{stderr}"
+    );
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
@@ -55,9 +85,17 @@ fn tempfile_dir() -> std::path::PathBuf {
 fn a_firmware_with_the_model_embedded_runs_without_the_partition() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo).current_dir(root).args(["xtask", "qemu", "--embedded", "--images", "200", "--json"]).output().expect("cargo xtask runs");
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "qemu", "--embedded", "--images", "200", "--json"])
+        .output()
+        .expect("cargo xtask runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["images"], 200);
     assert_eq!(r["mismatches"], 0, "{r}");
@@ -69,14 +107,34 @@ fn an_onnx_imported_model_runs_on_the_device() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile_dir();
     let onnx = dir.join("mnist.onnx");
-    std::fs::write(&onnx, lepton::float_reference::export_onnx(&root.join("models/mnist-cnn")).unwrap()).unwrap();
+    std::fs::write(
+        &onnx,
+        lepton::float_reference::export_onnx(&root.join("models/mnist-cnn")).unwrap(),
+    )
+    .unwrap();
     let train = lepton::data::load_part(None, lepton::data::Part::Train).unwrap();
     let lpk = dir.join("from_onnx.lpk");
-    std::fs::write(&lpk, lepton::import::onnx::import_onnx(&onnx, &train, 300).unwrap().to_lpk().unwrap()).unwrap();
+    std::fs::write(
+        &lpk,
+        lepton::import::onnx::import_onnx(&onnx, &train, 300)
+            .unwrap()
+            .to_lpk()
+            .unwrap(),
+    )
+    .unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo).current_dir(root).args(["xtask", "qemu", "--images", "300", "--json", "--model"]).arg(&lpk).output().expect("cargo xtask runs");
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "qemu", "--images", "300", "--json", "--model"])
+        .arg(&lpk)
+        .output()
+        .expect("cargo xtask runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["mismatches"], 0, "{r}");
     assert!(r["accuracy"].as_f64().unwrap() > 0.97, "{r}");
@@ -86,28 +144,76 @@ fn an_onnx_imported_model_runs_on_the_device() {
 /// `tests/mlperf_tiny.rs` proves equal to TFLM's), on a few of TFLM's vectors each.
 #[test]
 fn every_mlperf_tiny_model_runs_on_the_device_bit_exact_with_the_host() {
-    let Some(dir) = lepton_tests::shared_data("mlperf-tiny") else { return };
+    let Some(dir) = lepton_tests::shared_data("mlperf-tiny") else {
+        return;
+    };
+    for name in [
+        "pretrainedResnet_quant",
+        "kws_ref_model",
+        "vww_96_int8",
+        "ad01_int8",
+        "str_ww_ref_model",
+    ] {
+        device_equals_host(&dir, &dir.join("vectors"), name, 3);
+    }
+}
+
+/// The TFLM op models of `tests/data/ops` (SAME stride 2, RELU6 clamps, depth multiplier 2, PAD,
+/// MEAN, ADD with a partial clamp) on the device: equal to the host, which equals TFLM.
+#[test]
+fn the_op_models_run_on_the_device_bit_exact_with_the_host() {
+    let dir = lepton_tests::data_dir().join("ops");
+    for name in [
+        "conv_same_s2",
+        "dw_mult2",
+        "pad_conv",
+        "mean_hw",
+        "mean_hw_flat",
+        "add_relu",
+    ] {
+        device_equals_host(&dir, &dir, name, 16);
+    }
+}
+
+/// Import `models/NAME.tflite`, run `vectors/NAME.inputs.npy` (first `count`) on QEMU.
+fn device_equals_host(models: &Path, vectors: &Path, name: &str, count: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let work = tempfile_dir();
-    for name in ["pretrainedResnet_quant", "kws_ref_model", "vww_96_int8", "ad01_int8", "str_ww_ref_model"] {
-        let tflite = std::fs::read(dir.join(format!("{name}.tflite"))).unwrap();
-        let lpk = work.join(format!("{name}.lpk"));
-        std::fs::write(&lpk, lepton::import::tflite::import_tflite(&tflite).unwrap().to_lpk().unwrap()).unwrap();
-        let inputs = dir.join("vectors").join(format!("{name}.inputs.npy"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .current_dir(root)
-            .args(["xtask", "qemu", "--images", "3", "--json", "--model"])
-            .arg(&lpk)
-            .arg("--inputs")
-            .arg(&inputs)
-            .output()
-            .expect("cargo xtask runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{name}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        assert_eq!(r["images"], 3, "{name}: {r}");
-        assert_eq!(r["mismatches"], 0, "{name}: {r}");
-        assert_eq!(r["firmware_exit"], 0, "{name}: {r}");
-    }
+    let tflite = std::fs::read(models.join(format!("{name}.tflite"))).unwrap();
+    let lpk = work.join(format!("{name}.lpk"));
+    std::fs::write(
+        &lpk,
+        lepton::import::tflite::import_tflite(&tflite)
+            .unwrap()
+            .to_lpk()
+            .unwrap(),
+    )
+    .unwrap();
+    let inputs = vectors.join(format!("{name}.inputs.npy"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "xtask",
+            "qemu",
+            "--images",
+            &count.to_string(),
+            "--json",
+            "--model",
+        ])
+        .arg(&lpk)
+        .arg("--inputs")
+        .arg(&inputs)
+        .output()
+        .expect("cargo xtask runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["images"], count, "{name}: {r}");
+    assert_eq!(r["mismatches"], 0, "{name}: {r}");
+    assert_eq!(r["firmware_exit"], 0, "{name}: {r}");
 }

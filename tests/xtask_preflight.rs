@@ -15,7 +15,17 @@ fn a_missing_qemu_stops_the_demo_before_any_build() {
         .expect("cargo xtask runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("missing prerequisites") && stderr.contains("/nonexistent/qemu-system-arm not found"), "{stderr}");
-    assert!(stderr.contains("apt-get install -y qemu-system-arm"), "the message says how to install it: {stderr}");
-    assert!(!stderr.contains("building the lepton CLI") && !stderr.contains("firmware"), "stopped before building: {stderr}");
+    assert!(
+        stderr.contains("missing prerequisites")
+            && stderr.contains("/nonexistent/qemu-system-arm not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("apt-get install -y qemu-system-arm"),
+        "the message says how to install it: {stderr}"
+    );
+    assert!(
+        !stderr.contains("building the lepton CLI") && !stderr.contains("firmware"),
+        "stopped before building: {stderr}"
+    );
 }

@@ -26,6 +26,54 @@ pub fn smlad(a: u32, b: u32, acc: i32) -> i32 {
     }
 }
 
+/// `SMLABB acc, a, b`: `acc + a.lo * b.lo` (signed 16x16).
+#[inline(always)]
+pub fn smlabb(a: u32, b: u32, acc: i32) -> i32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: i32;
+        // SAFETY: pure register arithmetic. Not `preserves_flags`: SMLABB may set Q.
+        unsafe { core::arch::asm!("smlabb {o}, {a}, {b}, {c}", o = lateout(reg) out, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        acc.wrapping_add(a as u16 as i16 as i32 * b as u16 as i16 as i32)
+    }
+}
+
+/// `SMLATT acc, a, b`: `acc + a.hi * b.hi` (signed 16x16).
+#[inline(always)]
+pub fn smlatt(a: u32, b: u32, acc: i32) -> i32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: i32;
+        // SAFETY: pure register arithmetic. Not `preserves_flags`: SMLATT may set Q.
+        unsafe { core::arch::asm!("smlatt {o}, {a}, {b}, {c}", o = lateout(reg) out, a = in(reg) a, b = in(reg) b, c = in(reg) acc, options(pure, nomem, nostack)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        acc.wrapping_add((a >> 16) as u16 as i16 as i32 * (b >> 16) as u16 as i16 as i32)
+    }
+}
+
+/// `SMMULR a, b`: the high word of `a * b`, rounded: `(a * b + 2^31) >> 32`.
+#[inline(always)]
+pub fn smmulr(a: i32, b: i32) -> i32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: i32;
+        // SAFETY: pure register arithmetic.
+        unsafe { core::arch::asm!("smmulr {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack, preserves_flags)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        ((a as i64 * b as i64 + (1i64 << 31)) >> 32) as i32
+    }
+}
+
 /// `SXTB16 x`: bytes 0 and 2 of `x`, sign-extended into the low and high halfwords.
 #[inline(always)]
 pub fn sxtb16(x: u32) -> u32 {
@@ -94,6 +142,11 @@ mod tests {
         assert_eq!(sxtb16(0x01_80_02_FF), pack16(-1, -128));
         assert_eq!(sxtb16_ror8(0x80_11_7F_22), pack16(0x7F, -128));
         assert_eq!(ssub16(pack16(-128, 127), pack16(127, -128)), pack16(-255, 255));
+        assert_eq!(smmulr(1 << 30, 1 << 30), 1 << 28);
+        assert_eq!(smlabb(pack16(-3, 100), pack16(5, 100), 1), -14);
+        assert_eq!(smlatt(pack16(100, -3), pack16(100, 5), 1), -14);
+        assert_eq!(smmulr(-3, 1 << 30), -1); // (-3 * 2^30 + 2^31) >> 32 = floor(-0.25)
+        assert_eq!(smmulr(3, i32::MAX), 1); // (3 * (2^31 - 1) + 2^31) >> 32 = floor(1.99..)
         let (a, b) = widen_quad(u32::from_le_bytes([1, 2, 3, 0x80]), pack16(-128, -128));
         assert_eq!((a, b), (pack16(129, 131), pack16(130, 0)));
     }

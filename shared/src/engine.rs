@@ -12,7 +12,7 @@ use core::ops::Range;
 
 use crate::format::{Layer, Model, MAX_OPS, MAX_TENSORS, NO_TENSOR};
 use crate::kernels::fast;
-use crate::kernels::{self, Conv2d, FullyConnected, Pool};
+use crate::kernels::{self, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 use crate::types::{as_i8, as_i8_mut, expect_len};
 use crate::Error;
 
@@ -89,6 +89,8 @@ enum Kernel<'a> {
     Reference(Layer<'a>),
     Conv(Conv2d<'a>),
     ConvMaxPool(Conv2d<'a>, Pool),
+    Depthwise(DepthwiseConv2d<'a>),
+    Add(Add),
     Conv1ChannelMaxPool(Conv2d<'a>, Pool),
     FullyConnected(FullyConnected<'a>),
     /// A reinterpretation of the buffer: nothing runs.
@@ -344,6 +346,8 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>,
         }
         (Layer::Conv2d(c), _) if fast::conv2d_s8_fast_supported(&c) => (i, Kernel::Conv(c)),
         (Layer::FullyConnected(f), _) if fast::fully_connected_s8_fast_supported(&f) => (i, Kernel::FullyConnected(f)),
+        (Layer::DepthwiseConv2d(d), _) if fast::depthwise_conv2d_s8_fast_supported(&d) => (i, Kernel::Depthwise(d)),
+        (Layer::Add(a), _) if fast::add_s8_fast_supported(&a) => (i, Kernel::Add(a)),
         _ => (i, Kernel::Reference(layer)),
     };
     let output = model.op_record(last).output;
@@ -452,6 +456,8 @@ fn step_scratch_bytes(kernel: &Kernel) -> usize {
         Kernel::ConvMaxPool(c, p) => fast::conv2d_maxpool_s8_fast_scratch_bytes(c, p),
         Kernel::Conv1ChannelMaxPool(c, p) => fast::conv2d_c1_maxpool_s8_fast_scratch_bytes(c, p),
         Kernel::FullyConnected(f) => fast::fully_connected_s8_fast_scratch_bytes(f),
+        Kernel::Depthwise(d) => fast::depthwise_conv2d_s8_fast_scratch_bytes(d),
+        Kernel::Add(a) => fast::add_s8_fast_scratch_bytes(a),
         Kernel::View => 0,
     }
 }
@@ -497,6 +503,8 @@ fn run_kernel(kernel: &Kernel, inputs: [&[i8]; 2], output: &mut [i8], scratch: &
         Kernel::ConvMaxPool(c, p) => return fast::conv2d_maxpool_s8_fast(c, p, input, output, scratch),
         Kernel::Conv1ChannelMaxPool(c, p) => return fast::conv2d_c1_maxpool_s8_fast(c, p, input, output, scratch),
         Kernel::FullyConnected(f) => return fast::fully_connected_s8_fast(f, input, output, scratch),
+        Kernel::Depthwise(d) => return fast::depthwise_conv2d_s8_fast(d, input, output, scratch),
+        Kernel::Add(a) => return fast::add_s8_fast(a, input, input2, output, scratch),
         Kernel::View => return Ok(()),
     };
     match layer {

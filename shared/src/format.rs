@@ -634,7 +634,7 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, values: Values
     }
     let taps = (rec.kernel_h as usize * rec.kernel_w as usize).checked_mul(io.input.shape.c as usize).ok_or(Error::SizeOverflow)?;
     let channels = io.output.shape.c as usize;
-    let layout = weight_layout(i, rec, taps)?;
+    let layout = weight_layout(i, rec)?;
     let weights = section(payload, i, rec.weights, "weights", layout.bytes(channels, taps).ok_or(Error::SizeOverflow)?)?;
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * channels)?);
     if values == Values::Check {
@@ -718,7 +718,7 @@ fn fully_connected<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, value
         return Err(Error::ShapeMismatch { layer: i, what: "fully-connected output must be 1x1xN" });
     }
     let output_len = io.output.shape.c as usize;
-    let layout = weight_layout(i, rec, input_len)?;
+    let layout = weight_layout(i, rec)?;
     let weights = section(payload, i, rec.weights, "weights", layout.bytes(output_len, input_len).ok_or(Error::SizeOverflow)?)?;
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * output_len)?);
     if values == Values::Check {
@@ -845,12 +845,8 @@ fn softmax(i: u16, rec: &OpRecord, io: &Io) -> Result<Softmax, Error> {
     Ok(Softmax { rows: io.input.shape.len()? / depth.max(1), depth, input_multiplier: multiplier, input_left_shift: left_shift, diff_min })
 }
 
-fn weight_layout(i: u16, rec: &OpRecord, taps: usize) -> Result<WeightLayout, Error> {
-    let layout = WeightLayout::from_code(rec.weight_layout).ok_or(Error::BadParameter { layer: i, what: "unknown weight layout" })?;
-    if layout.needs_quads() && !taps.is_multiple_of(4) {
-        return Err(Error::BadParameter { layer: i, what: "OC4 weight layouts need a multiple of 4 taps per channel" });
-    }
-    Ok(layout)
+fn weight_layout(i: u16, rec: &OpRecord) -> Result<WeightLayout, Error> {
+    WeightLayout::from_code(rec.weight_layout).ok_or(Error::BadParameter { layer: i, what: "unknown weight layout" })
 }
 
 fn requant<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, channels: usize, values: Values) -> Result<Requant<'a>, Error> {

@@ -6,15 +6,14 @@
 //! fixed-point softmax), so results are bit-exact with TFLM.
 //!
 //! ```no_run
-//! # fn demo(blob: &[u8], pixels: &[u8; 784]) -> Result<usize, lepton_nn::Error> {
+//! # fn demo(blob: &[u8], input: &[i8]) -> Result<usize, lepton_nn::Error> {
 //! use lepton_nn::{Engine, Model, NoHook, Plan};
-//! let model = Model::parse(blob)?;           // validates everything, zero-copy
-//! let mut plan = Plan::new();                // the caller owns the plan's storage too
+//! let model = Model::parse(blob)?;             // validates everything, zero-copy
+//! let mut plan = Plan::new();                  // the caller owns the plan's storage too
 //! let engine = Engine::new(model, &mut plan)?; // decides every kernel and plans the arena, once
-//! let mut arena = [0u8; 32 * 1024];          // the caller owns all memory
-//! let mut input = [0i8; 784];
-//! model.quantize_input(pixels, &mut input)?;
-//! let result = engine.run(&input, &mut arena[..engine.arena_bytes()], &mut NoHook)?;
+//! let mut arena = [0u8; 32 * 1024];            // the caller owns all memory
+//! // `input`: the model's int8 input tensor (its scale and zero point are in the tensor table).
+//! let result = engine.run(input, &mut arena[..engine.arena_bytes()], &mut NoHook)?;
 //! Ok(result.class())
 //! # }
 //! ```

@@ -165,7 +165,8 @@ pub enum WeightLayout {
     Canonical = 0,
     /// Groups of 4 output channels; within a group, for each quad of 4 taps, the 4 channels'
     /// 4 bytes one after the other: `[out / 4][taps / 4][4 channels][4 taps]`. The last group is
-    /// padded with zero channels. One word load per channel and quad feeds two SMLADs.
+    /// padded with zero channels, the last quad with zero taps. One word load per channel and
+    /// quad feeds two SMLADs.
     Oc4Quads = 1,
     /// The [`WeightLayout::Oc4Quads`] order pre-widened to i16 and paired for SMLAD: per group,
     /// quad and channel two words, `(w0, w2)` and `(w1, w3)`. Twice the flash, no unpacking.
@@ -182,8 +183,17 @@ impl WeightLayout {
         }
     }
 
+    /// Taps per channel as stored: rounded up to whole quads in the OC4 layouts.
+    pub fn stored_taps(self, taps: usize) -> usize {
+        match self {
+            WeightLayout::Canonical => taps,
+            _ => taps.div_ceil(4) * 4,
+        }
+    }
+
     /// Bytes of a weights section for `channels` x `taps` weights in this layout.
     pub fn bytes(self, channels: usize, taps: usize) -> Option<usize> {
+        let taps = self.stored_taps(taps);
         match self {
             WeightLayout::Canonical => channels.checked_mul(taps),
             WeightLayout::Oc4Quads => channels.div_ceil(4).checked_mul(4)?.checked_mul(taps),
@@ -203,8 +213,8 @@ impl WeightLayout {
         }
     }
 
-    /// Whether the layout needs the taps per channel to be a multiple of 4.
-    pub fn needs_quads(self) -> bool {
+    /// Whether this is one of the OC4 layouts the DSP kernels read.
+    pub fn is_oc4(self) -> bool {
         self != WeightLayout::Canonical
     }
 
@@ -224,6 +234,7 @@ impl WeightLayout {
     /// Byte index of weight `(channel, tap)` in a section of this layout (of its low byte for i16).
     #[inline(always)]
     pub fn index(self, channel: usize, tap: usize, taps: usize) -> usize {
+        let taps = self.stored_taps(taps);
         match self {
             WeightLayout::Canonical => channel * taps + tap,
             WeightLayout::Oc4Quads => (((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 4 + tap % 4,

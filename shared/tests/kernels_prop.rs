@@ -311,13 +311,13 @@ fn build(c: &ConvCase, layout: WeightLayout) -> Built {
 }
 
 fn conv_params<'a>(c: &ConvCase, b: &'a Built, layout: WeightLayout) -> Conv2d<'a> {
-    let (oh, _) = geometry(c.h, c.k.0, c.s.0, false);
-    let (ow, _) = geometry(c.w, c.k.1, c.s.1, false);
+    let (oh, _) = geometry(c.h, c.k.0, c.s.0, c.same);
+    let (ow, _) = geometry(c.w, c.k.1, c.s.1, c.same);
     Conv2d {
         input: Shape::new(c.h as u16, c.w as u16, c.ci as u16),
         output: Shape::new(oh as u16, ow as u16, c.co as u16),
         kernel_h: c.k.0 as u8, kernel_w: c.k.1 as u8, stride_h: c.s.0 as u8, stride_w: c.s.1 as u8,
-        padding: Padding::Valid,
+        padding: if c.same { Padding::Same } else { Padding::Valid },
         input_zp: c.in_zp,
         weights: &as_bytes(&b.words)[..b.len],
         layout,
@@ -362,6 +362,25 @@ proptest! {
         let mut scratch = vec![0u8; conv2d_s8_fast_scratch_bytes(&p)];
         conv2d_s8_fast(&p, &f.conv.input, &mut out, &mut scratch).unwrap();
         prop_assert_eq!(out, reference_conv_pool(&p, None, &f.conv.input));
+    }
+
+    /// Any kernel, stride, padding and channel count (taps padded to whole quads), right or left
+    /// shifts (the prepared requantization or TFLM's general one).
+    #[test]
+    fn fast_conv_of_any_geometry_matches_reference(
+        c in (1usize..=9, 1usize..=9, 1usize..=6, 1usize..=9, 1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2, any::<bool>())
+            .prop_filter("VALID needs kernel <= input", |&(h, w, _, _, kh, kw, _, _, same)| same || (kh <= h && kw <= w))
+            .prop_flat_map(|(h, w, ci, co, kh, kw, sh, sw, same)| conv_values((h, w, ci, co, (kh, kw), (sh, sw), same), 0..=i32::MAX, -31..=1)),
+        layout in oc4_layout(),
+    ) {
+        let b = build(&c, layout);
+        let p = conv_params(&c, &b, layout);
+        prop_assert!(conv2d_s8_fast_supported(&p));
+        let mut out = vec![0i8; p.output.len().unwrap()];
+        let mut scratch = vec![0u8; conv2d_s8_fast_scratch_bytes(&p)];
+        conv2d_s8_fast(&p, &c.input, &mut out, &mut scratch).unwrap();
+        let want = reference_conv_pool(&p, None, &c.input);
+        prop_assert_eq!(out, want);
     }
 
     #[test]
@@ -530,5 +549,71 @@ proptest! {
             let want = if inside { input[((y - pads.0) * w + x - pads.2) * c + ch] } else { zp };
             prop_assert_eq!(out[(y * ow + x) * c + ch], want);
         }}}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn fast_depthwise_matches_reference(
+        (h, w, c4, k, s, same) in (1usize..=8, 1usize..=8, 1usize..=3, 1usize..=3, 1usize..=2, any::<bool>())
+            .prop_filter("VALID needs kernel <= input", |&(h, w, _, k, _, same)| same || (k <= h && k <= w)),
+        seed in any::<u64>(), in_zp in -128i32..=127, out_zp in -128i32..=127, act in act_range(), shifts in -31i32..=1,
+    ) {
+        let c = 4 * c4;
+        let mut rng = seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        let input: Vec<i8> = (0..h * w * c).map(|_| next() as i8).collect();
+        let weights: Vec<i8> = (0..k * k * c).map(|_| next() as i8).collect();
+        let bias: Vec<i32> = (0..c).map(|_| (next() % 200_001) as i32 - 100_000).collect();
+        let mult: Vec<i32> = (0..c).map(|_| (next() >> 33) as i32).collect();
+        let shift: Vec<i32> = (0..c).map(|_| shifts.min(0) - (next() % 20) as i32 + if shifts > 0 { 1 } else { 0 }).collect();
+        let (oh, _) = geometry(h, k, s, same);
+        let (ow, _) = geometry(w, k, s, same);
+        let (b, mu, sh) = (le(&bias), le(&mult), le(&shift));
+        let p = DepthwiseConv2d {
+            input: Shape::new(h as u16, w as u16, c as u16), output: Shape::new(oh as u16, ow as u16, c as u16),
+            kernel_h: k as u8, kernel_w: k as u8, stride_h: s as u8, stride_w: s as u8,
+            padding: if same { Padding::Same } else { Padding::Valid }, depth_multiplier: 1, input_zp: in_zp,
+            weights: &weights, bias: I32Le::new(&b),
+            requant: Requant { multipliers: I32Le::new(&mu), shifts: I32Le::new(&sh), output_zp: out_zp, act_min: act.0, act_max: act.1 },
+        };
+        prop_assert!(depthwise_conv2d_s8_fast_supported(&p));
+        let (mut got, mut want) = (vec![0i8; oh * ow * c], vec![0i8; oh * ow * c]);
+        let mut scratch = vec![0u8; depthwise_conv2d_s8_fast_scratch_bytes(&p)];
+        depthwise_conv2d_s8_fast(&p, &input, &mut got, &mut scratch).unwrap();
+        depthwise_conv2d_s8(&p, &input, &mut want, &mut []).unwrap();
+        prop_assert_eq!(got, want);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The SMMULR add against the reference add, for the parameters TFLM's Prepare produces:
+    /// right shifts, 20 bits of headroom, any multipliers.
+    #[test]
+    fn fast_add_matches_reference(
+        (a, b) in (1usize..=64).prop_flat_map(|n| (prop::collection::vec(any::<i8>(), n), prop::collection::vec(any::<i8>(), n))),
+        zps in (-128i32..=127, -128i32..=127, -128i32..=127),
+        mults in (0i32..=i32::MAX, 0i32..=i32::MAX, 0i32..=i32::MAX),
+        shifts in (-31i32..=0, -31i32..=0, -31i32..=0),
+        left_shift in 0i32..=20, act in act_range(), half in 0usize..3,
+    ) {
+        // As TFLM's Prepare makes them: the larger-scale input at exactly one half (or neither).
+        let (mut mults, mut shifts) = (mults, shifts);
+        match half { 0 => { mults.0 = 1 << 30; shifts.0 = 0 } 1 => { mults.1 = 1 << 30; shifts.1 = 0 } _ => {} }
+        let p = Add {
+            len: a.len(), input1_zp: zps.0, input2_zp: zps.1, output_zp: zps.2, left_shift,
+            input1_multiplier: mults.0, input1_shift: shifts.0, input2_multiplier: mults.1, input2_shift: shifts.1,
+            output_multiplier: mults.2, output_shift: shifts.2, act_min: act.0, act_max: act.1,
+        };
+        prop_assert!(add_s8_fast_supported(&p));
+        let (mut got, mut want) = (vec![0i8; a.len()], vec![0i8; a.len()]);
+        let mut scratch = vec![0u8; add_s8_fast_scratch_bytes(&p)];
+        add_s8_fast(&p, &a, &b, &mut got, &mut scratch).unwrap();
+        add_s8(&p, &a, &b, &mut want, &mut []).unwrap();
+        prop_assert_eq!(got, want);
     }
 }

@@ -259,7 +259,9 @@ fn set_weights(
     (r.act_min, r.act_max) = activation_range(activation, output.scale, output.zero_point);
     let taps = weights.values.len() / channels;
     let layout = match packing {
-        _ if !taps.is_multiple_of(4) => WeightLayout::Canonical,
+        // One input channel and a kernel of a few taps (MNIST's first conv): the one-channel
+        // kernel widens canonical weights itself.
+        _ if one_channel_kernel(r, taps) => WeightLayout::Canonical,
         None | Some(Packing::Canonical) => WeightLayout::Canonical,
         Some(Packing::Int8) => WeightLayout::Oc4Quads,
         Some(Packing::I16) => WeightLayout::Oc4PairsI16,
@@ -273,7 +275,13 @@ fn set_weights(
     Ok(())
 }
 
-/// Canonical `[channel][tap]` weights in `layout`'s order (padding channels are zero).
+/// A conv whose taps are a single-channel kernel of at most 3x3 that is not a whole number of
+/// quads: the canonical layout suits its kernel best.
+fn one_channel_kernel(r: &OpRecord, taps: usize) -> bool {
+    r.op == Op::Conv2d as u8 && taps == r.kernel_h as usize * r.kernel_w as usize && taps <= 9 && !taps.is_multiple_of(4)
+}
+
+/// Canonical `[channel][tap]` weights in `layout`'s order (padding channels and taps are zero).
 pub fn relayout(values: &[i8], channels: usize, taps: usize, layout: WeightLayout) -> Vec<i8> {
     let mut out = vec![0i8; layout.bytes(channels, taps).unwrap_or(0)];
     for c in 0..channels {

@@ -14,9 +14,11 @@
 //! Each `*_supported` function says when a kernel applies; the engine falls back to the
 //! reference kernels otherwise.
 
-use super::{Conv2d, FullyConnected, Pool};
-use crate::dsp::{pack16, smlad, sxtb16, sxtb16_ror8, widen_quad};
-use crate::types::{expect_len, Padding, Requant, WeightLayout};
+use super::{window, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+use crate::dsp::{smlabb, smlatt};
+use crate::dsp::{pack16, smlad, smmulr, sxtb16, sxtb16_ror8, widen_quad};
+use crate::types::{expect_len, I32Le, Padding, Requant, WeightLayout};
 use crate::Error;
 
 /// Words of a widened patch of `taps` int8 inputs (two i16 per word).
@@ -161,10 +163,145 @@ fn all_shifts_non_positive(r: &Requant) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Convolution with Oc4Quads weights (input channels a multiple of 4 per kernel row)
+// Requantization with SMMULR
+
+/// Whether the fast requantization is exact for a layer: every shift a right shift (-31..=-1),
+/// and the worst-case accumulator `taps x 128 x 255 + max |bias|` below 2^30, so that `2 acc`
+/// fits in int32. Then TFLM's `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc, m), r)`
+/// is exactly `(SMMULR(2 acc, m) + 2^(r-1) + (t < 0 ? -1 : 0)) >> r`: `SMMULR(2a, m)` rounds
+/// `(2am + 2^31) / 2^32 = (am + 2^30) / 2^31`, and adding `2^(r-1) - [t < 0]` before the
+/// arithmetic shift rounds half away from zero.
+fn fast_requant_exact(r: &Requant, bias: I32Le, taps: usize) -> bool {
+    let max_bias = bias.iter().map(|b| (b as i64).abs()).max().unwrap_or(0);
+    r.shifts.iter().all(|s| (-31..=-1).contains(&s)) && (taps as i64) * 128 * 255 + max_bias < 1 << 30
+}
+
+/// TFLM's requantization of `acc` for a channel with multiplier `m` and right shift `-shift`
+/// (see [`fast_requant_exact`] for when it is exact).
+#[inline(always)]
+fn requant_smmulr(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8 {
+    let right = shift.wrapping_neg() as u32 & 31;
+    let nudge = ((1u32 << right) >> 1) as i32;
+    let x = smmulr(acc << 1, m);
+    let v = (x + nudge + (x >> 31)) >> right;
+    (v + zp).clamp(lo, hi) as i8
+}
+
+/// The fast requantization where it is exact, TFLM's general one elsewhere.
+struct Requantizer<'r> {
+    requant: &'r Requant<'r>,
+    bias: I32Le<'r>,
+    fast: bool,
+}
+
+impl<'r> Requantizer<'r> {
+    fn new(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize) -> Self {
+        Requantizer { requant, bias, fast: fast_requant_exact(requant, bias, taps) }
+    }
+
+    #[inline(always)]
+    fn apply(&self, acc: i32, c: usize) -> i8 {
+        let r = self.requant;
+        let acc = acc + self.bias.get(c);
+        if self.fast {
+            requant_smmulr(acc, r.multipliers.get(c), r.shifts.get(c), r.output_zp, r.act_min as i32, r.act_max as i32)
+        } else {
+            r.apply(acc, c)
+        }
+    }
+
+    /// Four accumulators of channel group `g`.
+    #[inline(always)]
+    fn group(&self, acc: [i32; 4], g: usize, out: &mut [i8]) {
+        let r = self.requant;
+        if self.fast {
+            let (b, m, s) = (self.bias.bytes().get(16 * g..16 * g + 16), r.multipliers.bytes().get(16 * g..16 * g + 16), r.shifts.bytes().get(16 * g..16 * g + 16));
+            if let (Some(b), Some(m), Some(s), Some(o)) = (b, m, s, out.get_mut(4 * g..4 * g + 4)) {
+                return requant4(&acc, [b, m, s], r.output_zp, r.act_min, r.act_max, o);
+            }
+        }
+        for (j, &a) in acc.iter().enumerate() {
+            let c = 4 * g + j;
+            if let Some(o) = out.get_mut(c) {
+                *o = self.apply(a, c);
+            }
+        }
+    }
+}
+
+/// [`requant_smmulr`] of four channels: `acc[j] + bias[j]` with `multipliers[j]`, `shifts[j]`
+/// (`sections` = the channels' 16 bytes of bias, multipliers, shifts; little-endian i32).
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+    let word = |s: &[u8], j: usize| i32::from_le_bytes([s[4 * j], s[4 * j + 1], s[4 * j + 2], s[4 * j + 3]]);
+    let [b, m, s] = sections;
+    for (j, o) in out.iter_mut().enumerate().take(4) {
+        *o = requant_smmulr(acc[j] + word(b, j), word(m, j), word(s, j), zp, lo as i32, hi as i32);
+    }
+}
+
+/// [`requant_smmulr`] of four channels, 15 instructions a channel (16 with a partial clamp).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+    if out.len() < 4 || sections.iter().any(|s| s.len() < 16) {
+        return;
+    }
+    let [b, m, s] = sections;
+    macro_rules! channel {
+        ($clamp:literal) => {
+            concat!(
+                "2:\n",
+                "ldr {a}, [{pa}], #4\n",
+                "ldr {t}, [{pb}], #4\n",
+                "add {a}, {a}, {t}\n",
+                "lsl {a}, {a}, #1\n",
+                "ldr {t}, [{pm}], #4\n",
+                "smmulr {a}, {a}, {t}\n",
+                "ldr {t}, [{ps}], #4\n",
+                "rsb {t}, {t}, #0\n",
+                "mov {n}, #1\n",
+                "lsl {n}, {n}, {t}\n",
+                "add {n}, {a}, {n}, lsr #1\n",
+                "add {n}, {n}, {a}, asr #31\n",
+                "asr {a}, {n}, {t}\n",
+                "add {a}, {a}, {zp}\n",
+                $clamp,
+                "strb {a}, [{po}], #1\n",
+                "subs {k}, {k}, #1\n",
+                "bne 2b\n",
+            )
+        };
+    }
+    // SAFETY: reads 4 words of each of `acc` and the three 16-byte sections (checked above; the
+    // sections are 4-byte aligned in the model) and writes the 4 bytes of `out`.
+    unsafe {
+        if lo == i8::MIN && hi == i8::MAX {
+            core::arch::asm!(
+                channel!("ssat {a}, #8, {a}\n"),
+                pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
+                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) 4u32 => _,
+                zp = in(reg) zp, a = out(reg) _, t = out(reg) _, n = out(reg) _,
+                options(nostack),
+            );
+        } else {
+            core::arch::asm!(
+                channel!("cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
+                pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
+                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) 4u32 => _,
+                zp = in(reg) zp, lo = in(reg) lo as i32, hi = in(reg) hi as i32, a = out(reg) _, t = out(reg) _, n = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolution with OC4 weights: any kernel, stride and padding
 
 /// Words per group of 4 channels for `taps` taps in an OC4 layout.
 fn group_words(layout: WeightLayout, taps: usize) -> usize {
+    let taps = layout.stored_taps(taps);
     if layout == WeightLayout::Oc4PairsI16 {
         2 * taps
     } else {
@@ -172,19 +309,23 @@ fn group_words(layout: WeightLayout, taps: usize) -> usize {
     }
 }
 
-/// VALID padding, weights in an OC4 layout, whole kernel rows of quads, aligned weights.
+/// Weights in an OC4 layout, word-aligned.
 pub fn conv2d_s8_fast_supported(p: &Conv2d) -> bool {
-    p.padding == Padding::Valid
-        && p.layout.needs_quads()
-        && (p.kernel_w as usize * p.input.c as usize).is_multiple_of(4)
-        && words(p.weights).is_some()
+    p.layout.is_oc4() && words(p.weights).is_some()
 }
 
 pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
-    4 * patch_words(p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize) + 3
+    let taps = p.layout.stored_taps(p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize);
+    4 * patch_words(taps) + 3
 }
 
-/// Build the widened patch of conv output pixel `(oy, ox)`.
+/// VALID convolutions whose kernel rows are whole quads of input bytes: the fused kernels' patches.
+fn conv_rows_in_quads(p: &Conv2d) -> bool {
+    p.padding == Padding::Valid && conv2d_s8_fast_supported(p) && (p.kernel_w as usize * p.input.c as usize).is_multiple_of(4)
+}
+
+/// Build the widened patch of output pixel `(oy, ox)` of a VALID conv whose kernel rows are
+/// whole quads ([`conv_rows_in_quads`]).
 #[inline(always)]
 fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patch: &mut [u32]) {
     let (iw, ic) = (p.input.w as usize, p.input.c as usize);
@@ -195,6 +336,87 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patc
         let start = (iy * iw + ox * p.stride_w as usize) * ic;
         widen(&input[start..start + row], zp_pair, &mut patch[ky * row / 2..(ky + 1) * row / 2]);
     }
+}
+
+/// Writes i16 values into a patch in the order the OC4 dot products read: per quad of taps
+/// `(x0, x2)` then `(x1, x3)`, as [`widen_quad`] makes them.
+struct PatchWriter<'a> {
+    words: &'a mut [u32],
+    at: usize,
+    quad: [i32; 4],
+    filled: usize,
+}
+
+impl<'a> PatchWriter<'a> {
+    fn new(words: &'a mut [u32]) -> Self {
+        PatchWriter { words, at: 0, quad: [0; 4], filled: 0 }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, v: i32) {
+        self.quad[self.filled] = v;
+        self.filled += 1;
+        if self.filled == 4 {
+            let q = self.quad;
+            if let Some(w) = self.words.get_mut(self.at..self.at + 2) {
+                w[0] = pack16(q[0], q[2]);
+                w[1] = pack16(q[1], q[3]);
+            }
+            self.at += 2;
+            self.filled = 0;
+        }
+    }
+
+    /// Zeros up to the end of the patch.
+    fn finish(mut self) {
+        while self.filled != 0 {
+            self.push(0);
+        }
+        for w in self.words.iter_mut().skip(self.at) {
+            *w = 0;
+        }
+    }
+}
+
+/// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
+/// minus its zero point, 0 where the window leaves the input (TFLite skips those taps: the same
+/// sum), zeros up to the stored taps.
+fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patch: &mut [u32]) {
+    let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
+    let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
+    let top = p.padding.leading(ih, kh, p.stride_h as usize, p.output.h as usize);
+    let left = p.padding.leading(iw, kw, p.stride_w as usize, p.output.w as usize);
+    let (y0, x0) = ((oy * p.stride_h as usize) as isize - top as isize, (ox * p.stride_w as usize) as isize - left as isize);
+    let inside = y0 >= 0 && x0 >= 0 && y0 as usize + kh <= ih && x0 as usize + kw <= iw;
+    let row = kw * ic;
+    if inside && row.is_multiple_of(4) {
+        for ky in 0..kh {
+            let start = ((y0 as usize + ky) * iw + x0 as usize) * ic;
+            widen(&input[start..start + row], zp_pair, &mut patch[ky * row / 2..(ky + 1) * row / 2]);
+        }
+        for w in patch.iter_mut().skip(kh * row / 2) {
+            *w = 0;
+        }
+        return;
+    }
+    let mut writer = PatchWriter::new(patch);
+    let zp = p.input_zp;
+    for ky in 0..kh {
+        let iy = y0 + ky as isize;
+        for kx in 0..kw {
+            let ix = x0 + kx as isize;
+            if iy < 0 || ix < 0 || iy as usize >= ih || ix as usize >= iw {
+                for _ in 0..ic {
+                    writer.push(0);
+                }
+            } else {
+                for &x in &input[(iy as usize * iw + ix as usize) * ic..][..ic] {
+                    writer.push(x as i32 - zp);
+                }
+            }
+        }
+    }
+    writer.finish();
 }
 
 fn check_conv(p: &Conv2d, input: &[i8]) -> Result<(), Error> {
@@ -209,21 +431,16 @@ pub fn conv2d_s8_fast(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut
     expect_len(output.len(), p.output.len()?)?;
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
     let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
-    let patch = scratch_words(scratch, patch_words(taps))?;
-    let zp_pair = pack16(p.input_zp, p.input_zp);
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
+    let patch = scratch_words(scratch, patch_words(p.layout.stored_taps(taps)))?;
+    let rq = Requantizer::new(&p.requant, p.bias, taps);
+    let zp_pair = pack16(p.input_zp, p.input_zp);
     for oy in 0..oh {
         for ox in 0..ow {
-            conv_patch(p, input, oy, ox, zp_pair, patch);
+            conv_patch_padded(p, input, oy, ox, zp_pair, patch);
             let out = &mut output[(oy * ow + ox) * oc..][..oc];
             for (g, w) in weights.chunks_exact(group_words(p.layout, taps)).enumerate() {
-                let acc = dot_oc4(patch, w, p.layout);
-                for (j, a) in acc.iter().enumerate() {
-                    let c = 4 * g + j;
-                    if c < oc {
-                        out[c] = p.requant.apply(a + p.bias.get(c), c);
-                    }
-                }
+                rq.group(dot_oc4(patch, w, p.layout), g, out);
             }
         }
     }
@@ -236,7 +453,10 @@ pub fn conv2d_s8_fast(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut
 /// A conv as [`conv2d_s8_fast_supported`] followed by a VALID max-pool over its output, with
 /// right shifts only (so requantization is monotonic in the accumulator).
 pub fn conv2d_maxpool_s8_fast_supported(conv: &Conv2d, pool: &Pool) -> bool {
-    conv2d_s8_fast_supported(conv) && pool.padding == Padding::Valid && all_shifts_non_positive(&conv.requant)
+    conv_rows_in_quads(conv)
+        && (conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize).is_multiple_of(4)
+        && pool.padding == Padding::Valid
+        && all_shifts_non_positive(&conv.requant)
 }
 
 pub fn conv2d_maxpool_s8_fast_scratch_bytes(conv: &Conv2d, pool: &Pool) -> usize {
@@ -450,10 +670,297 @@ fn window_maxima_3x3_2x2(patches: &[u32], weights: &[u32], maxes: &mut [u32]) {
     }
 }
 // ---------------------------------------------------------------------------------------------
+// Depthwise convolution, four channels at a time
+
+/// Depth multiplier 1, channels a multiple of 4: one word of input and one of weights carry
+/// four channels' taps.
+pub fn depthwise_conv2d_s8_fast_supported(p: &DepthwiseConv2d) -> bool {
+    p.depth_multiplier == 1 && p.input.c.is_multiple_of(4)
+}
+
+/// Four consecutive bytes as a little-endian word.
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+#[inline(always)]
+fn quad_at(bytes: &[i8], at: usize) -> u32 {
+    match bytes.get(at..at + 4) {
+        Some(q) => u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]),
+        None => 0,
+    }
+}
+
+pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
+    // The tap table: (input offset, weight offset) per tap and an end marker.
+    8 * (p.kernel_h as usize * p.kernel_w as usize + 1) + 3
+}
+
+/// Four channels' depthwise sums over the taps of `table` (pairs of input and weight byte
+/// offsets from `input` and `weights`, ended by a negative offset): per tap one word of input
+/// and one of weights, widened with SXTB16, the zero point off with SSUB16, SMLABB/SMLATT.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn depthwise_taps4(input: *const i8, weights: *const i8, table: &[u32], zp_pair: u32) -> [i32; 4] {
+    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+    // SAFETY: the caller built `table` with offsets whose 4-byte words lie inside the input and
+    // weights, and ended it with a negative offset.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldrd {t}, {u}, [{tab}], #8",
+            "cmp {t}, #0",
+            "blt 3f",
+            "ldr {x}, [{pin}, {t}]",
+            "ldr {w}, [{pw}, {u}]",
+            "sxtb16 {t}, {x}",
+            "ssub16 {t}, {t}, {zp}",
+            "sxtb16 {u}, {w}",
+            "smlabb {a0}, {t}, {u}, {a0}",
+            "smlatt {a2}, {t}, {u}, {a2}",
+            "sxtb16 {x}, {x}, ror #8",
+            "ssub16 {x}, {x}, {zp}",
+            "sxtb16 {w}, {w}, ror #8",
+            "smlabb {a1}, {x}, {w}, {a1}",
+            "smlatt {a3}, {x}, {w}, {a3}",
+            "b 2b",
+            "3:",
+            tab = inout(reg) table.as_ptr() => _,
+            pin = in(reg) input,
+            pw = in(reg) weights,
+            zp = in(reg) zp_pair,
+            t = out(reg) _, u = out(reg) _, x = out(reg) _, w = out(reg) _,
+            a0 = inout(reg) a0, a1 = inout(reg) a1, a2 = inout(reg) a2, a3 = inout(reg) a3,
+            options(nostack, readonly),
+        );
+    }
+    [a0, a1, a2, a3]
+}
+
+/// Portable [`depthwise_taps4`]: the same sums.
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], zp_pair: u32) -> [i32; 4] {
+    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+    for tap in table.chunks_exact(2) {
+        if (tap[0] as i32) < 0 {
+            break;
+        }
+        let (xe, xo) = widen_quad(quad_at(input, tap[0] as usize), zp_pair);
+        let w = quad_at(weights, tap[1] as usize);
+        let (we, wo) = (sxtb16(w), sxtb16_ror8(w));
+        a0 = smlabb(xe, we, a0);
+        a2 = smlatt(xe, we, a2);
+        a1 = smlabb(xo, wo, a1);
+        a3 = smlatt(xo, wo, a3);
+    }
+    [a0, a1, a2, a3]
+}
+
+/// Per output pixel: a table of its in-bounds taps (input and weight offsets), then per group of
+/// four channels [`depthwise_taps4`] and [`requant4`].
+pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
+    let (ih, iw, c) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
+    let (oh, ow) = (p.output.h as usize, p.output.w as usize);
+    let (kh, kw, sh, sw) = (p.kernel_h as usize, p.kernel_w as usize, p.stride_h as usize, p.stride_w as usize);
+    expect_len(input.len(), p.input.len()?)?;
+    expect_len(output.len(), p.output.len()?)?;
+    expect_len(p.output.c as usize, c)?;
+    expect_len(p.weights.len(), kh * kw * c)?;
+    expect_len(p.bias.len(), c)?;
+    let table = scratch_words(scratch, 2 * (kh * kw + 1))?;
+    let rq = Requantizer::new(&p.requant, p.bias, kh * kw);
+    let zp_pair = pack16(p.input_zp, p.input_zp);
+    let pad_top = p.padding.leading(ih, kh, sh, oh);
+    let pad_left = p.padding.leading(iw, kw, sw, ow);
+    for oy in 0..oh {
+        let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
+        for ox in 0..ow {
+            let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
+            let mut n = 0;
+            for ky in ky0..ky1 {
+                for kx in kx0..kx1 {
+                    let pixel = (y0 + ky as isize) as usize * iw + (x0 + kx as isize) as usize;
+                    table[n] = (pixel * c) as u32;
+                    table[n + 1] = ((ky * kw + kx) * c) as u32;
+                    n += 2;
+                }
+            }
+            table[n] = u32::MAX;
+            let out = &mut output[(oy * ow + ox) * c..][..c];
+            for g in 0..c / 4 {
+                #[cfg(all(target_arch = "arm", feature = "dsp"))]
+                // SAFETY: the offsets address whole words of `input` and `weights` (shapes
+                // checked above), shifted by the group's 4g bytes, all in bounds.
+                let acc = depthwise_taps4(unsafe { input.as_ptr().add(4 * g) }, unsafe { p.weights.as_ptr().add(4 * g) }, table, zp_pair);
+                #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+                let acc = depthwise_taps4_portable(&input[4 * g..], &p.weights[4 * g..], table, zp_pair);
+                rq.group(acc, g, out);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Add with SMMULR
+
+/// Right shifts only (TFLM's Prepare always gives them), headroom of at most 20 bits: every
+/// value reaching a multiply is below 2^29, so [`smmulr`] computes TFLM's
+/// `SaturatingRoundingDoublingHighMul` exactly.
+pub fn add_s8_fast_supported(p: &Add) -> bool {
+    p.left_shift <= 20 && [p.input1_shift, p.input2_shift, p.output_shift].iter().all(|s| (-31..=0).contains(s))
+}
+
+/// `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, m), right)` for `|x| < 2^30` and
+/// `right` in 0..=31, with `nudge = (1 << right) >> 1` and `fix = -1` (or 0 when `right` is 0).
+#[inline(always)]
+fn scale_smmulr(x: i32, m: i32, right: u32, nudge: i32, fix: i32) -> i32 {
+    let t = smmulr(x << 1, m);
+    (t + nudge + ((t >> 31) & fix)) >> right
+}
+
+/// The constants of one multiply-and-shift: multiplier, right shift, nudge, fix.
+#[derive(Clone, Copy)]
+struct Scale(i32, u32, i32, i32);
+
+impl Scale {
+    fn new(m: i32, shift: i32) -> Scale {
+        let right = shift.wrapping_neg() as u32 & 31;
+        Scale(m, right, ((1u32 << right) >> 1) as i32, if right == 0 { 0 } else { -1 })
+    }
+
+    #[inline(always)]
+    fn apply(self, x: i32) -> i32 {
+        scale_smmulr(x, self.0, self.1, self.2, self.3)
+    }
+}
+
+pub fn add_s8_fast_scratch_bytes(_p: &Add) -> usize {
+    // One input's 256 scaled values, as i32.
+    4 * 256 + 3
+}
+
+/// Which input TFLM's Prepare brought to exactly half its value (multiplier 2^30, shift 0: the
+/// one with the larger scale): its scaled value is `(x - zp) << (left_shift - 1)`.
+fn half_input(p: &Add) -> Option<usize> {
+    let half = |m: i32, s: i32| m == 1 << 30 && s == 0;
+    if half(p.input1_multiplier, p.input1_shift) {
+        Some(0)
+    } else if half(p.input2_multiplier, p.input2_shift) {
+        Some(1)
+    } else {
+        None
+    }
+}
+
+/// Per element: the half input shifted, the other's scaled value from a 256-entry table built
+/// once per call, their sum scaled to the output with SMMULR.
+pub fn add_s8_fast(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
+    expect_len(input1.len(), p.len)?;
+    expect_len(input2.len(), p.len)?;
+    expect_len(output.len(), p.len)?;
+    let (s1, s2, so) = (Scale::new(p.input1_multiplier, p.input1_shift), Scale::new(p.input2_multiplier, p.input2_shift), Scale::new(p.output_multiplier, p.output_shift));
+    let (z1, z2, zo, shift) = (p.input1_zp, p.input2_zp, p.output_zp, p.left_shift);
+    let (lo, hi) = (p.act_min as i32, p.act_max as i32);
+    // The output's zero point folded into its nudge, when that cannot overflow: |sum| < 2^29.
+    let folded = so.1 <= 22 && shift >= 1;
+    match half_input(p) {
+        Some(h) if folded => {
+            let (half, other, zh, zt, st) = if h == 0 { (input1, input2, z1, z2, s2) } else { (input2, input1, z2, z1, s1) };
+            let table = scratch_words(scratch, 256)?;
+            for (v, t) in table.iter_mut().enumerate() {
+                *t = st.apply(((v as u8 as i8) as i32 - zt) << shift) as u32;
+            }
+            let out_scale = Scale(so.0, so.1, so.2 + (zo << so.1), so.3);
+            add_rows(half, other, output, zh << (shift - 1), shift - 1, table, out_scale, lo, hi);
+        }
+        _ => {
+            for ((o, &a), &b) in output.iter_mut().zip(input1).zip(input2) {
+                let sum = s1.apply((a as i32 - z1) << shift) + s2.apply((b as i32 - z2) << shift);
+                *o = (so.apply(sum) + zo).clamp(lo, hi) as i8;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `out = clamp(scale(((h << shift) - kh) + table[t]))` element by element (the output scale
+/// carrying its zero point in its nudge).
+#[allow(clippy::too_many_arguments)]
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
+    for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
+        let sum = ((h as i32) << shift) - kh + table[t as u8 as usize] as i32;
+        *o = so.apply(sum).clamp(lo, hi) as i8;
+    }
+}
+
+/// [`add_rows`] on the M4: 16 instructions an element (full-range clamp), 20 otherwise.
+#[allow(clippy::too_many_arguments)]
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
+    let n = out.len().min(half.len()).min(other.len());
+    if n == 0 || table.len() < 256 || so.3 == 0 {
+        for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
+            let sum = ((h as i32) << shift) - kh + *table.get(t as u8 as usize).unwrap_or(&0) as i32;
+            *o = so.apply(sum).clamp(lo, hi) as i8;
+        }
+        return;
+    }
+    let consts = [kh as u32, shift as u32, so.0 as u32, so.2 as u32, so.1, lo as u32, hi as u32];
+    macro_rules! body {
+        ($clamp:literal) => {
+            concat!(
+                "2:\n",
+                "ldrsb {a}, [{ph}], #1\n",
+                "ldrb {b}, [{pt}], #1\n",
+                "ldr {s}, [{c}, #4]\n",
+                "lsl {a}, {a}, {s}\n",
+                "ldr {s}, [{c}]\n",
+                "sub {a}, {a}, {s}\n",
+                "ldr {b}, [{tab}, {b}, lsl #2]\n",
+                "add {a}, {a}, {b}\n",
+                "lsl {a}, {a}, #1\n",
+                "ldr {s}, [{c}, #8]\n",
+                "smmulr {a}, {a}, {s}\n",
+                "ldr {s}, [{c}, #12]\n",
+                "add {s}, {s}, {a}\n",
+                "add {s}, {s}, {a}, asr #31\n",
+                "ldr {b}, [{c}, #16]\n",
+                "asr {a}, {s}, {b}\n",
+                $clamp,
+                "strb {a}, [{po}], #1\n",
+                "subs {n}, {n}, #1\n",
+                "bne 2b\n",
+            )
+        };
+    }
+    // SAFETY: reads `n` bytes of `half` and `other`, words of `table` at byte indices 0..=255
+    // (`table` has 256) and of `consts`, writes `n` bytes of `out`.
+    unsafe {
+        if lo == -128 && hi == 127 {
+            core::arch::asm!(
+                body!("ssat {a}, #8, {a}\n"),
+                ph = inout(reg) half.as_ptr() => _, pt = inout(reg) other.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _,
+                n = inout(reg) n => _, tab = in(reg) table.as_ptr(), c = in(reg) consts.as_ptr(),
+                a = out(reg) _, b = out(reg) _, s = out(reg) _,
+                options(nostack),
+            );
+        } else {
+            core::arch::asm!(
+                body!("ldr {s}, [{c}, #20]\ncmp {a}, {s}\nit lt\nmovlt {a}, {s}\nldr {s}, [{c}, #24]\ncmp {a}, {s}\nit gt\nmovgt {a}, {s}\n"),
+                ph = inout(reg) half.as_ptr() => _, pt = inout(reg) other.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _,
+                n = inout(reg) n => _, tab = in(reg) table.as_ptr(), c = in(reg) consts.as_ptr(),
+                a = out(reg) _, b = out(reg) _, s = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fully connected with Oc4Quads weights
 
 pub fn fully_connected_s8_fast_supported(p: &FullyConnected) -> bool {
-    p.layout.needs_quads() && p.input_len.is_multiple_of(4) && words(p.weights).is_some()
+    p.layout.is_oc4() && p.input_len.is_multiple_of(4) && words(p.weights).is_some()
 }
 
 pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
@@ -467,15 +974,35 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
     expect_len(p.bias.len(), p.output_len)?;
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
     let patch = scratch_words(scratch, patch_words(p.input_len))?;
+    let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
     widen(input, pack16(p.input_zp, p.input_zp), patch);
     for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len)).enumerate() {
-        let acc = dot_oc4(patch, w, p.layout);
-        for (j, a) in acc.iter().enumerate() {
-            let c = 4 * g + j;
-            if c < p.output_len {
-                output[c] = p.requant.apply(a + p.bias.get(c), c);
+        rq.group(dot_oc4(patch, w, p.layout), g, output);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SMMULR requantization equals TFLM's on accumulators below 2^30, for every right shift.
+    #[test]
+    fn smmulr_requantization_is_tflms() {
+        let mut x = 0x9E37_79B9u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for shift in -31..=-1 {
+            for _ in 0..20_000 {
+                let m = (next() >> 1) as i32;
+                let acc = (next() as i32) >> 2;
+                let want = crate::fixedpoint::requantize(acc, m, shift, 3, -128, 127);
+                assert_eq!(requant_smmulr(acc, m, shift, 3, -128, 127), want, "acc {acc} m {m} shift {shift}");
             }
         }
     }
-    Ok(())
 }
