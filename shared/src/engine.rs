@@ -106,10 +106,13 @@ pub struct Step<'a> {
     inputs: [u16; 2],
     output: u16,
     scratch: Buffer,
+    /// The output overlaps the input ("in place"), starting this many bytes after it; and
+    /// whether the kernel runs its pixels backwards (then the output is at or after the input).
+    in_place: Option<(i32, bool)>,
 }
 
 impl Step<'static> {
-    const EMPTY: Step<'static> = Step { first: 0, last: 0, kernel: Kernel::View, inputs: [NO_TENSOR; 2], output: 0, scratch: Buffer::NONE };
+    const EMPTY: Step<'static> = Step { first: 0, last: 0, kernel: Kernel::View, inputs: [NO_TENSOR; 2], output: 0, scratch: Buffer::NONE, in_place: None };
 }
 
 /// A span of the arena and when it is in use (steps `first..=last`).
@@ -145,11 +148,21 @@ pub struct Plan<'m> {
     /// Per tensor: its buffer (a reshape's output shares its input's: `root`).
     tensors: [Buffer; MAX_TENSORS],
     root: [u16; MAX_TENSORS],
+    /// Per root tensor: the group of buffers placed together (outputs written in place over
+    /// their inputs) and its offset in that group.
+    group: [u16; MAX_TENSORS],
+    rel: [i32; MAX_TENSORS],
 }
 
 impl Plan<'static> {
     pub const fn new() -> Plan<'static> {
-        Plan { steps: [Step::EMPTY; MAX_OPS], tensors: [Buffer::NONE; MAX_TENSORS], root: [0; MAX_TENSORS] }
+        Plan {
+            steps: [Step::EMPTY; MAX_OPS],
+            tensors: [Buffer::NONE; MAX_TENSORS],
+            root: [0; MAX_TENSORS],
+            group: [0; MAX_TENSORS],
+            rel: [0; MAX_TENSORS],
+        }
     }
 }
 
@@ -199,6 +212,7 @@ impl<'m, 'p> Engine<'m, 'p> {
     fn prepare(model: Model<'m>, optimized: bool, plan: &'p mut Plan<'m>) -> Result<Self, Error> {
         let step_count = plan_steps(&model, optimized, plan)?;
         plan_lifetimes(&model, step_count, plan);
+        plan_in_place(&model, step_count, plan);
         let arena_bytes = place_buffers(&model, step_count, plan);
         Ok(Engine { model, plan, step_count, arena_bytes, optimized })
     }
@@ -290,7 +304,9 @@ impl<'m, 'p> Engine<'m, 'p> {
             let span = StepSpan { index, first: step.first as usize, last: step.last as usize };
             hook.before_step(span);
             let output = self.tensor_range(step.output as usize).ok_or(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena.len() })?;
-            if !matches!(step.kernel, Kernel::View) {
+            if let (Some((_, reverse)), Some(input)) = (step.in_place, self.input_of(step, 0)) {
+                run_in_place_kernel(&step.kernel, arena, input, output.clone(), step.scratch.range(), reverse)?;
+            } else if !matches!(step.kernel, Kernel::View) {
                 let ins = [self.input_of(step, 0), self.input_of(step, 1)];
                 let (out, scratch, inputs) = regions(arena, output.clone(), step.scratch.range(), ins)?;
                 run_kernel(&step.kernel, inputs, as_i8_mut(out), scratch)?;
@@ -352,7 +368,7 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>,
     };
     let output = model.op_record(last).output;
     let scratch = Buffer { len: step_scratch_bytes(&kernel) as u32, ..Buffer::NONE };
-    Ok(Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch })
+    Ok(Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch, in_place: None })
 }
 
 /// Whether op `i` may be fused into op `i + 1`: `i + 1` reads `i`'s output, and nothing else
@@ -398,54 +414,218 @@ fn plan_lifetimes(model: &Model, step_count: usize, plan: &mut Plan) {
     }
 }
 
-/// Greedy placement, largest buffer first; returns the arena size.
+/// Where an in-place kernel may put its output relative to its input (bytes; see
+/// [`fast::Io::Shared`]) running forward and running backward, if it can write in place at all.
+fn in_place_deltas(kernel: &Kernel) -> Option<[i64; 2]> {
+    match kernel {
+        Kernel::Conv(c) if fast::conv2d_s8_fast_in_place_supported(c) => {
+            // Pixel p is read (into the patch) before it is written. Forward, writes must stay
+            // behind the reads: a larger output ends with the input, a smaller one starts with
+            // it. Backward, the mirror image.
+            let pixels = c.input.h as i64 * c.input.w as i64;
+            let (ic, oc) = (c.input.c as i64, c.output.c as i64);
+            let shift = pixels * (ic - oc);
+            Some(if oc >= ic { [shift, 0] } else { [0, shift] })
+        }
+        Kernel::Depthwise(d) => {
+            // Forward, output pixel q may take the bytes of input pixel `q + delta` if no later
+            // output pixel reads it: later windows start at or after the window of q + 1, so
+            // `delta <= first(q + 1) - 1 - q`. Backward, `delta >= last(q - 1) + 1 - q`.
+            let (ih, iw) = (d.input.h as usize, d.input.w as usize);
+            let (oh, ow) = (d.output.h as usize, d.output.w as usize);
+            let (kh, kw, sh, sw) = (d.kernel_h as usize, d.kernel_w as usize, d.stride_h as usize, d.stride_w as usize);
+            let top = d.padding.leading(ih, kh, sh, oh);
+            let left = d.padding.leading(iw, kw, sw, ow);
+            let (mut forward, mut backward) = (0i64, 0i64);
+            for q in 0..oh * ow {
+                let (oy, ox) = (q / ow, q % ow);
+                let (ky0, ky1, y0) = crate::kernels::window(oy, sh, top, kh, ih);
+                let (kx0, kx1, x0) = crate::kernels::window(ox, sw, left, kw, iw);
+                if ky0 == ky1 || kx0 == kx1 {
+                    continue;
+                }
+                let first = (y0 + ky0 as isize) as i64 * iw as i64 + (x0 + kx0 as isize) as i64;
+                let last = (y0 + ky1 as isize - 1) as i64 * iw as i64 + (x0 + kx1 as isize - 1) as i64;
+                if q > 0 {
+                    forward = forward.min(first - q as i64);
+                }
+                if q + 1 < oh * ow {
+                    backward = backward.max(last - q as i64);
+                }
+            }
+            let c = d.input.c as i64;
+            Some([forward * c, backward * c])
+        }
+        _ => None,
+    }
+}
+
+/// Steps that write over their input: the input's last reader, neither logits nor output.
+fn plan_in_place(model: &Model, step_count: usize, plan: &mut Plan) {
+    for t in 0..model.tensor_count() {
+        plan.group[t] = t as u16;
+        plan.rel[t] = 0;
+    }
+    let kept = [model.logits_tensor(), model.output_tensor()].map(|t| plan.root[t]);
+    // Per group leader: the span its members cover so far, relative to it.
+    let mut low = [0i64; MAX_TENSORS];
+    let mut high = [0i64; MAX_TENSORS];
+    for t in 0..model.tensor_count() {
+        high[t] = plan.tensors[t].len as i64;
+    }
+    for s in 0..step_count {
+        let step = plan.steps[s];
+        let Some(deltas) = in_place_deltas(&step.kernel) else { continue };
+        let (a, b) = (plan.root[step.inputs[0] as usize] as usize, plan.root[step.output as usize] as usize);
+        if plan.tensors[a].last as usize != s || kept.contains(&(a as u16)) || a == b {
+            continue;
+        }
+        let (in_len, out_len) = (plan.tensors[a].len as i64, plan.tensors[b].len as i64);
+        let g = plan.group[a] as usize;
+        // The direction that keeps the group's span smallest; the two spans must overlap (no
+        // gap a scratch could fall into).
+        let mut best: Option<(i64, i64, bool)> = None;
+        for (delta, reverse) in [(deltas[0], false), (deltas[1], true)] {
+            if delta + out_len < 0 || delta > in_len {
+                continue;
+            }
+            let rel = plan.rel[a] as i64 + delta;
+            let span = high[g].max(rel + out_len) - low[g].min(rel);
+            if best.is_none_or(|(_, s, _)| span < s) {
+                best = Some((delta, span, reverse));
+            }
+        }
+        let Some((delta, _, reverse)) = best else { continue };
+        let Ok(rel) = i32::try_from(plan.rel[a] as i64 + delta) else { continue };
+        plan.group[b] = g as u16;
+        plan.rel[b] = rel;
+        low[g] = low[g].min(rel as i64);
+        high[g] = high[g].max(rel as i64 + out_len);
+        plan.steps[s].in_place = Some((delta as i32, reverse));
+    }
+}
+
+/// Greedy placement of buffer groups (a group: tensors at fixed offsets from each other, or one
+/// scratch buffer), in two orders — largest first, and by first use — keeping the better one;
+/// returns the arena size.
 fn place_buffers(model: &Model, step_count: usize, plan: &mut Plan) -> usize {
+    let by_size = place_in_order(model, step_count, plan, false);
+    let by_time = place_in_order(model, step_count, plan, true);
+    if by_size < by_time {
+        place_in_order(model, step_count, plan, false)
+    } else {
+        by_time
+    }
+}
+
+/// Buffer `b` of a plan: tensor `b`'s root buffer when `b < tensors`, else step
+/// `b - tensors`'s scratch; its group, offset in the group, and whether it needs bytes.
+struct Buffers<'p, 'm> {
+    plan: &'p Plan<'m>,
+    tensors: usize,
+}
+
+impl Buffers<'_, '_> {
+    fn get(&self, b: usize) -> Buffer {
+        if b < self.tensors {
+            self.plan.tensors[b]
+        } else {
+            self.plan.steps[b - self.tensors].scratch
+        }
+    }
+
+    fn wanted(&self, b: usize) -> bool {
+        (b >= self.tensors || self.plan.root[b] as usize == b) && self.get(b).used()
+    }
+
+    fn unit(&self, b: usize) -> usize {
+        if b < self.tensors { self.plan.group[b] as usize } else { b }
+    }
+
+    fn rel(&self, b: usize) -> i64 {
+        if b < self.tensors { self.plan.rel[b] as i64 } else { 0 }
+    }
+
+    fn member(&self, b: usize, u: usize) -> bool {
+        self.unit(b) == u && self.wanted(b)
+    }
+}
+
+fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bool) -> usize {
     let tensors = model.tensor_count();
     let count = tensors + step_count;
-    // Buffer `b`: tensor `b`'s root buffer when `b < tensors`, else step `b - tensors`'s scratch.
-    let buffer = |plan: &Plan, b: usize| if b < tensors { plan.tensors[b] } else { plan.steps[b - tensors].scratch };
-    let wanted = |plan: &Plan, b: usize| (b >= tensors || plan.root[b] as usize == b) && buffer(plan, b).used();
+    // The key a unit is ordered by: its largest member, or its first use.
+    let key = |bufs: &Buffers, u: usize| -> i64 {
+        let members = (0..count).filter(|&b| bufs.member(b, u));
+        if by_time {
+            -members.map(|b| bufs.get(b).first as i64).min().unwrap_or(0)
+        } else {
+            members.map(|b| bufs.get(b).len as i64).max().unwrap_or(0)
+        }
+    };
     let mut order = [0u16; MAX_TENSORS + MAX_OPS];
     let mut n = 0;
-    for b in 0..count {
-        if wanted(plan, b) {
-            // Insertion sort by size, descending; equal sizes keep their index order.
-            let len = buffer(plan, b).len;
+    {
+        let bufs = Buffers { plan, tensors };
+        for u in 0..count {
+            if bufs.unit(u) != u || !(0..count).any(|b| bufs.member(b, u)) {
+                continue;
+            }
+            // Insertion sort by key, descending; equal keys keep their index order.
+            let k = key(&bufs, u);
             let mut at = n;
-            while at > 0 && buffer(plan, order[at - 1] as usize).len < len {
+            while at > 0 && key(&bufs, order[at - 1] as usize) < k {
                 order[at] = order[at - 1];
                 at -= 1;
             }
-            order[at] = b as u16;
+            order[at] = u as u16;
             n += 1;
         }
     }
-    let mut arena = 0usize;
+    let mut arena = 0i64;
     for k in 0..n {
-        let b = order[k] as usize;
-        let mut this = buffer(plan, b);
-        let mut offset = 0u32;
-        // Move past every placed buffer that is alive at the same time and in the way.
-        'search: loop {
-            for &other in &order[..k] {
-                let other = buffer(plan, other as usize);
-                let clash = other.live_with(&this) && other.offset < offset + this.len && offset < other.offset + other.len;
-                if clash {
-                    offset = other.offset + other.len;
-                    continue 'search;
+        let u = order[k] as usize;
+        let base = {
+            let bufs = Buffers { plan, tensors };
+            let min_rel = (0..count).filter(|&b| bufs.member(b, u)).map(|b| bufs.rel(b)).min().unwrap_or(0);
+            let mut base = -min_rel;
+            // Move past every placed buffer alive at the same time as a member and in its way.
+            'search: loop {
+                for m in (0..count).filter(|&b| bufs.member(b, u)) {
+                    let (this, at) = (bufs.get(m), base + bufs.rel(m));
+                    for &placed in &order[..k] {
+                        for o in (0..count).filter(|&b| bufs.member(b, placed as usize)) {
+                            let other = bufs.get(o);
+                            let (start, end) = (other.offset as i64, other.offset as i64 + other.len as i64);
+                            if other.live_with(&this) && start < at + this.len as i64 && at < end {
+                                base = end - bufs.rel(m);
+                                continue 'search;
+                            }
+                        }
+                    }
                 }
+                break base;
             }
-            break;
-        }
-        this.offset = offset;
-        arena = arena.max(offset as usize + this.len as usize);
-        if b < tensors {
-            plan.tensors[b] = this;
-        } else {
-            plan.steps[b - tensors].scratch = this;
+        };
+        for m in 0..count {
+            let (is_member, rel) = {
+                let bufs = Buffers { plan, tensors };
+                (bufs.member(m, u), bufs.rel(m))
+            };
+            if !is_member {
+                continue;
+            }
+            let offset = (base + rel) as u32;
+            if m < tensors {
+                plan.tensors[m].offset = offset;
+                arena = arena.max(offset as i64 + plan.tensors[m].len as i64);
+            } else {
+                plan.steps[m - tensors].scratch.offset = offset;
+                arena = arena.max(offset as i64 + plan.steps[m - tensors].scratch.len as i64);
+            }
         }
     }
-    arena
+    arena as usize
 }
 
 /// Bytes of scratch a step's kernel asks for.
@@ -492,6 +672,19 @@ fn pick<'a>(segments: &[(usize, &'a [u8]); 3], r: &Option<Range<usize>>, arena_l
         }
     }
     Err(Error::ArenaTooSmall { needed: r.end, available: arena_len })
+}
+
+/// Run an in-place step: its input and output in one span of the arena, its scratch apart.
+fn run_in_place_kernel(kernel: &Kernel, arena: &mut [u8], input: Range<usize>, output: Range<usize>, scratch: Range<usize>, reverse: bool) -> Result<(), Error> {
+    let span = input.start.min(output.start)..input.end.max(output.end);
+    let (io, scratch, _) = regions(arena, span.clone(), scratch, [None, None])?;
+    let shift = |r: &Range<usize>| r.start - span.start..r.end - span.start;
+    let mut io = fast::Io::Shared { io: as_i8_mut(io), input: shift(&input), output: shift(&output), reverse };
+    match kernel {
+        Kernel::Conv(c) => fast::conv2d_s8_fast_io(c, &mut io, scratch),
+        Kernel::Depthwise(d) => fast::depthwise_conv2d_s8_fast_io(d, &mut io, scratch),
+        _ => Err(Error::BadParameter { layer: 0, what: "kernel cannot run in place" }),
+    }
 }
 
 /// Run one step's kernel.

@@ -163,6 +163,53 @@ fn all_shifts_non_positive(r: &Requant) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where a kernel reads and writes: two buffers, or one that the output overlaps
+
+/// A step's input and output: apart, or one span of the arena in which the output overlaps the
+/// input ("in place"): the plan then places the output so that every byte an output pixel writes
+/// is no longer needed, given that the kernel finishes reading each pixel's inputs before it
+/// writes that pixel's outputs, in pixel order.
+pub enum Io<'a> {
+    Apart { input: &'a [i8], output: &'a mut [i8] },
+    /// `reverse`: the kernel runs its pixels from the last to the first (the output then lies
+    /// at or after the input; forward, at or before it).
+    Shared { io: &'a mut [i8], input: core::ops::Range<usize>, output: core::ops::Range<usize>, reverse: bool },
+}
+
+impl Io<'_> {
+    /// The `k`-th output pixel to compute out of `n`.
+    #[inline(always)]
+    fn pixel(&self, k: usize, n: usize) -> usize {
+        match self {
+            Io::Shared { reverse: true, .. } => n - 1 - k,
+            _ => k,
+        }
+    }
+
+    fn input(&self) -> &[i8] {
+        match self {
+            Io::Apart { input, .. } => input,
+            Io::Shared { io, input, .. } => io.get(input.clone()).unwrap_or(&[]),
+        }
+    }
+
+    fn output_len(&self) -> usize {
+        match self {
+            Io::Apart { output, .. } => output.len(),
+            Io::Shared { output, .. } => output.len(),
+        }
+    }
+
+    /// Output bytes `at..at + len` (empty when out of range).
+    fn output(&mut self, at: usize, len: usize) -> &mut [i8] {
+        match self {
+            Io::Apart { output, .. } => output.get_mut(at..at + len).unwrap_or(&mut []),
+            Io::Shared { io, output, .. } => io.get_mut(output.start + at..output.start + at + len).filter(|_| at + len <= output.len()).unwrap_or(&mut []),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Requantization with SMMULR
 
 /// Whether the fast requantization is exact for a layer: every shift a right shift (-31..=-1),
@@ -427,21 +474,33 @@ fn check_conv(p: &Conv2d, input: &[i8]) -> Result<(), Error> {
 }
 
 pub fn conv2d_s8_fast(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
-    check_conv(p, input)?;
-    expect_len(output.len(), p.output.len()?)?;
+    conv2d_s8_fast_io(p, &mut Io::Apart { input, output }, scratch)
+}
+
+/// A pointwise conv (1x1, stride 1) reads only pixel `p` for output pixel `p`: it can write over
+/// its input (see [`Io::Shared`]).
+pub fn conv2d_s8_fast_in_place_supported(p: &Conv2d) -> bool {
+    conv2d_s8_fast_supported(p) && p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w
+}
+
+/// [`conv2d_s8_fast`] on an [`Io`]: pixel by pixel, the patch is built before any output of
+/// the pixel is written.
+pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<(), Error> {
+    check_conv(p, io.input())?;
+    expect_len(io.output_len(), p.output.len()?)?;
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
     let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
     let patch = scratch_words(scratch, patch_words(p.layout.stored_taps(taps)))?;
     let rq = Requantizer::new(&p.requant, p.bias, taps);
     let zp_pair = pack16(p.input_zp, p.input_zp);
-    for oy in 0..oh {
-        for ox in 0..ow {
-            conv_patch_padded(p, input, oy, ox, zp_pair, patch);
-            let out = &mut output[(oy * ow + ox) * oc..][..oc];
-            for (g, w) in weights.chunks_exact(group_words(p.layout, taps)).enumerate() {
-                rq.group(dot_oc4(patch, w, p.layout), g, out);
-            }
+    for k in 0..oh * ow {
+        let q = io.pixel(k, oh * ow);
+        let (oy, ox) = (q / ow, q % ow);
+        conv_patch_padded(p, io.input(), oy, ox, zp_pair, patch);
+        let out = io.output(q * oc, oc);
+        for (g, w) in weights.chunks_exact(group_words(p.layout, taps)).enumerate() {
+            rq.group(dot_oc4(patch, w, p.layout), g, out);
         }
     }
     Ok(())
@@ -756,11 +815,17 @@ fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], zp_pair
 /// Per output pixel: a table of its in-bounds taps (input and weight offsets), then per group of
 /// four channels [`depthwise_taps4`] and [`requant4`].
 pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
+    depthwise_conv2d_s8_fast_io(p, &mut Io::Apart { input, output }, scratch)
+}
+
+/// [`depthwise_conv2d_s8_fast`] on an [`Io`]: output pixels in order, each written after its
+/// taps are read (channel groups are independent: group `g` reads and writes only its bytes).
+pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &mut [u8]) -> Result<(), Error> {
     let (ih, iw, c) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
     let (oh, ow) = (p.output.h as usize, p.output.w as usize);
     let (kh, kw, sh, sw) = (p.kernel_h as usize, p.kernel_w as usize, p.stride_h as usize, p.stride_w as usize);
-    expect_len(input.len(), p.input.len()?)?;
-    expect_len(output.len(), p.output.len()?)?;
+    expect_len(io.input().len(), p.input.len()?)?;
+    expect_len(io.output_len(), p.output.len()?)?;
     expect_len(p.output.c as usize, c)?;
     expect_len(p.weights.len(), kh * kw * c)?;
     expect_len(p.bias.len(), c)?;
@@ -769,9 +834,11 @@ pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut 
     let zp_pair = pack16(p.input_zp, p.input_zp);
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
-    for oy in 0..oh {
+    for k in 0..oh * ow {
+        let q = io.pixel(k, oh * ow);
+        let (oy, ox) = (q / ow, q % ow);
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
-        for ox in 0..ow {
+        {
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
             let mut n = 0;
             for ky in ky0..ky1 {
@@ -783,15 +850,15 @@ pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut 
                 }
             }
             table[n] = u32::MAX;
-            let out = &mut output[(oy * ow + ox) * c..][..c];
             for g in 0..c / 4 {
+                let input = io.input();
                 #[cfg(all(target_arch = "arm", feature = "dsp"))]
                 // SAFETY: the offsets address whole words of `input` and `weights` (shapes
                 // checked above), shifted by the group's 4g bytes, all in bounds.
                 let acc = depthwise_taps4(unsafe { input.as_ptr().add(4 * g) }, unsafe { p.weights.as_ptr().add(4 * g) }, table, zp_pair);
                 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
                 let acc = depthwise_taps4_portable(&input[4 * g..], &p.weights[4 * g..], table, zp_pair);
-                rq.group(acc, g, out);
+                rq.group(acc, g, io.output((oy * ow + ox) * c, c));
             }
         }
     }
