@@ -101,6 +101,66 @@ pub fn symbol_bytes(elf: &[u8], filter: impl Fn(&str) -> bool) -> Result<u64> {
     Ok(file.symbols().filter(|s| s.kind() == object::SymbolKind::Text && s.name().is_ok_and(&filter)).map(|s| s.size()).sum())
 }
 
+/// Bytes of the functions reachable from the function whose symbol name contains `root`
+/// (itself included): a walk of the call graph through every Thumb-2 `BL`, `BLX` and `B.W`
+/// (tail call) whose target is the start of another function. This is the code an inference
+/// can execute, as linked: kernels inlined into the root count once, out-of-line ones once each.
+pub fn reachable_code_bytes(elf: &[u8], root: &str) -> Result<u64> {
+    let file = object::File::parse(elf).context("firmware is not an ELF file")?;
+    let mut functions: Vec<(u64, u64)> = file
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+        .map(|s| (s.address() & !1, s.size()))
+        .collect();
+    functions.sort_unstable();
+    functions.dedup();
+    let start = file
+        .symbols()
+        .find(|s| s.kind() == object::SymbolKind::Text && s.name().is_ok_and(|n| n.contains(root)))
+        .with_context(|| format!("no function named like {root} in the firmware"))?
+        .address()
+        & !1;
+    let text = |addr: u64, len: u64| -> Option<&[u8]> {
+        file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size()).and_then(|s| s.data().ok()).map(|d| {
+            let at = (addr - file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size()).map_or(0, |s| s.address())) as usize;
+            &d[at..at + len as usize]
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![start];
+    while let Some(addr) = todo.pop() {
+        let Ok(i) = functions.binary_search_by_key(&addr, |f| f.0) else { continue };
+        if !seen.insert(addr) {
+            continue;
+        }
+        let (_, size) = functions[i];
+        let Some(code) = text(addr, size) else { continue };
+        let halfword = |k: usize| u16::from_le_bytes([code[k], code[k + 1]]);
+        let mut k = 0;
+        while k + 2 <= code.len() {
+            let hw1 = halfword(k);
+            if hw1 >> 11 < 0x1D || k + 4 > code.len() {
+                k += 2;
+                continue;
+            }
+            let hw2 = halfword(k + 2);
+            // BL (T1), BLX (T2) and B.W (T4): 11110 S imm10 | 1 1/0 J1 x J2 imm11.
+            let is_call = hw1 >> 11 == 0x1E && (hw2 & 0xD000 == 0xD000 || hw2 & 0xD000 == 0xC000 || hw2 & 0xD000 == 0x9000);
+            if is_call {
+                let s = ((hw1 >> 10) & 1) as i64;
+                let (j1, j2) = (((hw2 >> 13) & 1) as i64, ((hw2 >> 11) & 1) as i64);
+                let (i1, i2) = (1 - (j1 ^ s), 1 - (j2 ^ s));
+                let imm = (s << 24) | (i1 << 23) | (i2 << 22) | (((hw1 & 0x3FF) as i64) << 12) | (((hw2 & 0x7FF) as i64) << 1);
+                let offset = (imm << 39) >> 39; // sign-extend 25 bits
+                let target = ((addr + k as u64 + 4) as i64 + offset) as u64 & !1;
+                todo.push(target);
+            }
+            k += 4;
+        }
+    }
+    Ok(functions.iter().filter(|f| seen.contains(&f.0)).map(|f| f.1).sum())
+}
+
 /// Run `elf` on QEMU with `model` in the model partition over `inputs` (the model's int8
 /// input tensors, each `input_len` bytes), split across `jobs` parallel QEMU instances, showing inputs done. Results come back
 /// in input order. `model = None` for a firmware that embeds its model.

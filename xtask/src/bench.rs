@@ -47,12 +47,12 @@ pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, a
         })
         .collect();
     let elf_bytes = std::fs::read(elf)?;
-    // Inference code: the engine and every kernel compiled in (used by this model or not), as
-    // CMSIS-NN's figure counts its whole kernel library; model loading (parsing and validation,
-    // `format`) is reported apart, as TFLM's interpreter is not in CMSIS-NN's figure.
-    let is_loader = |name: &str| name.contains("lepton_nn6format");
-    let code_bytes = lepton_core::device::symbol_bytes(&elf_bytes, |name| (name.contains("lepton_nn") || name.contains("lepton_firmware5infer")) && !is_loader(name))?;
-    let loader_bytes = lepton_core::device::symbol_bytes(&elf_bytes, is_loader)?;
+    // Inference code: every function an inference can reach from the firmware's `infer` (the
+    // engine's run loop and every kernel of every op, used by this model or not), as CMSIS-NN's
+    // figure counts its whole kernel library. Model loading and planning (parsing, validation,
+    // the memory plan: `Model::parse`, `Engine::new`) run once at boot and are reported apart.
+    let code_bytes = lepton_core::device::reachable_code_bytes(&elf_bytes, "lepton_firmware5infer")?;
+    let loader_bytes = lepton_core::device::symbol_bytes(&elf_bytes, |name| name.contains("lepton_nn"))?.saturating_sub(code_bytes);
     let mut report = json!({
         "model": model_path.display().to_string(),
         "images": run.results.len(),
