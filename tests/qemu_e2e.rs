@@ -101,27 +101,17 @@ fn a_firmware_with_the_model_embedded_runs_without_the_partition() {
     assert_eq!(r["mismatches"], 0, "{r}");
 }
 
-/// A model that came in as ONNX runs on the device like any other Lepton model.
+/// A model that came in as ONNX from a real exporter (`torch.onnx.export` of a depthwise-separable
+/// block with batch norms and ReLU6 clips, `tests/data/onnx/torch_dscnn_block.onnx`) runs on the
+/// device like any other Lepton model: every prediction equal to the host's.
 #[test]
 fn an_onnx_imported_model_runs_on_the_device() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile_dir();
-    let onnx = dir.join("mnist.onnx");
-    std::fs::write(
-        &onnx,
-        lepton::float_reference::export_onnx(&root.join("models/mnist-cnn")).unwrap(),
-    )
-    .unwrap();
-    let train = lepton::data::load_part(None, lepton::data::Part::Train).unwrap();
+    let onnx = lepton_tests::data_dir().join("onnx/torch_dscnn_block.onnx");
+    let calibration = lepton::import::Calibration { count: 300, ..Default::default() };
     let lpk = dir.join("from_onnx.lpk");
-    std::fs::write(
-        &lpk,
-        lepton::import::onnx::import_onnx(&onnx, &train, 300)
-            .unwrap()
-            .to_lpk()
-            .unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&lpk, lepton::import::import(&onnx, &calibration).unwrap().to_lpk().unwrap()).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(root)
@@ -136,8 +126,10 @@ fn an_onnx_imported_model_runs_on_the_device() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["images"], 300, "{r}");
     assert_eq!(r["mismatches"], 0, "{r}");
-    assert!(r["accuracy"].as_f64().unwrap() > 0.97, "{r}");
+    // The exporter's model scores 74.9% in torch; on 300 images the int8 one lands near that.
+    assert!(r["accuracy"].as_f64().unwrap() > 0.65, "{r}");
 }
 
 /// Each MLPerf Tiny model on the device: every logit and output bit equal to the host's (which

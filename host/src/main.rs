@@ -30,9 +30,13 @@ enum Command {
         /// Data directory for ONNX calibration (default: the cache used by `lepton data`).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Training images used to calibrate an ONNX model's activation ranges.
+        /// Training images (or inputs) used to calibrate an ONNX model's activation ranges.
         #[arg(long, default_value_t = 1000)]
         calibration: usize,
+        /// float32 .npy of inputs in the ONNX model's input layout, to calibrate a model that
+        /// does not take MNIST images.
+        #[arg(long)]
+        calibration_inputs: Option<PathBuf>,
         /// Where to write the Lepton model.
         #[arg(long)]
         out: PathBuf,
@@ -167,7 +171,9 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
-        Command::Import { model, out, weights, data, calibration } => import(&model, &out, weights, data.as_deref(), calibration),
+        Command::Import { model, out, weights, data, calibration, calibration_inputs } => {
+            import(&model, &out, weights, &lepton::import::Calibration { data_dir: data, count: calibration, inputs: calibration_inputs })
+        }
         Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size } => {
             let dir = data::ensure(data.as_deref())?;
             let mut train = data::load(&dir, Part::Train)?;
@@ -234,8 +240,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn import(model: &Path, out: &Path, weights: lepton::lpk::Packing, data_dir: Option<&Path>, calibration: usize) -> Result<()> {
-    let qmodel = lepton::import::import(model, data_dir, calibration)?;
+fn import(model: &Path, out: &Path, weights: lepton::lpk::Packing, calibration: &lepton::import::Calibration) -> Result<()> {
+    let qmodel = lepton::import::import(model, calibration)?;
     let blob = qmodel.to_lpk_with(weights)?;
     write_atomically(out, &blob)?;
     eprintln!("wrote {} ({} ops, {} bytes)", out.display(), qmodel.nodes.len(), blob.len());

@@ -8,7 +8,7 @@ use tract_onnx::pb::{
     ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use crate::float_net::{FloatLayer, FloatNet, FloatOp};
+use crate::float_net::{Act, FloatLayer, FloatNet, FloatOp};
 
 pub const OPSET: i64 = 13;
 
@@ -59,59 +59,82 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     }
 }
 
-/// A float network as ONNX: NCHW input `input` `[N, C, H, W]` in [0, 1], output `logits`
-/// (`[N, K]`, the input of a final softmax, which is left out). A flatten is preceded by a
-/// transpose to NHWC, as the network reads its buffers (and as Keras does).
+/// Append `node` then, when `act` is not `None`, its activation (Relu, or Clip to [0, 6]);
+/// the last node writes `name`.
+fn with_activation(nodes: &mut Vec<NodeProto>, inits: &mut Vec<TensorProto>, op: &str, inputs: &[&str], name: &str, attrs: Vec<AttributeProto>, act: Act) {
+    let pre = if act == Act::None { name.to_string() } else { format!("{name}_pre") };
+    nodes.push(node(op, inputs, &pre, attrs));
+    match act {
+        Act::None => {}
+        Act::Relu => nodes.push(node("Relu", &[&pre], name, vec![])),
+        Act::Relu6 => {
+            let (lo, hi) = (format!("{name}_min"), format!("{name}_max"));
+            inits.push(initializer(&lo, &[], &[0.0]));
+            inits.push(initializer(&hi, &[], &[6.0]));
+            nodes.push(node("Clip", &[&pre, &lo, &hi], name, vec![]));
+        }
+    }
+}
+
+fn window_attrs(kernel: (usize, usize), stride: (usize, usize), padding: Padding) -> Vec<AttributeProto> {
+    let mut attrs = vec![ints_attr("kernel_shape", &[kernel.0 as i64, kernel.1 as i64]), ints_attr("strides", &[stride.0 as i64, stride.1 as i64])];
+    match padding {
+        Padding::Valid => attrs.push(ints_attr("pads", &[0, 0, 0, 0])),
+        Padding::Same => attrs.push(AttributeProto { name: "auto_pad".into(), r#type: AttributeType::String as i32, s: b"SAME_UPPER".to_vec(), ..Default::default() }),
+    }
+    attrs
+}
+
+/// A float network as ONNX: NCHW input `input` `[N, C, H, W]` in the network's input range,
+/// output `logits` (`[N, K]`, the input of a final softmax, which is left out). A flatten is
+/// preceded by a transpose to NHWC, as the network reads its buffers (and as Keras does).
 pub fn export(net: &FloatNet) -> Result<Vec<u8>> {
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
-    let mut x = "input".to_string();
     let layers = match net.layers.last() {
         Some(FloatLayer { op: FloatOp::Softmax, .. }) => &net.layers[..net.layers.len() - 1],
         _ => &net.layers[..],
     };
     ensure!(!layers.is_empty(), "the network has no layers to export");
-    let out_dims = net.shapes()?[layers.len() - 1];
+    let out_dims = net.shapes()?[layers.len()];
+    let name = |t: usize| if t == 0 { "input".to_string() } else if t == layers.len() { "logits".to_string() } else { format!("t{t}_{}", layers[t - 1].output_name) };
     for (i, layer) in layers.iter().enumerate() {
-        let name = if i + 1 == layers.len() { "logits".to_string() } else { format!("l{i}_{}", layer.output_name) };
+        let out = name(i + 1);
+        let ins: Vec<String> = layer.inputs.iter().map(|&t| name(t)).collect();
+        let x = ins[0].as_str();
         match &layer.op {
-            FloatOp::Conv { weights_oihw, bias, in_c, out_c, kernel, stride, padding, relu } => {
+            FloatOp::Conv { weights_oihw, bias, in_c, out_c, groups, kernel, stride, padding, act } => {
                 let (w, b) = (format!("l{i}.weight"), format!("l{i}.bias"));
-                inits.push(initializer(&w, &[*out_c as i64, *in_c as i64, kernel.0 as i64, kernel.1 as i64], weights_oihw));
+                inits.push(initializer(&w, &[*out_c as i64, (*in_c / *groups) as i64, kernel.0 as i64, kernel.1 as i64], weights_oihw));
                 inits.push(initializer(&b, &[*out_c as i64], bias));
-                let mut attrs = vec![ints_attr("kernel_shape", &[kernel.0 as i64, kernel.1 as i64]), ints_attr("strides", &[stride.0 as i64, stride.1 as i64])];
-                match padding {
-                    Padding::Valid => attrs.push(ints_attr("pads", &[0, 0, 0, 0])),
-                    Padding::Same => attrs.push(AttributeProto { name: "auto_pad".into(), r#type: AttributeType::String as i32, s: b"SAME_UPPER".to_vec(), ..Default::default() }),
-                }
-                let conv = if *relu { format!("l{i}_conv") } else { name.clone() };
-                nodes.push(node("Conv", &[&x, &w, &b], &conv, attrs));
-                if *relu {
-                    nodes.push(node("Relu", &[&conv], &name, vec![]));
-                }
+                let mut attrs = window_attrs(*kernel, *stride, *padding);
+                attrs.push(int_attr("group", *groups as i64));
+                with_activation(&mut nodes, &mut inits, "Conv", &[x, &w, &b], &out, attrs, *act);
             }
-            FloatOp::Pool { max, kernel, stride } => {
+            FloatOp::Pool { max, kernel, stride, padding } => {
                 let op = if *max { "MaxPool" } else { "AveragePool" };
-                nodes.push(node(op, &[&x], &name, vec![ints_attr("kernel_shape", &[kernel.0 as i64, kernel.1 as i64]), ints_attr("strides", &[stride.0 as i64, stride.1 as i64])]));
+                nodes.push(node(op, &[x], &out, window_attrs(*kernel, *stride, *padding)));
             }
+            FloatOp::Pad { pads } => {
+                let p = format!("l{i}.pads");
+                let [t, bo, l, r] = pads.map(|v| v as i64);
+                inits.push(TensorProto { name: p.clone(), dims: vec![8], data_type: DataType::Int64 as i32, int64_data: vec![0, 0, t, l, 0, 0, bo, r], ..Default::default() });
+                nodes.push(node("Pad", &[x, &p], &out, vec![]));
+            }
+            FloatOp::Add { act } => with_activation(&mut nodes, &mut inits, "Add", &[x, &ins[1]], &out, vec![], *act),
             FloatOp::Flatten => {
                 let nhwc = format!("l{i}_nhwc");
-                nodes.push(node("Transpose", &[&x], &nhwc, vec![ints_attr("perm", &[0, 2, 3, 1])]));
-                nodes.push(node("Flatten", &[&nhwc], &name, vec![int_attr("axis", 1)]));
+                nodes.push(node("Transpose", &[x], &nhwc, vec![ints_attr("perm", &[0, 2, 3, 1])]));
+                nodes.push(node("Flatten", &[&nhwc], &out, vec![int_attr("axis", 1)]));
             }
-            FloatOp::Dense { weights_out_in, bias, inputs, outputs, relu } => {
+            FloatOp::Dense { weights_out_in, bias, inputs, outputs, act } => {
                 let (w, b) = (format!("l{i}.weight"), format!("l{i}.bias"));
                 inits.push(initializer(&w, &[*outputs as i64, *inputs as i64], weights_out_in));
                 inits.push(initializer(&b, &[*outputs as i64], bias));
-                let gemm = if *relu { format!("l{i}_gemm") } else { name.clone() };
-                nodes.push(node("Gemm", &[&x, &w, &b], &gemm, vec![int_attr("transB", 1)]));
-                if *relu {
-                    nodes.push(node("Relu", &[&gemm], &name, vec![]));
-                }
+                with_activation(&mut nodes, &mut inits, "Gemm", &[x, &w, &b], &out, vec![int_attr("transB", 1)], *act);
             }
-            FloatOp::Softmax => nodes.push(node("Softmax", &[&x], &name, vec![int_attr("axis", -1)])),
+            FloatOp::Softmax => nodes.push(node("Softmax", &[x], &out, vec![int_attr("axis", -1)])),
         }
-        x = name;
     }
     ensure!(out_dims.0 == 1 && out_dims.1 == 1, "the exported network must end with a vector (a dense layer or a flatten)");
     let (h, w, c) = net.input;

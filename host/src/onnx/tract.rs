@@ -22,11 +22,12 @@ pub fn graph_input(graph: &GraphProto) -> Result<(&ValueInfoProto, Vec<i64>)> {
     Ok((input, dims))
 }
 
-/// An ONNX model loaded and optimized by tract, run one 28x28 image at a time (pixels scaled to
-/// [0, 1], in the layout the model's input declares: NCHW `[1,1,28,28]` or NHWC `[1,28,28,1]`).
+/// An ONNX model loaded and optimized by tract with its batch bound to 1, run one input at a
+/// time: raw inputs in the model's own layout ([`TractRunner::run_input`]) or 8-bit images
+/// scaled to [0, 1] ([`TractRunner::run`]).
 pub struct TractRunner {
     plan: std::sync::Arc<TypedRunnableModel>,
-    shape: [usize; 4],
+    shape: Vec<usize>,
 }
 
 impl TractRunner {
@@ -40,8 +41,10 @@ impl TractRunner {
     pub fn from_bytes(bytes: &[u8], path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
         let proto = ModelProto::decode(bytes).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
         let (_, dims) = graph_input(proto.graph.as_ref().context("ONNX model has no graph")?)?;
-        let shape: [usize; 4] = if dims.last() == Some(&1) && dims.get(1) != Some(&1) { [1, 28, 28, 1] } else { [1, 1, 28, 28] };
+        // Symbolic dimensions (the batch) bound to 1; value_info, which names them, is ignored.
+        let shape: Vec<usize> = dims.iter().map(|&d| if d > 0 { d as usize } else { 1 }).collect();
         let mut model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
             .model_for_read(&mut &bytes[..])
             .map_err(|e| anyhow!("{e:?}"))
             .with_context(|| format!("loading {} with tract-onnx", path.display()))?;
@@ -50,7 +53,7 @@ impl TractRunner {
             model = model.with_output_outlets(&outlets).map_err(|e| anyhow!("{e:?}"))?;
         }
         let plan = model
-            .with_input_fact(0, f32::fact(shape).into())
+            .with_input_fact(0, f32::fact(&shape).into())
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| anyhow!("{e:?}"))
@@ -58,10 +61,20 @@ impl TractRunner {
         Ok(TractRunner { plan, shape })
     }
 
-    /// Every output of the model for one image, flattened.
+    /// The input's dimensions (batch 1).
+    pub fn input_dims(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Every output of the model for one 8-bit image (a single-channel model's H x W pixels).
     pub fn run(&self, image: &[u8]) -> Result<Vec<Vec<f32>>> {
         let pixels: Vec<f32> = image.iter().map(|&p| p as f32 / 255.0).collect();
-        let input = Tensor::from_shape(&self.shape, &pixels).map_err(|e| anyhow!("{e:?}"))?;
+        self.run_input(&pixels)
+    }
+
+    /// Every output of the model for one input in its own layout, flattened.
+    pub fn run_input(&self, values: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let input = Tensor::from_shape(&self.shape, values).map_err(|e| anyhow!("{e:?}"))?;
         let outputs = self.plan.run(tvec!(input.into())).map_err(|e| anyhow!("{e:?}"))?;
         outputs.iter().map(|o| Ok(o.to_plain_array_view::<f32>().map_err(|e| anyhow!("{e:?}"))?.iter().copied().collect())).collect()
     }

@@ -14,8 +14,18 @@ pub fn calibration_indices(len: usize, count: usize) -> Vec<usize> {
     (0..count).map(|i| i * step).collect()
 }
 
-/// `(min, max)` of every layer's output over the images `indices` of `split` (pixels / 255).
+/// `(min, max)` of every tensor (index 0: the input) over the images `indices` of `split`
+/// (pixels / 255).
 pub fn activation_ranges(net: &FloatNet, split: &Split, indices: &[usize]) -> Result<Vec<(f32, f32)>> {
+    let image = |i: usize| -> Vec<f64> { split.image(i).iter().map(|&p| (p as f32 / 255.0) as f64).collect() };
+    ranges_over(net, indices.len(), |k| image(indices[k]))
+}
+
+/// `(min, max)` of every tensor over `count` inputs (`input(k)`: the k-th, NHWC, in f64).
+pub fn ranges_over(net: &FloatNet, count: usize, input: impl Fn(usize) -> Vec<f64> + Sync) -> Result<Vec<(f32, f32)>> {
+    let indices: Vec<usize> = (0..count).collect();
+    let indices = &indices[..];
+    let input = &input;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(indices.len().max(1));
     let per_thread = indices.len().div_ceil(threads);
     let progress = crate::progress::Progress::new(indices.len() as u64, "calibration");
@@ -25,10 +35,9 @@ pub fn activation_ranges(net: &FloatNet, split: &Split, indices: &[usize]) -> Re
             .map(|chunk| {
                 let progress = &progress;
                 s.spawn(move || -> Result<Vec<(f64, f64)>> {
-                    let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); net.layers.len()];
+                    let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); net.layers.len() + 1];
                     for &i in chunk {
-                        let pixels: Vec<f64> = split.image(i).iter().map(|&p| (p as f32 / 255.0) as f64).collect();
-                        for (r, a) in ranges.iter_mut().zip(net.forward(&pixels)?) {
+                        for (r, a) in ranges.iter_mut().zip(net.forward(&input(i))?) {
                             *r = a.values.iter().fold(*r, |(lo, hi), &v| (lo.min(v), hi.max(v)));
                         }
                         progress.inc(1);
@@ -40,7 +49,7 @@ pub fn activation_ranges(net: &FloatNet, split: &Split, indices: &[usize]) -> Re
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("calibration thread panicked")))).collect()
     });
     progress.finish();
-    let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); net.layers.len()];
+    let mut ranges = vec![(f64::INFINITY, f64::NEG_INFINITY); net.layers.len() + 1];
     for p in partial {
         for (r, (lo, hi)) in ranges.iter_mut().zip(p?) {
             *r = (r.0.min(lo), r.1.max(hi));

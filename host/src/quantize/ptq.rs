@@ -5,8 +5,8 @@
 use anyhow::{ensure, Result};
 use lepton_nn::{Padding, Shape};
 
-use crate::float_net::{FloatNet, FloatOp};
-use crate::lpk::{Activation, QLayer, QModel, QOp, QParams, Weights, Window};
+use crate::float_net::{Act, FloatNet, FloatOp};
+use crate::lpk::{Activation, QModel, QNode, QOp, QParams, QTensor, Weights, Window};
 
 /// TFLite's asymmetric int8 parameters for a real range (widened to include 0, zero point nudged).
 pub fn activation_qparams(min: f32, max: f32) -> QParams {
@@ -55,11 +55,11 @@ fn window(kernel: (usize, usize), stride: (usize, usize), padding: Padding) -> R
     Ok(Window { kernel_h: b(kernel.0)?, kernel_w: b(kernel.1)?, stride_h: b(stride.0)?, stride_w: b(stride.1)?, padding })
 }
 
-fn relu(on: bool) -> Activation {
-    if on {
-        Activation::Relu
-    } else {
-        Activation::None
+fn activation(act: Act) -> Activation {
+    match act {
+        Act::None => Activation::None,
+        Act::Relu => Activation::Relu,
+        Act::Relu6 => Activation::Relu6,
     }
 }
 
@@ -67,40 +67,74 @@ fn dim(x: usize) -> Result<u16> {
     u16::try_from(x).map_err(|_| anyhow::anyhow!("dimension {x} too large"))
 }
 
-/// Quantize a float network whose input is in [0, 1] (scale 1/255, zero point -128, as TFLite
-/// quantizes images). `ranges` holds the calibrated `(min, max)` of every layer's output; conv
-/// and dense layers take their output parameters from it, pools and reshapes keep their input's
-/// (as TFLite does), a softmax outputs scale 1/256, zero point -128.
+fn shape((h, w, c): (usize, usize, usize)) -> Result<Shape> {
+    Ok(Shape::new(dim(h)?, dim(w)?, dim(c)?))
+}
+
+/// Depthwise weights OIHW `[out, 1, kh, kw]` as TFLite's `[kh, kw, out]`, quantized per channel.
+fn depthwise_weights(weights_oihw: &[f32], out_c: usize, taps: usize, bias: &[f32], input_scale: f32) -> Weights {
+    let per_channel = quantize_channels(weights_oihw, out_c, bias, input_scale);
+    let mut values = vec![0i8; per_channel.values.len()];
+    for o in 0..out_c {
+        for t in 0..taps {
+            values[t * out_c + o] = per_channel.values[o * taps + t];
+        }
+    }
+    Weights { values, ..per_channel }
+}
+
+/// Quantize a float network. `ranges` holds the calibrated `(min, max)` of every tensor (index
+/// 0: the input; an image input in [0, 1] gets scale 1/255 and zero point -128, as TFLite
+/// quantizes images); conv, dense, add and global-average (MEAN) outputs take their parameters from
+/// them, other pools, pads and flattens keep their input's (as TFLite does), a softmax outputs scale 1/256, zero point
+/// -128.
 pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
-    ensure!(ranges.len() == net.layers.len(), "{} calibration ranges for {} layers", ranges.len(), net.layers.len());
+    ensure!(ranges.len() == net.layers.len() + 1, "{} calibration ranges for {} tensors", ranges.len(), net.layers.len() + 1);
     let shapes = net.shapes()?;
-    let input = QParams { scale: 1.0 / 255.0, zero_point: -128 };
-    let (h, w, c) = net.input;
-    let mut q = input;
-    let mut out = Vec::with_capacity(net.layers.len());
-    for ((layer, &(oh, ow, oc)), &(lo, hi)) in net.layers.iter().zip(&shapes).zip(ranges) {
-        let (op, next_q) = match &layer.op {
-            FloatOp::Conv { weights_oihw, bias, in_c, out_c, kernel, stride, padding, relu: r } => {
+    let mut tensors = vec![QTensor { shape: shape(net.input)?, q: activation_qparams(ranges[0].0, ranges[0].1) }];
+    let mut nodes = Vec::with_capacity(net.layers.len());
+    for (i, layer) in net.layers.iter().enumerate() {
+        let q = tensors[layer.inputs[0]].q;
+        let range = ranges[i + 1];
+        let (op, out_q) = match &layer.op {
+            FloatOp::Conv { weights_oihw, bias, in_c, out_c, groups, kernel, stride, padding, act } if *groups == 1 => {
                 let w = oihw_to_ohwi(weights_oihw, *out_c, *in_c, kernel.0, kernel.1);
-                let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels(&w, *out_c, bias, q.scale), activation: relu(*r) };
-                (op, activation_qparams(lo, hi))
+                let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels(&w, *out_c, bias, q.scale), activation: activation(*act) };
+                (op, activation_qparams(range.0, range.1))
             }
-            FloatOp::Pool { max, kernel, stride } => {
-                let w = window(*kernel, *stride, Padding::Valid)?;
+            FloatOp::Conv { weights_oihw, bias, in_c, out_c, kernel, stride, padding, act, .. } => {
+                let depth_multiplier = u8::try_from(out_c / in_c).map_err(|_| anyhow::anyhow!("depth multiplier {} too large", out_c / in_c))?;
+                let weights = depthwise_weights(weights_oihw, *out_c, kernel.0 * kernel.1, bias, q.scale);
+                let op = QOp::DepthwiseConv2d { window: window(*kernel, *stride, *padding)?, depth_multiplier, weights, activation: activation(*act) };
+                (op, activation_qparams(range.0, range.1))
+            }
+            // A global average pool becomes MEAN (as TFLite converts Keras' global pooling): its
+            // output takes its own, narrower range instead of the wide input's scale.
+            FloatOp::Pool { max: false, kernel, .. } if shapes[i + 1].0 == 1 && shapes[i + 1].1 == 1 && (shapes[layer.inputs[0]].0, shapes[layer.inputs[0]].1) == *kernel => {
+                (QOp::Mean, activation_qparams(range.0, range.1))
+            }
+            FloatOp::Pool { max, kernel, stride, padding } => {
+                let w = window(*kernel, *stride, *padding)?;
                 let op = if *max { QOp::MaxPool2d { window: w, activation: Activation::None } } else { QOp::AvgPool2d { window: w, activation: Activation::None } };
                 (op, q)
             }
+            FloatOp::Pad { pads } => {
+                let p = |x: usize| u16::try_from(x).map_err(|_| anyhow::anyhow!("pad {x} too large"));
+                (QOp::Pad { top: p(pads[0])?, bottom: p(pads[1])?, left: p(pads[2])?, right: p(pads[3])? }, q)
+            }
+            FloatOp::Add { act } => (QOp::Add { activation: activation(*act) }, activation_qparams(range.0, range.1)),
             FloatOp::Flatten => (QOp::Reshape, q),
-            FloatOp::Dense { weights_out_in, bias, outputs, relu: r, .. } => {
-                let op = QOp::FullyConnected { weights: quantize_channels(weights_out_in, *outputs, bias, q.scale), activation: relu(*r) };
-                (op, activation_qparams(lo, hi))
+            FloatOp::Dense { weights_out_in, bias, outputs, act, .. } => {
+                let op = QOp::FullyConnected { weights: quantize_channels(weights_out_in, *outputs, bias, q.scale), activation: activation(*act) };
+                (op, activation_qparams(range.0, range.1))
             }
             FloatOp::Softmax => (QOp::Softmax { beta: 1.0 }, QParams { scale: 1.0 / 256.0, zero_point: -128 }),
         };
-        out.push(QLayer { op, output_shape: Shape::new(dim(oh)?, dim(ow)?, dim(oc)?), output: next_q });
-        q = next_q;
+        tensors.push(QTensor { shape: shape(shapes[i + 1])?, q: out_q });
+        nodes.push(QNode { op, inputs: layer.inputs.clone(), output: i + 1 });
     }
-    Ok(QModel::chain(Shape::new(dim(h)?, dim(w)?, dim(c)?), input, out))
+    let output = tensors.len() - 1;
+    Ok(QModel { tensors, nodes, input: 0, output })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use lepton_nn::Padding;
 
 use super::model::Cnn;
-use crate::float_net::{FloatLayer, FloatNet, FloatOp};
+use crate::float_net::{Act, FloatNet, FloatOp};
 
 fn values<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
     p.val().into_data().try_to_vec::<f32>().expect("f32 parameters")
@@ -19,26 +19,27 @@ fn conv(c: &burn::nn::conv::Conv2d) -> FloatOp {
         bias: c.bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; out_c]),
         in_c,
         out_c,
+        groups: 1,
         kernel: (kh, kw),
         stride: (1, 1),
         padding: Padding::Valid,
-        relu: true,
+        act: Act::Relu,
     }
 }
 
-fn dense(l: &burn::nn::Linear, relu: bool) -> FloatOp {
+fn dense(l: &burn::nn::Linear, act: Act) -> FloatOp {
     let [inputs, outputs] = l.weight.val().dims(); // burn stores Linear weights as [in, out]
     let w = values(&l.weight);
     let w = &w;
     let weights_out_in = (0..outputs).flat_map(|o| (0..inputs).map(move |i| w[i * outputs + o])).collect();
-    FloatOp::Dense { weights_out_in, bias: l.bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; outputs]), inputs, outputs, relu }
+    FloatOp::Dense { weights_out_in, bias: l.bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; outputs]), inputs, outputs, act }
 }
 
 /// The seed CNN as a float network on a 28x28x1 input, ending with a softmax (so the device can
 /// report a confidence). burn flattens in NHWC order, like Keras, so the dense weights read the
 /// engine's buffers as they are.
 pub fn float_net(model: &Cnn) -> FloatNet {
-    let pool = || FloatOp::Pool { max: true, kernel: (2, 2), stride: (2, 2) };
+    let pool = || FloatOp::Pool { max: true, kernel: (2, 2), stride: (2, 2), padding: Padding::Valid };
     let layers = [
         ("relu1", conv(&model.conv1)),
         ("pool1", pool()),
@@ -46,9 +47,9 @@ pub fn float_net(model: &Cnn) -> FloatNet {
         ("pool2", pool()),
         ("relu3", conv(&model.conv3)),
         ("flat", FloatOp::Flatten),
-        ("fc1", dense(&model.fc1, true)),
-        ("logits", dense(&model.fc2, false)),
+        ("fc1", dense(&model.fc1, Act::Relu)),
+        ("logits", dense(&model.fc2, Act::None)),
         ("softmax", FloatOp::Softmax),
     ];
-    FloatNet { input: (28, 28, 1), layers: layers.into_iter().map(|(name, op)| FloatLayer { op, output_name: name.into() }).collect() }
+    FloatNet::chain((28, 28, 1), layers.into())
 }
