@@ -31,7 +31,7 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Training images (or inputs) used to calibrate an ONNX model's activation ranges.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, value_parser = positive, default_value_t = 1000)]
         calibration: usize,
         /// float32 .npy of inputs in the ONNX model's input layout, to calibrate a model that
         /// does not take MNIST images.
@@ -49,7 +49,7 @@ enum Command {
         /// Data directory (default: the cache used by `lepton data`).
         #[arg(long)]
         data: Option<PathBuf>,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, value_parser = positive, default_value_t = 5)]
         epochs: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -60,12 +60,12 @@ enum Command {
         #[arg(long)]
         resume: bool,
         /// Train on the first N training images only (quick runs).
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         train_images: Option<usize>,
         /// Evaluate on the first N test images only.
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         test_images: Option<usize>,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, value_parser = positive, default_value_t = 64)]
         batch_size: usize,
     },
     /// Post-training int8 quantization of a trained float model into a Lepton model (.lpk).
@@ -76,7 +76,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Training images used to calibrate activation ranges.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, value_parser = positive, default_value_t = 1000)]
         calibration: usize,
         /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
         #[arg(long, value_enum, default_value_t)]
@@ -113,6 +113,9 @@ enum Command {
         /// Flash address of the model partition (default: the firmware's, 0x08040000).
         #[arg(long)]
         address: Option<String>,
+        /// Allow an address outside the model partition (still only the main flash).
+        #[arg(long)]
+        force_address: bool,
     },
     /// Int8 inference of any Lepton model on the host: inputs from a .npy file, outputs to one.
     Run {
@@ -148,12 +151,27 @@ enum Command {
         #[arg(long)]
         logits: Option<PathBuf>,
         /// Only the first N test images.
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         images: Option<usize>,
     },
 }
 
+/// A count that must be at least 1 (`--epochs 0` would do nothing and say nothing).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn main() {
+    // `lepton report | head` ends quietly, as other command-line tools do, instead of panicking
+    // on a closed pipe.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -210,13 +228,13 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} ({} bytes, ONNX opset {})", out.display(), bytes.len(), lepton::onnx::OPSET);
             Ok(())
         }
-        Command::Flash { chip, model, address } => {
+        Command::Flash { chip, model, address, force_address } => {
             let bytes = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
             let address = match address {
                 Some(a) => lepton::flash::parse_address(&a)?,
                 None => lepton::flash::DEFAULT_ADDRESS,
             };
-            lepton::flash::flash(&chip, address, &bytes)
+            lepton::flash::flash(&chip, address, &bytes, force_address)
         }
         Command::Report { model, json, bench } => {
             let blob = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
