@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{err, lepton, ok, root, s};
+use common::{both, err, lepton, ok, root, s};
 use lepton::data::{self, Part};
 
 /// The committed int8 model against the committed float model on the full test set.
@@ -74,6 +74,27 @@ fn small_training_run_quantizes_and_evaluates() {
         std::fs::read(file).unwrap()
     };
     assert!(onnx(&out, "resumed.onnx") == onnx(&straight, "straight.onnx"), "resumed and uninterrupted weights differ");
+
+    // A damaged newest checkpoint is named and skipped: training resumes from the one before.
+    let damaged = dir.path().join("damaged");
+    ok(lepton(&["train", "--epochs", "2", "--train-images", "3000", "--test-images", "500", "--out", s(&damaged)]));
+    let newest = damaged.join("checkpoints/epoch-002/model.bpk");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x08;
+    std::fs::write(&newest, &bytes).unwrap();
+    let (stdout, stderr) = both(lepton(&["train", "--epochs", "2", "--train-images", "3000", "--test-images", "500", "--out", s(&damaged), "--resume"]));
+    assert!(stderr.contains("epoch-002") && stderr.contains("does not match its checksum") && stderr.contains("resuming after epoch 1"), "{stdout}{stderr}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(damaged.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(losses(&m), losses(&metrics), "the resumed run retrains epoch 2 to the same model");
+    // Truncated too: no checkpoint left intact is an error that says what to do.
+    for epoch in ["epoch-001", "epoch-002"] {
+        let f = damaged.join("checkpoints").join(epoch).join("optimizer.bpk");
+        let len = std::fs::metadata(&f).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    }
+    let e = err(lepton(&["train", "--epochs", "3", "--train-images", "3000", "--test-images", "500", "--out", s(&damaged), "--resume"]));
+    assert!(e.contains("no intact checkpoint") && e.contains("delete that directory"), "{e}");
 
     let lpk = dir.path().join("int8.lpk");
     ok(lepton(&["quantize", "--float", s(&out), "--out", s(&lpk), "--calibration", "200"]));

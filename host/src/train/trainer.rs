@@ -53,15 +53,44 @@ fn epoch_dir(out: &Path, epoch: usize) -> PathBuf {
     out.join(CHECKPOINTS).join(format!("epoch-{epoch:03}"))
 }
 
-/// The newest complete checkpoint (its `state.json` is written last), if any.
+/// The files of a checkpoint whose SHA-256 `checksums.json` records (written before
+/// `state.json`, which marks the checkpoint complete).
+const CHECKSUMMED: [&str; 2] = [MODEL_FILE, "optimizer.bpk"];
+
+/// The newest intact checkpoint, if any. A damaged one (a file that does not match its checksum,
+/// a missing file, an unreadable state) is reported and skipped for the one before it.
 fn last_checkpoint(out: &Path) -> Result<Option<(PathBuf, TrainState)>> {
     let Ok(entries) = fs::read_dir(out.join(CHECKPOINTS)) else { return Ok(None) };
     let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("state.json").is_file()).collect();
     dirs.sort();
-    let Some(dir) = dirs.pop() else { return Ok(None) };
+    let mut damaged = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        match check_checkpoint(&dir) {
+            Ok(state) => return Ok(Some((dir, state))),
+            Err(e) => {
+                eprintln!("warning: checkpoint {} is damaged ({e:#}); trying the one before it", dir.display());
+                damaged.push(dir.display().to_string());
+            }
+        }
+    }
+    if damaged.is_empty() {
+        return Ok(None);
+    }
+    bail!("no intact checkpoint in {}: {} damaged; delete that directory to train from scratch", out.join(CHECKPOINTS).display(), damaged.join(", "))
+}
+
+/// The state of the checkpoint in `dir`, after checking every file against `checksums.json`.
+fn check_checkpoint(dir: &Path) -> Result<TrainState> {
+    let sums: std::collections::BTreeMap<String, String> = serde_json::from_slice(&fs::read(dir.join("checksums.json")).context("no checksums.json")?).context("checksums.json is corrupt")?;
+    for name in CHECKSUMMED {
+        let bytes = fs::read(dir.join(name)).with_context(|| format!("{name} is missing"))?;
+        let expected = sums.get(name).with_context(|| format!("checksums.json lists no {name}"))?;
+        if lepton_core::data::sha256_hex(&bytes) != *expected {
+            bail!("{} does not match its checksum", dir.join(name).display());
+        }
+    }
     let text = fs::read_to_string(dir.join("state.json"))?;
-    let state: TrainState = serde_json::from_str(&text).with_context(|| format!("{}/state.json is corrupt: delete that checkpoint to resume from the one before", dir.display()))?;
-    Ok(Some((dir, state)))
+    serde_json::from_str(&text).context("state.json is corrupt")
 }
 
 /// Train (or resume) into `out`. Returns the final state.
@@ -166,6 +195,12 @@ fn save_checkpoint(out: &Path, epoch: usize, model: &Cnn, optim: &ModuleOptimize
     fs::create_dir_all(&dir)?;
     model.clone().save_file(dir.join(MODEL_FILE)).map_err(|e| anyhow::anyhow!("{e:?}")).context("saving the model checkpoint")?;
     optim.save(dir.join("optimizer.bpk")).map_err(|e| anyhow::anyhow!("{e:?}")).context("saving the optimizer checkpoint")?;
+    let mut sums = std::collections::BTreeMap::new();
+    for name in CHECKSUMMED {
+        let bytes = fs::read(dir.join(name)).with_context(|| format!("reading back {}", dir.join(name).display()))?;
+        sums.insert(name, lepton_core::data::sha256_hex(&bytes));
+    }
+    crate::write_atomically(&dir.join("checksums.json"), serde_json::to_string_pretty(&sums)?.as_bytes())?;
     // state.json last: its presence marks the checkpoint complete.
     crate::write_atomically(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     // Keep the two newest checkpoints.

@@ -27,3 +27,9 @@ pub fn err(out: Output) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// The command's stdout and stderr, after asserting it succeeded.
+pub fn both(out: Output) -> (String, String) {
+    assert!(out.status.success(), "lepton failed: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
