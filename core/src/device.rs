@@ -106,34 +106,64 @@ pub fn symbol_bytes(elf: &[u8], filter: impl Fn(&str) -> bool) -> Result<u64> {
 /// (tail call) whose target is the start of another function. This is the code an inference
 /// can execute, as linked: kernels inlined into the root count once, out-of-line ones once each.
 pub fn reachable_code_bytes(elf: &[u8], root: &str) -> Result<u64> {
+    Ok(call_graph(elf, &[root])?.iter().map(|f| f.size).sum())
+}
+
+/// A function of the firmware reached by [`call_graph`], with the function that first called it.
+#[derive(Clone, Debug)]
+pub struct Reached {
+    pub name: String,
+    pub size: u64,
+    pub caller: Option<String>,
+}
+
+/// The functions reachable from the functions whose names contain one of `roots`.
+pub fn call_graph(elf: &[u8], roots: &[&str]) -> Result<Vec<Reached>> {
+    Ok(call_graph_and_sites(elf, roots)?.0)
+}
+
+/// A call instruction: at `site`, in function `caller`, to function `callee`.
+#[derive(Clone, Debug)]
+pub struct CallSite {
+    pub caller: String,
+    pub callee: String,
+    pub site: u64,
+}
+
+fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec<CallSite>)> {
     let file = object::File::parse(elf).context("firmware is not an ELF file")?;
-    let mut functions: Vec<(u64, u64)> = file
+    let mut functions: Vec<(u64, u64, String)> = file
         .symbols()
         .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
-        .map(|s| (s.address() & !1, s.size()))
+        .map(|s| (s.address() & !1, s.size(), s.name().unwrap_or("?").to_string()))
         .collect();
-    functions.sort_unstable();
-    functions.dedup();
-    let start = file
-        .symbols()
-        .find(|s| s.kind() == object::SymbolKind::Text && s.name().is_ok_and(|n| n.contains(root)))
-        .with_context(|| format!("no function named like {root} in the firmware"))?
-        .address()
-        & !1;
+    functions.sort_unstable_by_key(|f| f.0);
+    functions.dedup_by_key(|f| f.0);
+    let mut todo = Vec::new();
+    for root in roots {
+        let start = file
+            .symbols()
+            .find(|s| s.kind() == object::SymbolKind::Text && s.name().is_ok_and(|n| n.contains(root)))
+            .with_context(|| format!("no function named like {root} in the firmware"))?
+            .address()
+            & !1;
+        todo.push((start, None));
+    }
     let text = |addr: u64, len: u64| -> Option<&[u8]> {
         file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size()).and_then(|s| s.data().ok()).map(|d| {
             let at = (addr - file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size()).map_or(0, |s| s.address())) as usize;
             &d[at..at + len as usize]
         })
     };
-    let mut seen = std::collections::BTreeSet::new();
-    let mut todo = vec![start];
-    while let Some(addr) = todo.pop() {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut edges = Vec::new();
+    while let Some((addr, caller)) = todo.pop() {
         let Ok(i) = functions.binary_search_by_key(&addr, |f| f.0) else { continue };
-        if !seen.insert(addr) {
+        if seen.contains_key(&addr) {
             continue;
         }
-        let (_, size) = functions[i];
+        seen.insert(addr, caller);
+        let size = functions[i].1;
         let Some(code) = text(addr, size) else { continue };
         let halfword = |k: usize| u16::from_le_bytes([code[k], code[k + 1]]);
         let mut k = 0;
@@ -153,12 +183,78 @@ pub fn reachable_code_bytes(elf: &[u8], root: &str) -> Result<u64> {
                 let imm = (s << 24) | (i1 << 23) | (i2 << 22) | (((hw1 & 0x3FF) as i64) << 12) | (((hw2 & 0x7FF) as i64) << 1);
                 let offset = (imm << 39) >> 39; // sign-extend 25 bits
                 let target = ((addr + k as u64 + 4) as i64 + offset) as u64 & !1;
-                todo.push(target);
+                todo.push((target, Some(i)));
+                edges.push((i, addr + k as u64, target));
             }
             k += 4;
         }
     }
-    Ok(functions.iter().filter(|f| seen.contains(&f.0)).map(|f| f.1).sum())
+    let name = |i: usize| functions[i].2.clone();
+    let reached = functions
+        .iter()
+        .filter_map(|f| seen.get(&f.0).map(|caller| Reached { name: f.2.clone(), size: f.1, caller: caller.map(name) }))
+        .collect();
+    let sites = edges
+        .into_iter()
+        .filter_map(|(i, site, target)| {
+            let j = functions.binary_search_by_key(&target, |f| f.0).ok()?;
+            Some(CallSite { caller: name(i), callee: name(j), site })
+        })
+        .collect();
+    Ok((reached, sites))
+}
+
+/// Every call from the firmware's own code into a panic entry point (`core::panicking`, failed
+/// slice indexing, the panic handler) that the functions named by `roots` can reach: each as
+/// "caller -> panic at address", the address of the call for `addr2line`.
+pub fn reachable_panics(elf: &[u8], roots: &[&str]) -> Result<Vec<CallSite>> {
+    let (_, sites) = call_graph_and_sites(elf, roots)?;
+    let is_panic = |n: &str| n.contains("panicking") || n.contains("rust_begin_unwind") || n.contains("slice5index") || n.contains("panic_bounds_check");
+    let mut out: Vec<CallSite> = sites
+        .into_iter()
+        .filter(|c| is_panic(&c.callee) && !is_panic(&c.caller))
+        .map(|c| CallSite { caller: demangle(&c.caller), callee: demangle(&c.callee), site: c.site })
+        .collect();
+    out.sort_by_key(|c| c.site);
+    out.dedup_by_key(|c| c.site);
+    Ok(out)
+}
+
+/// A Rust (legacy-mangled) symbol without its hash, readable enough for a report.
+fn demangle(name: &str) -> String {
+    if name.starts_with("_R") {
+        // v0 mangling (the standard library's): its last identifiers are enough here.
+        let mut idents = Vec::new();
+        let b = name.as_bytes();
+        let mut i = 2;
+        while i < b.len() {
+            if b[i].is_ascii_digit() {
+                let j = (i..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
+                let len: usize = name[i..j].parse().unwrap_or(0);
+                let start = if name.as_bytes().get(j) == Some(&b'_') { j + 1 } else { j };
+                if let Some(id) = name.get(start..start + len) {
+                    idents.push(id.to_string());
+                }
+                i = start + len;
+            } else {
+                i += 1;
+            }
+        }
+        let keep = idents.len().saturating_sub(2);
+        return idents[keep..].join("::");
+    }
+    let Some(rest) = name.strip_prefix("_ZN") else { return name.to_string() };
+    let mut parts = Vec::new();
+    let mut s = rest;
+    while let Some(end) = s.find(|c: char| !c.is_ascii_digit()) {
+        let Ok(len) = s[..end].parse::<usize>() else { break };
+        let Some(part) = s.get(end..end + len) else { break };
+        if !(part.len() == 17 && part.starts_with('h')) {
+            parts.push(part.replace("$LT$", "<").replace("$GT$", ">").replace("$u20$", " ").replace("..", "::"));
+        }
+        s = &s[end + len..];
+    }
+    parts.join("::")
 }
 
 /// Run `elf` on QEMU with `model` in the model partition over `inputs` (the model's int8

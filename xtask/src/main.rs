@@ -20,6 +20,9 @@ mod inputs;
 mod preflight;
 mod qemu;
 
+/// The firmware's functions that parse, plan and run a model (see `firmware/src/main.rs`).
+pub const INFERENCE_ROOTS: [&str; 3] = ["lepton_firmware5parse", "lepton_firmware10plan_model", "lepton_firmware5infer"];
+
 /// The committed quantized MNIST model.
 pub const DEFAULT_MODEL: &str = "models/mnist-cnn/int8.lpk";
 
@@ -83,6 +86,9 @@ enum Cmd {
         #[arg(long)]
         embedded: bool,
     },
+    /// List every panic the firmware's inference call graph (model parse, planning, every kernel)
+    /// can reach, with the callers that reach it; fails if there is any.
+    NoPanic,
     /// Run every test: host, cross-crate (TFLM bit-exactness, MNIST) and QEMU end to end.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
@@ -108,6 +114,20 @@ fn run(cli: Cli) -> Result<()> {
             bench::bench(&root().join(model), inputs.as_deref(), images, &elf, json).map(|_| ())
         }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
+        Cmd::NoPanic => {
+            let elf = firmware::build(&[])?;
+            let bytes = std::fs::read(&elf)?;
+            let panics = lepton_core::device::reachable_panics(&bytes, &INFERENCE_ROOTS)?;
+            for p in &panics {
+                // Where the call is in the source, inlined frames included (llvm-addr2line, if installed).
+                let at = std::process::Command::new("llvm-addr2line").args(["-i", "-f", "-C", "-p", "-e"]).arg(&elf).arg(format!("{:#x}", p.site)).output();
+                let at = at.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', "\n    ")).unwrap_or_default();
+                println!("{:#010x} {} -> {}\n    {at}", p.site, p.caller, p.callee);
+            }
+            anyhow::ensure!(panics.is_empty(), "{} panic entry points reachable from {}", panics.len(), INFERENCE_ROOTS.join(", "));
+            println!("no panic reachable from {}", INFERENCE_ROOTS.join(", "));
+            Ok(())
+        }
         Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded } => {
             preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);
