@@ -34,6 +34,13 @@ pub fn run_int8(blob: &[u8], split: &Split) -> Result<Int8Run> {
 pub fn run_int8_with(blob: &[u8], split: &Split, optimized: bool) -> Result<Int8Run> {
     let model = parse_model(blob, "model")?;
     let inputs = quantize_images(&model, split)?;
+    let classes = model.tensor(model.logits_tensor()).shape.len().map_err(|e| anyhow!("{e}"))?;
+    if classes != crate::data::CLASSES {
+        bail!(
+            "the model has {classes} outputs; the data set has {} classes, so accuracy means nothing: run it on its own inputs with `lepton run`",
+            crate::data::CLASSES
+        );
+    }
     let logits = run_inputs(blob, &inputs, optimized)?.logits;
     let predictions = logits.iter().map(|l| lepton_nn::kernels::argmax_s8(l).unwrap_or(0) as u8).collect();
     Ok(Int8Run { logits, predictions })
@@ -160,4 +167,25 @@ pub fn argmax(v: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lpk::{QModel, QNode, QOp, QParams, QTensor};
+    use lepton_nn::Shape;
+
+    #[test]
+    fn a_model_with_another_class_count_is_refused() {
+        let image = QParams { scale: 1.0 / 255.0, zero_point: -128 };
+        let model = QModel {
+            tensors: vec![QTensor { shape: Shape { h: 28, w: 28, c: 1 }, q: image }, QTensor { shape: Shape { h: 1, w: 1, c: 1 }, q: image }],
+            nodes: vec![QNode { op: QOp::Mean, inputs: vec![0], output: 1 }],
+            input: 0,
+            output: 1,
+        };
+        let split = crate::data::Split { images: vec![0; 784], labels: vec![3], rows: 28, cols: 28 };
+        let e = run_int8(&model.to_lpk().unwrap(), &split).unwrap_err();
+        assert!(e.to_string().contains("the model has 1 outputs; the data set has 10 classes"), "{e}");
+    }
 }

@@ -184,7 +184,11 @@ fn run(cli: Cli) -> Result<()> {
             let dir = data::ensure(dir.as_deref())?;
             // The same checks as every loader: both parts, in full.
             for part in [Part::Train, Part::Test] {
-                data::load(&dir, part)?;
+                let split = data::load(&dir, part)?;
+                eprintln!("{part:?}: {} images of {}, {} classes", split.len(), split.shape_name(), data::CLASSES);
+                if part == Part::Train && (split.rows, split.cols) != (data::ROWS, data::COLS) {
+                    eprintln!("note: `lepton train` (the seed CNN) needs {}x{} images; models imported for {} inputs can use this set", data::ROWS, data::COLS, split.shape_name());
+                }
             }
             println!("{}", dir.display());
             Ok(())
