@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lepton_core::device::{qemu_args, qemu_binary};
+use lepton_core::device::{qemu_binary, qemu_command};
 use lepton_nn::format::crc32;
 use lepton_nn::protocol::Exit;
 
@@ -75,16 +75,8 @@ fn corruptions(model: &[u8]) -> Vec<(Kind, String, Vec<u8>)> {
 
 /// The firmware's exit code on `model` (None: killed after [`HANG`]).
 fn run_firmware(qemu: &Path, elf: &Path, model: &Path, input: &Path, results: &Path) -> Option<i32> {
-    let status = Command::new("timeout")
-        .arg("--signal=KILL")
-        .arg(HANG.as_secs().to_string())
-        .arg(qemu)
-        .args(qemu_args(elf, Some(model)))
-        .arg("-append")
-        .arg(format!("{} {}", input.display(), results.display()))
-        .output()
-        .expect("QEMU starts");
-    status.status.code().filter(|&c| c != 137)
+    let out = qemu_command(qemu, elf, Some(model), input, results, HANG).output().expect("QEMU starts");
+    out.status.code().filter(|&c| c != 137)
 }
 
 fn firmware_elf(root: &Path) -> PathBuf {

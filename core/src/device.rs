@@ -102,22 +102,22 @@ pub fn symbol_bytes(elf: &[u8], filter: impl Fn(&str) -> bool) -> Result<u64> {
 }
 
 /// Bytes of the functions reachable from the function whose symbol name contains `root`
-/// (itself included): a walk of the call graph through every Thumb-2 `BL`, `BLX` and `B.W`
-/// (tail call) whose target is the start of another function. This is the code an inference
-/// can execute, as linked: kernels inlined into the root count once, out-of-line ones once each.
+/// (itself included): see [`call_graph`]. This is the code an inference can execute, as
+/// linked: kernels inlined into the root count once, out-of-line ones once each.
 pub fn reachable_code_bytes(elf: &[u8], root: &str) -> Result<u64> {
     Ok(call_graph(elf, &[root])?.iter().map(|f| f.size).sum())
 }
 
-/// A function of the firmware reached by [`call_graph`], with the function that first called it.
+/// A function of the firmware reached by [`call_graph`].
 #[derive(Clone, Debug)]
 pub struct Reached {
     pub name: String,
     pub size: u64,
-    pub caller: Option<String>,
 }
 
-/// The functions reachable from the functions whose names contain one of `roots`.
+/// The functions reachable from the functions whose names contain one of `roots` (those
+/// included): a walk of the call graph through every Thumb-2 `BL`, `BLX` and `B.W` (tail call)
+/// whose target is the start of another function.
 pub fn call_graph(elf: &[u8], roots: &[&str]) -> Result<Vec<Reached>> {
     Ok(call_graph_and_sites(elf, roots)?.0)
 }
@@ -147,22 +147,20 @@ fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec
             .with_context(|| format!("no function named like {root} in the firmware"))?
             .address()
             & !1;
-        todo.push((start, None));
+        todo.push(start);
     }
     let text = |addr: u64, len: u64| -> Option<&[u8]> {
-        file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size()).and_then(|s| s.data().ok()).map(|d| {
-            let at = (addr - file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size()).map_or(0, |s| s.address())) as usize;
-            &d[at..at + len as usize]
-        })
+        let section = file.sections().find(|s| s.address() <= addr && addr + len <= s.address() + s.size())?;
+        let at = (addr - section.address()) as usize;
+        section.data().ok()?.get(at..at + len as usize)
     };
-    let mut seen = std::collections::BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut edges = Vec::new();
-    while let Some((addr, caller)) = todo.pop() {
+    while let Some(addr) = todo.pop() {
         let Ok(i) = functions.binary_search_by_key(&addr, |f| f.0) else { continue };
-        if seen.contains_key(&addr) {
+        if !seen.insert(addr) {
             continue;
         }
-        seen.insert(addr, caller);
         let size = functions[i].1;
         let Some(code) = text(addr, size) else { continue };
         let halfword = |k: usize| u16::from_le_bytes([code[k], code[k + 1]]);
@@ -183,17 +181,14 @@ fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec
                 let imm = (s << 24) | (i1 << 23) | (i2 << 22) | (((hw1 & 0x3FF) as i64) << 12) | (((hw2 & 0x7FF) as i64) << 1);
                 let offset = (imm << 39) >> 39; // sign-extend 25 bits
                 let target = ((addr + k as u64 + 4) as i64 + offset) as u64 & !1;
-                todo.push((target, Some(i)));
+                todo.push(target);
                 edges.push((i, addr + k as u64, target));
             }
             k += 4;
         }
     }
     let name = |i: usize| functions[i].2.clone();
-    let reached = functions
-        .iter()
-        .filter_map(|f| seen.get(&f.0).map(|caller| Reached { name: f.2.clone(), size: f.1, caller: caller.map(name) }))
-        .collect();
+    let reached = functions.iter().filter(|f| seen.contains(&f.0)).map(|f| Reached { name: f.2.clone(), size: f.1 }).collect();
     let sites = edges
         .into_iter()
         .filter_map(|(i, site, target)| {
@@ -231,7 +226,7 @@ fn demangle(name: &str) -> String {
             if b[i].is_ascii_digit() {
                 let j = (i..b.len()).find(|&j| !b[j].is_ascii_digit()).unwrap_or(b.len());
                 let len: usize = name[i..j].parse().unwrap_or(0);
-                let start = if name.as_bytes().get(j) == Some(&b'_') { j + 1 } else { j };
+                let start = if b.get(j) == Some(&b'_') { j + 1 } else { j };
                 if let Some(id) = name.get(start..start + len) {
                     idents.push(id.to_string());
                 }
@@ -330,11 +325,7 @@ fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_l
     std::fs::write(&inputs_path, inputs)?;
     // Generous: ~20 s per 1,000 MNIST images at the reference kernels' speed.
     let timeout = Duration::from_secs(120 + (inputs.len() / input_len) as u64 / 25);
-    let mut cmd = Command::new("timeout");
-    cmd.arg("--signal=KILL").arg(timeout.as_secs().to_string()).arg(qemu);
-    cmd.args(qemu_args(elf, model));
-    cmd.arg("-append").arg(format!("{} {}", inputs_path.display(), results_path.display()));
-    let out = cmd.output().with_context(|| format!("starting {}", qemu.display()))?;
+    let out = qemu_command(qemu, elf, model, &inputs_path, &results_path, timeout).output().with_context(|| format!("starting {}", qemu.display()))?;
     let code = out.status.code().unwrap_or(-1);
     if code != 0 {
         let log = decode_log(elf, &out.stdout).unwrap_or_else(|e| format!("(log not decodable: {e})"));
@@ -343,6 +334,16 @@ fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_l
         return Err(FirmwareExit { code, log }.into());
     }
     parse_results(&std::fs::read(&results_path).context("firmware wrote no results file")?)
+}
+
+/// QEMU running `elf` on the default board (see [`qemu_args`]) over the inputs file, writing the
+/// results file, killed after `timeout` (exit status 137).
+pub fn qemu_command(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &Path, results: &Path, timeout: Duration) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("--signal=KILL").arg(timeout.as_secs().to_string()).arg(qemu);
+    cmd.args(qemu_args(elf, model));
+    cmd.arg("-append").arg(format!("{} {}", inputs.display(), results.display()));
+    cmd
 }
 
 /// QEMU's arguments for the default board, the model in the partition, `-icount shift=0`.

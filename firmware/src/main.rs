@@ -189,8 +189,8 @@ fn plan_model(model: Model<'static>, plan: &'static mut Plan<'static>) -> Result
     Engine::new(model, plan)
 }
 
-/// One inference. Kept out of line so the inference code (everything `lepton-nn` inlines into
-/// it) is one symbol whose size `cargo xtask bench` reports.
+/// One inference. Kept out of line: the root of the call graph whose code `cargo xtask bench`
+/// measures (everything reachable from here).
 #[inline(never)]
 fn infer<'a>(engine: &Engine, arena: &'a mut [u8], timer: &mut StepTimer) -> Result<lepton_nn::Inference<'a>, lepton_nn::Error> {
     engine.run_in_place(arena, timer)
@@ -203,8 +203,9 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     link::finish(Exit::Panic)
 }
 
-/// The proof that no panic is reachable (`cargo xtask no-panic`): this handler calls a symbol
-/// that exists nowhere, so the link fails while any path to a panic remains in the firmware.
+/// The link-time proof that no panic is reachable (feature `no-panic`): this handler calls a
+/// symbol that exists nowhere, so the link fails while any path to a panic remains anywhere in
+/// the firmware. `cargo xtask no-panic` lists those on the inference path.
 #[cfg(feature = "no-panic")]
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

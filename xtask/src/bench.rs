@@ -51,9 +51,10 @@ pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, a
     // engine's run loop and every kernel of every op, used by this model or not), as CMSIS-NN's
     // figure counts its whole kernel library. Model loading and planning (parsing, validation,
     // the memory plan: `Model::parse`, `Engine::new`) run once at boot and are reported apart.
-    let code_bytes = lepton_core::device::reachable_code_bytes(&elf_bytes, "lepton_firmware5infer")?;
+    let inference = lepton_core::device::call_graph(&elf_bytes, &["lepton_firmware5infer"])?;
+    let code_bytes: u64 = inference.iter().map(|f| f.size).sum();
     // Parse and plan, apart from what they share with the inference.
-    let inference: std::collections::BTreeSet<String> = lepton_core::device::call_graph(&elf_bytes, &["lepton_firmware5infer"])?.into_iter().map(|f| f.name).collect();
+    let inference: std::collections::BTreeSet<String> = inference.into_iter().map(|f| f.name).collect();
     let loader_bytes: u64 = lepton_core::device::call_graph(&elf_bytes, &crate::INFERENCE_ROOTS[..2])?.iter().filter(|f| !inference.contains(&f.name)).map(|f| f.size).sum();
     let mut report = json!({
         "model": model_path.display().to_string(),

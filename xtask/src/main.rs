@@ -124,7 +124,7 @@ fn run(cli: Cli) -> Result<()> {
                 let at = at.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', "\n    ")).unwrap_or_default();
                 println!("{:#010x} {} -> {}\n    {at}", p.site, p.caller, p.callee);
             }
-            anyhow::ensure!(panics.is_empty(), "{} panic entry points reachable from {}", panics.len(), INFERENCE_ROOTS.join(", "));
+            anyhow::ensure!(panics.is_empty(), "{} calls into panic entry points reachable from {}", panics.len(), INFERENCE_ROOTS.join(", "));
             println!("no panic reachable from {}", INFERENCE_ROOTS.join(", "));
             Ok(())
         }

@@ -120,14 +120,9 @@ fn volume(dims: &[usize]) -> usize {
 
 /// Read, bind, simplify: the ONNX file as tract's decluttered typed graph.
 fn typed_model(bytes: &[u8], dims: &[usize]) -> Result<TypedModel> {
-    let model = tract_onnx::onnx()
-        .with_ignore_value_info(true)
-        .model_for_read(&mut &bytes[..])
-        .map_err(|e| anyhow!("{e:?}"))
-        .context("reading the ONNX graph with tract-onnx")?;
-    model
-        .with_input_fact(0, f32::fact(dims).into())
-        .and_then(|m| m.into_typed())
+    crate::onnx::read_bound(bytes, dims)
+        .context("reading the ONNX graph with tract-onnx")?
+        .into_typed()
         .and_then(|m| m.into_decluttered())
         .map_err(|e| anyhow!("{e:?}"))
         .context("analysing the ONNX graph with tract (batch bound to 1)")
@@ -148,9 +143,9 @@ fn check_graph(bytes: &[u8]) -> Result<Vec<usize>> {
             );
         }
     }
-    let (_, dims) = crate::onnx::graph_input(graph)?;
+    let dims = crate::onnx::bound_input_dims(graph)?;
     ensure!(!dims.is_empty(), "the ONNX input has no shape");
-    Ok(dims.iter().map(|&d| if d > 0 { d as usize } else { 1 }).collect())
+    Ok(dims)
 }
 
 /// The node of `outlet`'s name (for messages).

@@ -22,6 +22,20 @@ pub fn graph_input(graph: &GraphProto) -> Result<(&ValueInfoProto, Vec<i64>)> {
     Ok((input, dims))
 }
 
+/// The graph input's dimensions with the symbolic ones (the batch) bound to 1: the device runs
+/// batch 1.
+pub fn bound_input_dims(graph: &GraphProto) -> Result<Vec<usize>> {
+    let (_, dims) = graph_input(graph)?;
+    Ok(dims.iter().map(|&d| if d > 0 { d as usize } else { 1 }).collect())
+}
+
+/// tract's reading of an ONNX file, its input fixed to `dims`; value_info, which names the
+/// symbolic batch (and would clash with the bound one), is ignored.
+pub fn read_bound(bytes: &[u8], dims: &[usize]) -> Result<InferenceModel> {
+    let model = tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(|e| anyhow!("{e:?}"))?;
+    model.with_input_fact(0, f32::fact(dims).into()).map_err(|e| anyhow!("{e:?}"))
+}
+
 /// An ONNX model loaded and optimized by tract with its batch bound to 1, run one input at a
 /// time: raw inputs in the model's own layout ([`TractRunner::run_input`]) or 8-bit images
 /// scaled to [0, 1] ([`TractRunner::run`]).
@@ -40,30 +54,18 @@ impl TractRunner {
     /// [`TractRunner::load`] of a file already read (`path` names it in errors).
     pub fn from_bytes(bytes: &[u8], path: &Path, outputs: Option<&[&str]>) -> Result<Self> {
         let proto = ModelProto::decode(bytes).map_err(|e| anyhow!("{}: not an ONNX model: {e}", path.display()))?;
-        let (_, dims) = graph_input(proto.graph.as_ref().context("ONNX model has no graph")?)?;
-        // Symbolic dimensions (the batch) bound to 1; value_info, which names them, is ignored.
-        let shape: Vec<usize> = dims.iter().map(|&d| if d > 0 { d as usize } else { 1 }).collect();
-        let mut model = tract_onnx::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| anyhow!("{e:?}"))
-            .with_context(|| format!("loading {} with tract-onnx", path.display()))?;
+        let shape = bound_input_dims(proto.graph.as_ref().context("ONNX model has no graph")?)?;
+        let mut model = read_bound(bytes, &shape).with_context(|| format!("loading {} with tract-onnx", path.display()))?;
         if let Some(names) = outputs {
             let outlets = names.iter().map(|n| model.find_outlet_label(n).with_context(|| format!("tensor {n} not found by tract"))).collect::<Result<Vec<_>>>()?;
             model = model.with_output_outlets(&outlets).map_err(|e| anyhow!("{e:?}"))?;
         }
         let plan = model
-            .with_input_fact(0, f32::fact(&shape).into())
-            .and_then(|m| m.into_optimized())
+            .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(|e| anyhow!("{e:?}"))
             .with_context(|| format!("preparing {} with tract-onnx", path.display()))?;
         Ok(TractRunner { plan, shape })
-    }
-
-    /// The input's dimensions (batch 1).
-    pub fn input_dims(&self) -> &[usize] {
-        &self.shape
     }
 
     /// Every output of the model for one 8-bit image (a single-channel model's H x W pixels).

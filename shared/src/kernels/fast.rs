@@ -838,28 +838,26 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
         let q = io.pixel(k, oh * ow);
         let (oy, ox) = (q / ow, q % ow);
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
-        {
-            let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-            let mut n = 0;
-            for ky in ky0..ky1 {
-                for kx in kx0..kx1 {
-                    let pixel = (y0 + ky as isize) as usize * iw + (x0 + kx as isize) as usize;
-                    table[n] = (pixel * c) as u32;
-                    table[n + 1] = ((ky * kw + kx) * c) as u32;
-                    n += 2;
-                }
+        let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
+        let mut n = 0;
+        for ky in ky0..ky1 {
+            for kx in kx0..kx1 {
+                let pixel = (y0 + ky as isize) as usize * iw + (x0 + kx as isize) as usize;
+                table[n] = (pixel * c) as u32;
+                table[n + 1] = ((ky * kw + kx) * c) as u32;
+                n += 2;
             }
-            table[n] = u32::MAX;
-            for g in 0..c / 4 {
-                let input = io.input();
-                #[cfg(all(target_arch = "arm", feature = "dsp"))]
-                // SAFETY: the offsets address whole words of `input` and `weights` (shapes
-                // checked above), shifted by the group's 4g bytes, all in bounds.
-                let acc = depthwise_taps4(unsafe { input.as_ptr().add(4 * g) }, unsafe { p.weights.as_ptr().add(4 * g) }, table, zp_pair);
-                #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-                let acc = depthwise_taps4_portable(&input[4 * g..], &p.weights[4 * g..], table, zp_pair);
-                rq.group(acc, g, io.output((oy * ow + ox) * c, c));
-            }
+        }
+        table[n] = u32::MAX;
+        for g in 0..c / 4 {
+            let input = io.input();
+            #[cfg(all(target_arch = "arm", feature = "dsp"))]
+            // SAFETY: the offsets address whole words of `input` and `weights` (shapes
+            // checked above), shifted by the group's 4g bytes, all in bounds.
+            let acc = depthwise_taps4(unsafe { input.as_ptr().add(4 * g) }, unsafe { p.weights.as_ptr().add(4 * g) }, table, zp_pair);
+            #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+            let acc = depthwise_taps4_portable(&input[4 * g..], &p.weights[4 * g..], table, zp_pair);
+            rq.group(acc, g, io.output((oy * ow + ox) * c, c));
         }
     }
     Ok(())
