@@ -209,3 +209,58 @@ fn device_equals_host(models: &Path, vectors: &Path, name: &str, count: usize) {
     assert_eq!(r["mismatches"], 0, "{name}: {r}");
     assert_eq!(r["firmware_exit"], 0, "{name}: {r}");
 }
+
+/// The board firmware's own transport (USART1, feature `board-on-qemu`) under QEMU, its USART on
+/// a TCP socket that `cargo xtask qemu --link uart` drives: 1,000 MNIST test images, every
+/// logit equal to the host's.
+#[test]
+fn the_board_firmware_streams_a_thousand_images_over_its_uart_bit_exact() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "qemu", "--link", "uart", "--images", "1000", "--json"])
+        .output()
+        .expect("cargo xtask runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["link"], "uart", "{r}");
+    assert_eq!(r["images"], 1000, "{r}");
+    assert_eq!(r["mismatches"], 0, "{r}");
+    assert_eq!(r["firmware_exit"], 0, "{r}");
+    assert_eq!(r["accuracy"], r["host_accuracy"], "{r}");
+    assert!(
+        r["instructions_per_inference"]["min"].as_u64().unwrap() > 1_000_000,
+        "{r}"
+    );
+    assert_eq!(r["arena_bytes"], 9_315, "{r}");
+}
+
+/// A corrupt model on the board firmware: no hello, only the exit frame with BAD_MODEL, which
+/// the host reports in the JSON as the semihosting firmware's exit status is.
+#[test]
+fn the_board_firmware_reports_a_corrupt_model_over_its_uart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile_dir();
+    let mut model = std::fs::read(root.join("models/mnist-cnn/int8.lpk")).unwrap();
+    model[40] ^= 0x04;
+    let bad = dir.join("flipped_for_uart.lpk");
+    std::fs::write(&bad, &model).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["xtask", "qemu", "--link", "uart", "--images", "2", "--skip-host-check", "--json", "--model"])
+        .arg(&bad)
+        .output()
+        .expect("cargo xtask runs");
+    assert!(!out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["firmware_exit"], 3, "{r}");
+    assert_eq!(r["firmware_exit_meaning"], lepton_nn::protocol::Exit::BadModel.meaning(), "{r}");
+    assert_eq!(r["link"], "uart", "{r}");
+}

@@ -3,9 +3,11 @@
 //! int8 outputs, instruction counts) stream back in the frames of `lepton_nn::protocol`. With
 //! `-icount shift=0`, the firmware's TIM2 counts executed instructions exactly.
 
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lepton_nn::protocol::{self, Frame, StreamReader, Summary};
@@ -23,6 +25,20 @@ pub struct DeviceResult {
     pub instructions: u32,
     /// Instructions of each step of the plan, in plan order.
     pub per_step: Vec<u32>,
+}
+
+impl DeviceResult {
+    /// A result frame's contents (`None` for another frame) in a stream of `steps`-step plans.
+    pub fn from_frame(frame: &Frame, steps: usize) -> Option<DeviceResult> {
+        let Frame::Result { class, logits, outputs, instructions, per_step } = *frame else { return None };
+        Some(DeviceResult {
+            class,
+            logits: logits.to_vec(),
+            outputs: if outputs.is_empty() { logits.to_vec() } else { outputs.to_vec() },
+            instructions,
+            per_step: (0..steps).map(|i| protocol::step_counter(per_step, i)).collect(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -256,6 +272,21 @@ fn demangle(name: &str) -> String {
 /// input tensors, each `input_len` bytes), split across `jobs` parallel QEMU instances, showing inputs done. Results come back
 /// in input order. `model = None` for a firmware that embeds its model.
 pub fn run(elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jobs: usize) -> Result<DeviceRun> {
+    run_over(Link::Semihosting, elf, model, inputs, input_len, jobs)
+}
+
+/// How inputs reach the firmware under QEMU and results come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Host files over semihosting (the `qemu` firmware).
+    Semihosting,
+    /// USART1 on a TCP socket, driven by [`crate::uart`] (the `board` firmware, feature
+    /// `board-on-qemu`).
+    Uart,
+}
+
+/// [`run`] over either link.
+pub fn run_over(link: Link, elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jobs: usize) -> Result<DeviceRun> {
     ensure!(input_len > 0 && inputs.len().is_multiple_of(input_len), "inputs are not a whole number of {input_len}-byte inputs");
     let qemu = qemu_binary()?;
     let work = tempfile::tempdir()?;
@@ -277,6 +308,7 @@ pub fn run(elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jo
     let per_job = count.div_ceil(jobs);
     let dirs: Vec<PathBuf> = (0..jobs).map(|j| work.path().join(format!("job{j}"))).collect();
     let progress = crate::progress::Progress::new(count as u64, "device inputs");
+    let done: Vec<AtomicUsize> = (0..jobs).map(|_| AtomicUsize::new(0)).collect();
 
     let runs: Vec<Result<DeviceRun>> = std::thread::scope(|s| {
         let handles: Vec<_> = dirs
@@ -284,13 +316,18 @@ pub fn run(elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jo
             .enumerate()
             .map(|(j, dir)| {
                 let chunk = &inputs[(j * per_job * input_len).min(inputs.len())..((j + 1) * per_job * input_len).min(inputs.len())];
-                let (qemu, model_path) = (&qemu, model_path.as_deref());
-                s.spawn(move || run_one(qemu, elf, model_path, chunk, input_len, dir))
+                let (qemu, model_path, done) = (&qemu, model_path.as_deref(), &done[j]);
+                s.spawn(move || match link {
+                    Link::Semihosting => run_one(qemu, elf, model_path, chunk, input_len, dir),
+                    Link::Uart => run_one_uart(qemu, elf, model_path, chunk, input_len, done),
+                })
             })
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(200));
-            progress.set(dirs.iter().map(|d| results_so_far(&d.join("results.bin"))).sum::<usize>() as u64);
+            let over_files: usize = dirs.iter().map(|d| results_so_far(&d.join("results.bin"))).sum();
+            let over_uart: usize = done.iter().map(|d| d.load(Ordering::Relaxed)).sum();
+            progress.set((over_files + over_uart) as u64);
         }
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| bail!("QEMU thread panicked"))).collect()
     });
@@ -336,6 +373,64 @@ fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_l
     parse_results(&std::fs::read(&results_path).context("firmware wrote no results file")?)
 }
 
+/// The board firmware under QEMU with USART1 on a TCP connection to this process, driven by
+/// [`crate::uart::run_session`]; `done` counts the results received.
+fn run_one_uart(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_len: usize, done: &AtomicUsize) -> Result<DeviceRun> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("opening a local TCP port for QEMU's USART1")?;
+    let serial = format!("tcp:{}", listener.local_addr()?);
+    let mut qemu = Command::new(qemu)
+        .args(qemu_args_on(elf, model, &serial))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", qemu.display()))?;
+    let session = accept_qemu(&listener, &mut qemu).and_then(|mut stream| {
+        stream.set_read_timeout(Some(UART_FRAME_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        crate::uart::run_session(&mut stream, inputs, input_len, || {
+            done.fetch_add(1, Ordering::Relaxed);
+        })
+    });
+    // The board firmware halts (it has no exit status): stop QEMU either way.
+    let _ = qemu.kill();
+    let output = qemu.wait_with_output()?;
+    session.map_err(|e| match e.downcast::<FirmwareExit>() {
+        Ok(mut exit) => {
+            exit.log.push_str(&String::from_utf8_lossy(&output.stderr));
+            exit.into()
+        }
+        Err(e) => e.context(format!("QEMU: {}", String::from_utf8_lossy(&output.stderr).trim())),
+    })
+}
+
+/// How long the host waits for any one frame over the UART link.
+const UART_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// QEMU's connection to `listener`, or why it did not come.
+fn accept_qemu(listener: &TcpListener, qemu: &mut Child) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(status) = qemu.try_wait()? {
+                    bail!("QEMU exited ({status}) before it connected its USART");
+                }
+                if Instant::now() > deadline {
+                    bail!("QEMU did not connect its USART within 30 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// QEMU running `elf` on the default board (see [`qemu_args`]) over the inputs file, writing the
 /// results file, killed after `timeout` (exit status 137).
 pub fn qemu_command(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &Path, results: &Path, timeout: Duration) -> Command {
@@ -348,7 +443,12 @@ pub fn qemu_command(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &Path
 
 /// QEMU's arguments for the default board, the model in the partition, `-icount shift=0`.
 pub fn qemu_args(elf: &Path, model: Option<&Path>) -> Vec<String> {
-    let mut args: Vec<String> = ["-M", "netduinoplus2", "-nographic", "-monitor", "none", "-serial", "none"].map(String::from).to_vec();
+    qemu_args_on(elf, model, "none")
+}
+
+/// [`qemu_args`] with USART1 on the QEMU character device `serial` (e.g. `tcp:127.0.0.1:4444`).
+pub fn qemu_args_on(elf: &Path, model: Option<&Path>, serial: &str) -> Vec<String> {
+    let mut args: Vec<String> = ["-M", "netduinoplus2", "-nographic", "-monitor", "none", "-serial", serial].map(String::from).to_vec();
     args.extend(["-semihosting-config", "enable=on,target=native", "-icount", "shift=0"].map(String::from));
     if let Some(model) = model {
         args.push("-device".into());
@@ -379,13 +479,7 @@ pub fn parse_results(bytes: &[u8]) -> Result<DeviceRun> {
     let mut run = DeviceRun::default();
     loop {
         match reader.next_frame().map_err(|e| anyhow::anyhow!("{e}"))? {
-            Some(Frame::Result { class, logits, outputs, instructions, per_step }) => run.results.push(DeviceResult {
-                class,
-                logits: logits.to_vec(),
-                outputs: if outputs.is_empty() { logits.to_vec() } else { outputs.to_vec() },
-                instructions,
-                per_step: (0..steps).map(|i| protocol::step_counter(per_step, i)).collect(),
-            }),
+            Some(frame @ Frame::Result { .. }) => run.results.extend(DeviceResult::from_frame(&frame, steps)),
             Some(Frame::Summary(Summary { stack_peak_bytes, arena_bytes, model_bytes })) => {
                 (run.stack_peak_bytes, run.arena_bytes, run.model_bytes) = (stack_peak_bytes, arena_bytes, model_bytes);
                 return Ok(run);

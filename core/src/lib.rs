@@ -14,3 +14,4 @@ pub mod lpk;
 pub mod npy;
 pub mod progress;
 pub mod report;
+pub mod uart;

@@ -23,7 +23,7 @@ mod link_board;
 mod link_qemu;
 
 use cortex_m_rt::{entry, exception, ExceptionFrame};
-use lepton_nn::protocol::{Exit, Hello, ResultFrame, Summary, PROTOCOL_VERSION};
+use lepton_nn::protocol::{Exit, Hello, ResultFrame, Summary, MAX_LOGITS, PROTOCOL_VERSION};
 use lepton_nn::format::MAX_OPS;
 use lepton_nn::{Engine, Model, Plan, StepHook, StepSpan};
 use stm32f4xx_hal as _; // device interrupt vectors
@@ -117,11 +117,16 @@ fn run() -> Exit {
     }
     defmt::info!("model ok: {} ops in {} steps, {} bytes, arena {} bytes", model.op_count(), engine.step_count(), model.byte_len(), engine.arena_bytes());
     let separate_output = model.output_tensor() != model.logits_tensor();
+    if engine.logits_len() > MAX_LOGITS || engine.output_len() > MAX_LOGITS {
+        defmt::error!("model has {} logits and {} outputs; a result frame carries at most {}", engine.logits_len(), engine.output_len(), MAX_LOGITS);
+        return Exit::ArenaTooSmall;
+    }
     let hello = Hello {
         version: PROTOCOL_VERSION,
         steps: engine.step_count() as u16,
         logits: engine.logits_len() as u16,
         outputs: if separate_output { engine.output_len() as u16 } else { 0 },
+        input_bytes: engine.input_range().len() as u32,
     };
     let mut link = match link::Link::open(&hello) {
         Ok(l) => l,

@@ -8,8 +8,9 @@
 //! One module per stage of the pipeline: [`data`] → [`train`] → [`quantize`] or [`import`] →
 //! [`lpk`] (write) → [`eval`] → [`report`] → [`device`] (QEMU) or [`flash`] (a board).
 
-pub use lepton_core::{data, device, eval, files, lpk, npy, progress, report};
+pub use lepton_core::{data, device, eval, files, lpk, npy, progress, report, uart};
 
+pub mod board_link;
 pub mod flash;
 pub mod float_net;
 pub mod float_reference;

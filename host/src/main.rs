@@ -133,6 +133,14 @@ enum Command {
         /// Use the reference kernels (the oracle) instead of the optimized ones (the same bits).
         #[arg(long)]
         reference: bool,
+        /// Run on a board over its UART link instead: a serial port (`/dev/ttyUSB0`, `COM3`) or
+        /// `HOST:PORT` for QEMU (`-serial tcp::PORT,server=on`). The board must run the Lepton
+        /// board firmware with this model flashed; every output is checked against the host's.
+        #[arg(long)]
+        port: Option<String>,
+        /// Serial baud rate (the board firmware's USART1 runs at 115200 8N1).
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
     },
     /// Run a Lepton model over the test set on the host and report its accuracy.
     Eval {
@@ -255,7 +263,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { model, inputs, out, logits, reference } => run_model(&model, &inputs, &out, logits, !reference),
+        Command::Run { model, inputs, out, logits, reference, port, baud } => {
+            run_model(&model, &inputs, &out, logits, !reference, port.as_deref().map(|p| (p, baud)))
+        }
         Command::Eval { model, float_model, data, json, logits, images } => {
             evaluate(&model, float_model.as_deref(), data.as_deref(), json, logits.as_deref(), images)
         }
@@ -270,18 +280,47 @@ fn import(model: &Path, out: &Path, weights: lepton::lpk::Packing, calibration: 
     Ok(())
 }
 
-fn run_model(model: &Path, inputs: &Path, out: &Path, logits: bool, optimized: bool) -> Result<()> {
+/// The device's outputs for `inputs` over the UART link at `port`, and how many differ from
+/// the host's (`host`) in any bit.
+fn run_on_board(port: &str, baud: u32, inputs: &[i8], host: &eval::Outputs) -> Result<(eval::Outputs, usize)> {
+    let count = host.logits.len();
+    let input_len = inputs.len() / count.max(1);
+    let mut link = lepton::board_link::open(port, baud)?;
+    eprintln!("lepton: {count} inputs to the device at {port} (waiting for its hello frame)");
+    let progress = lepton::progress::Progress::new(count as u64, "device inputs");
+    let bytes: Vec<u8> = inputs.iter().map(|&v| v as u8).collect();
+    let run = lepton::uart::run_session(&mut link, &bytes, input_len, || progress.inc(1)).map_err(|e| anyhow::anyhow!("device at {port}: {e:#}"))?;
+    progress.finish();
+    let device = eval::Outputs { logits: run.results.iter().map(|r| r.logits.clone()).collect(), outputs: run.results.iter().map(|r| r.outputs.clone()).collect() };
+    let mismatches = (0..count).filter(|&i| device.logits[i] != host.logits[i] || device.outputs[i] != host.outputs[i]).count();
+    let ticks = run.results.iter().map(|r| r.instructions as f64).sum::<f64>() / count.max(1) as f64;
+    eprintln!(
+        "device: {count} inputs, {mismatches} differ from the host; {ticks:.0} TIM2 ticks per inference (instructions under QEMU -icount, timer clocks on a board); stack peak {} B, arena {} B, model {} B",
+        run.stack_peak_bytes, run.arena_bytes, run.model_bytes
+    );
+    Ok((device, mismatches))
+}
+
+/// `port`: run on the board at that port (and baud rate) instead, checked against the host.
+fn run_model(model: &Path, inputs: &Path, out: &Path, logits: bool, optimized: bool, port: Option<(&str, u32)>) -> Result<()> {
     let blob = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let parsed = eval::parse_model(&blob, &model.display().to_string())?;
     let x = lepton::npy::read_i8(inputs)?;
     let s = parsed.input_shape();
     let n = lepton::npy::check_batch(inputs, &x.shape, [s.h as usize, s.w as usize, s.c as usize])?;
-    let result = eval::run_inputs(&blob, &x.values, optimized)?;
+    let mut result = eval::run_inputs(&blob, &x.values, optimized)?;
+    let mut mismatches = 0;
+    if let Some((port, baud)) = port {
+        (result, mismatches) = run_on_board(port, baud, &x.values, &result)?;
+    }
     let rows = if logits { &result.logits } else { &result.outputs };
     let k = rows.first().map_or(0, Vec::len);
     let flat: Vec<i8> = rows.concat();
     lepton::npy::write_i8(out, &[n, k], &flat)?;
     eprintln!("wrote {} ({n} x {k} int8 {})", out.display(), if logits { "logits" } else { "outputs" });
+    if mismatches > 0 {
+        bail!("{mismatches} of {n} inputs differ between the device and the host in some bit (does the board run this model? `lepton flash --model M.lpk`)");
+    }
     Ok(())
 }
 

@@ -6,13 +6,20 @@
 //!
 //! | frame | bytes (integers little-endian) |
 //! |---|---|
-//! | hello | `"LPRS"`, protocol version (u8), steps per inference (u16), logits per inference (u16), outputs per inference (u16; 0 when the output is the logits) |
+//! | hello | `"LPRS"`, protocol version (u8), steps per inference (u16), logits per inference (u16), outputs per inference (u16; 0 when the output is the logits), input bytes per inference (u32) |
 //! | result, per input | class (u16), logits count (u16), the int8 logits, the int8 outputs, instructions (u32), one u32 per step |
 //! | summary | `"DONE"`, stack peak bytes (u32), arena bytes (u32), model bytes (u32) |
+//! | exit (UART only) | `"EXIT"`, exit code (u8): the firmware's last bytes, in place of any frame |
 //!
 //! Inputs (host to device): the model's int8 input tensors; over semihosting a file of whole
 //! inputs back to back, over a UART each input preceded by [`UART_INPUT`], and [`UART_END`] ends
-//! the session. The logits are the input of a final softmax (else the output).
+//! the session. Over a UART the host sends an input only after the previous result arrived (a
+//! UART has no flow control; the device reads while it is not computing), and only after the
+//! hello (QEMU's USART drops what arrives before the firmware enables it). The logits are the
+//! input of a final softmax (else the output). Under semihosting the exit code is QEMU's exit
+//! status; a board has no exit status, so it sends the exit frame and halts. A result frame
+//! never starts with `"EXIT"`: its class (u16) would be 0x5845, above any logits count the
+//! firmware accepts ([`MAX_LOGITS`]).
 //!
 //! A step is what the engine's plan runs at once: one op, or several fused (e.g. a conv and the
 //! max-pool after it). Its instructions are charged to its first op ([`charged_layer`]).
@@ -30,11 +37,17 @@ pub const RAM_ADDRESS: u32 = 0x2000_0000;
 pub const RAM_BYTES: u32 = 128 * 1024;
 
 /// Version of the frames below; the hello frame carries it.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 pub const HELLO_MAGIC: [u8; 4] = *b"LPRS";
 pub const SUMMARY_MAGIC: [u8; 4] = *b"DONE";
+pub const EXIT_MAGIC: [u8; 4] = *b"EXIT";
 /// Bytes of the hello frame.
-pub const HELLO_BYTES: usize = 11;
+pub const HELLO_BYTES: usize = 15;
+/// Bytes of the exit frame.
+pub const EXIT_BYTES: usize = 5;
+/// The most logits (and outputs) a result frame may carry: the counts are u16, and a class
+/// below this bound keeps a result frame distinct from an exit frame.
+pub const MAX_LOGITS: usize = 0x5845;
 /// Bytes of the summary frame.
 pub const SUMMARY_BYTES: usize = 16;
 /// UART, host to device: an input follows.
@@ -139,6 +152,8 @@ pub struct Hello {
     pub logits: u16,
     /// 0 when the output is the logits (no final softmax).
     pub outputs: u16,
+    /// Bytes of one input (the model's int8 input tensor).
+    pub input_bytes: u32,
 }
 
 impl Hello {
@@ -149,7 +164,26 @@ impl Hello {
         b[5..7].copy_from_slice(&self.steps.to_le_bytes());
         b[7..9].copy_from_slice(&self.logits.to_le_bytes());
         b[9..11].copy_from_slice(&self.outputs.to_le_bytes());
+        b[11..15].copy_from_slice(&self.input_bytes.to_le_bytes());
         b
+    }
+
+    /// The hello frame in `b` (its first [`HELLO_BYTES`]).
+    pub fn decode(b: &[u8]) -> Result<Hello, StreamError> {
+        let b = b.get(..HELLO_BYTES).ok_or(StreamError::NoHello)?;
+        if b[0..4] != HELLO_MAGIC {
+            return Err(StreamError::NoHello);
+        }
+        if b[4] != PROTOCOL_VERSION {
+            return Err(StreamError::Version(b[4]));
+        }
+        Ok(Hello {
+            version: b[4],
+            steps: u16::from_le_bytes([b[5], b[6]]),
+            logits: u16::from_le_bytes([b[7], b[8]]),
+            outputs: u16::from_le_bytes([b[9], b[10]]),
+            input_bytes: u32::from_le_bytes([b[11], b[12], b[13], b[14]]),
+        })
     }
 }
 
@@ -182,6 +216,22 @@ impl Summary {
         b[12..16].copy_from_slice(&self.model_bytes.to_le_bytes());
         b
     }
+
+    /// The summary frame in `b` (its first [`SUMMARY_BYTES`]), `None` without the magic.
+    pub fn decode(b: &[u8]) -> Option<Summary> {
+        let b = b.get(..SUMMARY_BYTES)?;
+        if b[0..4] != SUMMARY_MAGIC {
+            return None;
+        }
+        let word = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        Some(Summary { stack_peak_bytes: word(4), arena_bytes: word(8), model_bytes: word(12) })
+    }
+}
+
+/// The exit frame for `code`.
+pub fn exit_frame(code: Exit) -> [u8; EXIT_BYTES] {
+    let m = EXIT_MAGIC;
+    [m[0], m[1], m[2], m[3], code.code()]
 }
 
 pub fn send_hello<S: Sink>(sink: &mut S, hello: &Hello) -> Result<(), S::Error> {
@@ -246,19 +296,7 @@ pub struct StreamReader<'a> {
 
 impl<'a> StreamReader<'a> {
     pub fn new(bytes: &'a [u8]) -> Result<Self, StreamError> {
-        let b = bytes.get(..HELLO_BYTES).ok_or(StreamError::NoHello)?;
-        if b[0..4] != HELLO_MAGIC {
-            return Err(StreamError::NoHello);
-        }
-        if b[4] != PROTOCOL_VERSION {
-            return Err(StreamError::Version(b[4]));
-        }
-        let hello = Hello {
-            version: b[4],
-            steps: u16::from_le_bytes([b[5], b[6]]),
-            logits: u16::from_le_bytes([b[7], b[8]]),
-            outputs: u16::from_le_bytes([b[9], b[10]]),
-        };
+        let hello = Hello::decode(bytes)?;
         Ok(StreamReader { bytes, at: HELLO_BYTES, hello })
     }
 
@@ -274,37 +312,39 @@ impl<'a> StreamReader<'a> {
         Ok(s)
     }
 
-    fn u16(&mut self) -> Result<u16, StreamError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, StreamError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
     /// The next frame; after the summary, `None`.
     pub fn next_frame(&mut self) -> Result<Option<Frame<'a>>, StreamError> {
         if self.at >= self.bytes.len() {
             return Err(StreamError::Truncated);
         }
         if self.bytes.get(self.at..self.at + 4) == Some(&SUMMARY_MAGIC[..]) {
-            self.at += 4;
-            let summary = Summary { stack_peak_bytes: self.u32()?, arena_bytes: self.u32()?, model_bytes: self.u32()? };
+            let summary = Summary::decode(self.take(SUMMARY_BYTES)?).ok_or(StreamError::Truncated)?;
             return Ok(Some(Frame::Summary(summary)));
         }
-        let class = self.u16()?;
-        let count = self.u16()?;
-        if count != self.hello.logits {
-            return Err(StreamError::OutputCount { announced: self.hello.logits, found: count });
-        }
-        let logits = crate::types::as_i8(self.take(count as usize)?);
-        let outputs = crate::types::as_i8(self.take(self.hello.outputs as usize)?);
-        let instructions = self.u32()?;
-        let per_step = self.take(4 * self.hello.steps as usize)?;
-        Ok(Some(Frame::Result { class, logits, outputs, instructions, per_step }))
+        let frame = self.take(result_bytes(&self.hello))?;
+        decode_result(&self.hello, frame).map(Some)
     }
+}
+
+/// The result frame in `b` (exactly [`result_bytes`] long) of a stream announced by `hello`.
+pub fn decode_result<'a>(hello: &Hello, b: &'a [u8]) -> Result<Frame<'a>, StreamError> {
+    if b.len() != result_bytes(hello) {
+        return Err(StreamError::Truncated);
+    }
+    let count = u16::from_le_bytes([b[2], b[3]]);
+    if count != hello.logits {
+        return Err(StreamError::OutputCount { announced: hello.logits, found: count });
+    }
+    let (logits, rest) = b[4..].split_at(count as usize);
+    let (outputs, rest) = rest.split_at(hello.outputs as usize);
+    let (instructions, per_step) = rest.split_at(4);
+    Ok(Frame::Result {
+        class: u16::from_le_bytes([b[0], b[1]]),
+        logits: crate::types::as_i8(logits),
+        outputs: crate::types::as_i8(outputs),
+        instructions: u32::from_le_bytes([instructions[0], instructions[1], instructions[2], instructions[3]]),
+        per_step,
+    })
 }
 
 /// The `i`-th little-endian u32 of a per-step counter block.
@@ -333,7 +373,7 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut b = Buf([0; 256], 0);
-        let hello = Hello { version: PROTOCOL_VERSION, steps: 2, logits: 3, outputs: 3 };
+        let hello = Hello { version: PROTOCOL_VERSION, steps: 2, logits: 3, outputs: 3, input_bytes: 784 };
         send_hello(&mut b, &hello).unwrap();
         send_result(&mut b, &ResultFrame { class: 300, logits: &[-1, 0, 7], outputs: &[-128, -128, 127], instructions: 99, per_step: &[5, 6] }).unwrap();
         assert_eq!(b.1, HELLO_BYTES + result_bytes(&hello));
@@ -365,6 +405,22 @@ mod tests {
             }
             assert!(saw_error, "cut at {len}");
         }
+    }
+
+    #[test]
+    fn frames_decode_what_they_encode() {
+        let hello = Hello { version: PROTOCOL_VERSION, steps: 9, logits: 10, outputs: 0, input_bytes: 27_648 };
+        assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
+        let mut old = hello.encode();
+        old[4] = 2;
+        assert_eq!(Hello::decode(&old), Err(StreamError::Version(2)));
+        assert_eq!(Hello::decode(&hello.encode()[..HELLO_BYTES - 1]), Err(StreamError::NoHello));
+        let summary = Summary { stack_peak_bytes: 4448, arena_bytes: 9315, model_bytes: 190_032 };
+        assert_eq!(Summary::decode(&summary.encode()), Some(summary));
+        assert_eq!(Summary::decode(&exit_frame(Exit::Ok)), None);
+        assert_eq!(exit_frame(Exit::BadModel), *b"EXIT\x03");
+        // A result's class is below MAX_LOGITS, so its first bytes never read "EXIT".
+        assert!(u16::from_le_bytes([EXIT_MAGIC[0], EXIT_MAGIC[1]]) as usize >= MAX_LOGITS);
     }
 
     #[test]

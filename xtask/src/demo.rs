@@ -32,7 +32,7 @@ pub fn demo(reuse_model: bool, epochs: usize, images: Option<usize>) -> Result<(
 
     eprintln!("\n$ cargo xtask qemu --model {}", int8.display());
     let elf = firmware::build(&[])?;
-    let report = qemu::run(&int8, None, images, &elf, true, true)?;
+    let report = qemu::run(&int8, None, images, &elf, true, true, lepton_core::device::Link::Semihosting)?;
     println!();
     qemu::print(&report, false)
 }

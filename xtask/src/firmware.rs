@@ -18,6 +18,11 @@ pub fn build(features: &[&str]) -> Result<PathBuf> {
     build_variant("qemu", true, features, None)
 }
 
+/// The board firmware (USART1 link) as it runs under QEMU (feature `board-on-qemu`).
+pub fn build_board_on_qemu() -> Result<PathBuf> {
+    build_variant("board-on-qemu", false, &["board", "board-on-qemu"], None)
+}
+
 /// Build a firmware variant into its own target directory: `default_features` off for a board,
 /// `embedded` = the model to put in the image (feature `embedded-model`).
 pub fn build_variant(name: &str, default_features: bool, features: &[&str], embedded: Option<&std::path::Path>) -> Result<PathBuf> {

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use lepton_core::device::Link;
 
 mod bench;
 mod bench_train;
@@ -85,6 +86,10 @@ enum Cmd {
         /// instead of loading it into the model partition.
         #[arg(long)]
         embedded: bool,
+        /// How inputs and results travel: `semihosting` (host files, the `qemu` firmware) or
+        /// `uart` (the `board` firmware's USART1 transport, on a TCP socket to QEMU).
+        #[arg(long, value_enum, default_value_t = LinkArg::Semihosting)]
+        link: LinkArg,
     },
     /// List every panic the firmware's inference call graph (model parse, planning, every kernel)
     /// can reach, with the callers that reach it; fails if there is any.
@@ -95,6 +100,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LinkArg {
+    Semihosting,
+    Uart,
 }
 
 fn main() {
@@ -128,15 +139,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("no panic reachable from {}", INFERENCE_ROOTS.join(", "));
             Ok(())
         }
-        Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded } => {
+        Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded, link } => {
             preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);
-            let elf = if embedded {
-                firmware::build_variant("embedded", true, &["embedded-model"], Some(&model))?
-            } else {
-                firmware::build(&[])?
+            let (elf, link) = match (link, embedded) {
+                (LinkArg::Uart, true) => bail!("--embedded builds the semihosting firmware; the UART link runs the board firmware with the model in the partition"),
+                (LinkArg::Uart, false) => (firmware::build_board_on_qemu()?, Link::Uart),
+                (LinkArg::Semihosting, true) => (firmware::build_variant("embedded", true, &["embedded-model"], Some(&model))?, Link::Semihosting),
+                (LinkArg::Semihosting, false) => (firmware::build(&[])?, Link::Semihosting),
             };
-            let report = qemu::run(&model, inputs.as_deref(), images, &elf, !skip_host_check, !embedded)?;
+            let report = qemu::run(&model, inputs.as_deref(), images, &elf, !skip_host_check, !embedded, link)?;
             qemu::print(&report, json)
         }
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use lepton_core::device::{self, FirmwareExit};
+use lepton_core::device::{self, FirmwareExit, Link};
 use serde_json::json;
 
 use crate::inputs;
@@ -18,7 +18,7 @@ pub struct QemuReport {
 }
 
 /// `in_partition`: load the model into the flash partition (false for a firmware that embeds it).
-pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &Path, host_check: bool, in_partition: bool) -> Result<QemuReport> {
+pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &Path, host_check: bool, in_partition: bool, link: Link) -> Result<QemuReport> {
     let model = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let parsed = if host_check { Some(lepton_core::eval::parse_model(&model, &model_path.display().to_string())?) } else { None };
     let inputs = inputs::load(parsed.as_ref(), npy, images)?;
@@ -30,11 +30,11 @@ pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &P
         None
     };
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).min(inputs.count().max(1));
-    eprintln!("xtask: device inference on {} inputs (QEMU netduinoplus2, {jobs} instances, -icount shift=0) ...", inputs.count());
+    eprintln!("xtask: device inference on {} inputs (QEMU netduinoplus2, {jobs} instances, -icount shift=0, link {}) ...", inputs.count(), link_name(link));
     let started = std::time::Instant::now();
-    let device = match device::run(elf, in_partition.then_some(&model[..]), &inputs.bytes, inputs.len, jobs) {
+    let device = match device::run_over(link, elf, in_partition.then_some(&model[..]), &inputs.bytes, inputs.len, jobs) {
         Ok(d) => d,
-        Err(e) => return Ok(failed(e, inputs.count())),
+        Err(e) => return Ok(failed(e, inputs.count(), link)),
     };
     let seconds = started.elapsed().as_secs_f64();
 
@@ -64,20 +64,29 @@ pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &P
         "seconds": seconds,
         "firmware_exit": 0,
         "firmware_exit_meaning": device::describe_exit(0),
+        "link": link_name(link),
     });
     Ok(QemuReport { json, mismatches, failure: None })
 }
 
 /// The report of a run the firmware ended with an error (or that could not start).
-fn failed(e: anyhow::Error, images: usize) -> QemuReport {
+fn failed(e: anyhow::Error, images: usize, link: Link) -> QemuReport {
     let exit = e.downcast_ref::<FirmwareExit>();
     let json = json!({
         "images": images,
         "mismatches": serde_json::Value::Null,
         "firmware_exit": exit.and_then(|x| x.code),
         "firmware_exit_meaning": exit.map_or("the firmware did not run", |x| x.meaning()),
+        "link": link_name(link),
     });
     QemuReport { json, mismatches: 0, failure: Some(e) }
+}
+
+fn link_name(link: Link) -> &'static str {
+    match link {
+        Link::Semihosting => "semihosting",
+        Link::Uart => "uart",
+    }
 }
 
 pub fn print(report: &QemuReport, as_json: bool) -> Result<()> {

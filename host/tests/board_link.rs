@@ -1,0 +1,69 @@
+//! `lepton run --port`: the board firmware (USART1 transport, feature `board-on-qemu`) under
+//! QEMU with its USART on a TCP socket, driven by the CLI as a user drives a real board. The
+//! device's outputs must equal TFLM's for a TFLM-made op model (depthwise, depth multiplier 2).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// The board-on-qemu firmware, built by `cargo xtask qemu --link uart` (a no-op when built).
+fn board_firmware() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo).current_dir(root()).args(["xtask", "qemu", "--link", "uart", "--images", "1", "--json"]).output().expect("cargo xtask runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    target.join("firmware-board-on-qemu/thumbv7em-none-eabihf/release/lepton-firmware")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn lepton_run_over_a_port_gets_tflm_s_outputs_from_the_board_firmware() {
+    let elf = board_firmware();
+    let dir = tempfile::tempdir().unwrap();
+    let ops = root().join("tests/data/ops");
+    let model = dir.path().join("dw_mult2.lpk");
+    ok(lepton(&["import", s(&ops.join("dw_mult2.tflite")), "--out", s(&model)]));
+
+    let port = free_port();
+    let qemu = lepton::device::qemu_binary().unwrap();
+    let mut board = Command::new(qemu)
+        .args(lepton::device::qemu_args_on(&elf, Some(&model), &format!("tcp:127.0.0.1:{port},server=on,wait=on")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = dir.path().join("device.npy");
+    let inputs = ops.join("dw_mult2.inputs.npy");
+    let run = lepton(&["run", "--port", &format!("127.0.0.1:{port}"), "--model", s(&model), "--inputs", s(&inputs), "--out", s(&out)]);
+    let _ = board.kill();
+    let _ = board.wait();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("16 inputs, 0 differ from the host"), "{stderr}");
+    let device = lepton::npy::read_i8(&out).unwrap();
+    let tflm = lepton::npy::read_i8(&ops.join("dw_mult2.outputs.npy")).unwrap();
+    assert_eq!(device.values, tflm.values, "device outputs vs TFLM's");
+}
+
+#[test]
+fn lepton_run_over_a_port_nobody_listens_on_says_so() {
+    let port = free_port();
+    let model = root().join("models/mnist-cnn/int8.lpk");
+    let inputs = root().join("tests/data/ops/dw_mult2.inputs.npy");
+    let e = err(lepton(&["run", "--port", &format!("127.0.0.1:{port}"), "--model", s(&model), "--inputs", s(&inputs), "--out", "/tmp/lepton-never-written.npy"]));
+    // The inputs do not fit the model: said before any link is opened.
+    assert!(e.contains("dw_mult2.inputs.npy"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let ops = root().join("tests/data/ops");
+    let dw = dir.path().join("dw.lpk");
+    ok(lepton(&["import", s(&ops.join("dw_mult2.tflite")), "--out", s(&dw)]));
+    let e = err(lepton(&["run", "--port", &format!("127.0.0.1:{port}"), "--model", s(&dw), "--inputs", s(&inputs), "--out", s(&dir.path().join("y.npy"))]));
+    assert!(e.contains(&format!("connecting to 127.0.0.1:{port}")), "{e}");
+    assert!(!dir.path().join("y.npy").exists());
+}
