@@ -292,7 +292,9 @@ impl<'m, 'p> Engine<'m, 'p> {
         let at = self.input_range();
         expect_len(input.len(), at.len())?;
         self.check_arena(arena)?;
-        as_i8_mut(&mut arena[at]).copy_from_slice(input);
+        let needed = at.end;
+        let available = arena.len();
+        as_i8_mut(arena.get_mut(at).ok_or(Error::ArenaTooSmall { needed, available })?).copy_from_slice(input);
         self.run_in_place(arena, hook)
     }
 
@@ -300,7 +302,7 @@ impl<'m, 'p> Engine<'m, 'p> {
     /// (the device reads its inputs straight into the arena).
     pub fn run_in_place<'a>(&self, arena: &'a mut [u8], hook: &mut impl StepHook) -> Result<Inference<'a>, Error> {
         self.check_arena(arena)?;
-        for (index, step) in self.plan.steps[..self.step_count].iter().enumerate() {
+        for (index, step) in self.plan.steps.iter().take(self.step_count).enumerate() {
             let span = StepSpan { index, first: step.first as usize, last: step.last as usize };
             hook.before_step(span);
             let output = self.tensor_range(step.output as usize).ok_or(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena.len() })?;
@@ -311,10 +313,10 @@ impl<'m, 'p> Engine<'m, 'p> {
                 let (out, scratch, inputs) = regions(arena, output.clone(), step.scratch.range(), ins)?;
                 run_kernel(&step.kernel, inputs, as_i8_mut(out), scratch)?;
             }
-            hook.after_step(span, as_i8(&arena[output]));
+            hook.after_step(span, arena.get(output).map_or(&[], as_i8));
         }
         let arena: &'a [u8] = arena;
-        let slice = |t: usize| self.tensor_range(t).map(|r| as_i8(&arena[r]));
+        let slice = |t: usize| self.tensor_range(t).and_then(|r| arena.get(r)).map(as_i8);
         let logits = slice(self.model.logits_tensor()).unwrap_or(&[]);
         let output = self.model.output_tensor();
         Ok(Inference { logits, probabilities: (output != self.model.logits_tensor()).then(|| slice(output)).flatten() })
@@ -333,6 +335,15 @@ impl<'m, 'p> Engine<'m, 'p> {
             t => self.tensor_range(t as usize),
         }
     }
+}
+
+/// A tensor index the parser has checked (below the model's tensor count, at most
+/// [`MAX_TENSORS`], a power of two), restated so that the compiler sees it in range of the
+/// plan's tables: the identity on every valid index, one AND instruction.
+#[inline(always)]
+fn tix(t: impl Into<usize>) -> usize {
+    const { assert!(MAX_TENSORS.is_power_of_two()) };
+    t.into() % MAX_TENSORS
 }
 
 /// Decide the steps: fusions and kernels. Returns the step count.
@@ -390,16 +401,16 @@ fn plan_lifetimes(model: &Model, step_count: usize, plan: &mut Plan) {
         plan.tensors[t] = Buffer { len: model.tensor(t).shape.len().unwrap_or(0) as u32, ..Buffer::NONE };
     }
     let input = model.input_tensor();
-    plan.tensors[input].first = 0;
+    plan.tensors[tix(input)].first = 0;
     let touch = |plan: &mut Plan, t: u16, s: usize| {
-        let b = &mut plan.tensors[plan.root[t as usize] as usize];
+        let b = &mut plan.tensors[tix(plan.root[tix(t)])];
         b.first = b.first.min(s as u16);
         b.last = b.last.max(s as u16);
     };
-    for s in 0..step_count {
+    for s in 0..step_count.min(MAX_OPS) {
         let step = plan.steps[s];
         if let Kernel::View = step.kernel {
-            plan.root[step.output as usize] = plan.root[step.inputs[0] as usize];
+            plan.root[tix(step.output)] = plan.root[tix(step.inputs[0])];
         }
         for t in step.inputs.into_iter().filter(|&t| t != NO_TENSOR) {
             touch(plan, t, s);
@@ -438,7 +449,7 @@ fn in_place_deltas(kernel: &Kernel) -> Option<[i64; 2]> {
             let left = d.padding.leading(iw, kw, sw, ow);
             let (mut forward, mut backward) = (0i64, 0i64);
             for q in 0..oh * ow {
-                let (oy, ox) = (q / ow, q % ow);
+                let (oy, ox) = (q / ow.max(1), q % ow.max(1));
                 let (ky0, ky1, y0) = crate::kernels::window(oy, sh, top, kh, ih);
                 let (kx0, kx1, x0) = crate::kernels::window(ox, sw, left, kw, iw);
                 if ky0 == ky1 || kx0 == kx1 {
@@ -466,22 +477,22 @@ fn plan_in_place(model: &Model, step_count: usize, plan: &mut Plan) {
         plan.group[t] = t as u16;
         plan.rel[t] = 0;
     }
-    let kept = [model.logits_tensor(), model.output_tensor()].map(|t| plan.root[t]);
+    let kept = [model.logits_tensor(), model.output_tensor()].map(|t| plan.root[tix(t)]);
     // Per group leader: the span its members cover so far, relative to it.
     let mut low = [0i64; MAX_TENSORS];
     let mut high = [0i64; MAX_TENSORS];
     for t in 0..model.tensor_count() {
         high[t] = plan.tensors[t].len as i64;
     }
-    for s in 0..step_count {
+    for s in 0..step_count.min(MAX_OPS) {
         let step = plan.steps[s];
         let Some(deltas) = in_place_deltas(&step.kernel) else { continue };
-        let (a, b) = (plan.root[step.inputs[0] as usize] as usize, plan.root[step.output as usize] as usize);
+        let (a, b) = (tix(plan.root[tix(step.inputs[0])]), tix(plan.root[tix(step.output)]));
         if plan.tensors[a].last as usize != s || kept.contains(&(a as u16)) || a == b {
             continue;
         }
         let (in_len, out_len) = (plan.tensors[a].len as i64, plan.tensors[b].len as i64);
-        let g = plan.group[a] as usize;
+        let g = tix(plan.group[a]);
         // The direction that keeps the group's span smallest; the two spans must overlap (no
         // gap a scratch could fall into).
         let mut best: Option<(i64, i64, bool)> = None;
@@ -527,23 +538,23 @@ struct Buffers<'p, 'm> {
 
 impl Buffers<'_, '_> {
     fn get(&self, b: usize) -> Buffer {
-        if b < self.tensors {
-            self.plan.tensors[b]
-        } else {
-            self.plan.steps[b - self.tensors].scratch
-        }
+        let buffer = match b.checked_sub(self.tensors) {
+            None => self.plan.tensors.get(b),
+            Some(s) => self.plan.steps.get(s).map(|step| &step.scratch),
+        };
+        buffer.copied().unwrap_or(Buffer::NONE)
     }
 
     fn wanted(&self, b: usize) -> bool {
-        (b >= self.tensors || self.plan.root[b] as usize == b) && self.get(b).used()
+        (b >= self.tensors || self.plan.root.get(b).is_some_and(|&r| r as usize == b)) && self.get(b).used()
     }
 
     fn unit(&self, b: usize) -> usize {
-        if b < self.tensors { self.plan.group[b] as usize } else { b }
+        if b < self.tensors { self.plan.group.get(b).map_or(b, |&g| g as usize) } else { b }
     }
 
     fn rel(&self, b: usize) -> i64 {
-        if b < self.tensors { self.plan.rel[b] as i64 } else { 0 }
+        if b < self.tensors { self.plan.rel.get(b).map_or(0, |&r| r as i64) } else { 0 }
     }
 
     fn member(&self, b: usize, u: usize) -> bool {
@@ -553,7 +564,8 @@ impl Buffers<'_, '_> {
 
 fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bool) -> usize {
     let tensors = model.tensor_count();
-    let count = tensors + step_count;
+    let mut order = [0u16; MAX_TENSORS + MAX_OPS];
+    let count = (tensors + step_count).min(order.len());
     // The key a unit is ordered by: its largest member, or its first use.
     let key = |bufs: &Buffers, u: usize| -> i64 {
         let members = (0..count).filter(|&b| bufs.member(b, u));
@@ -563,13 +575,15 @@ fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bo
             members.map(|b| bufs.get(b).len as i64).max().unwrap_or(0)
         }
     };
-    let mut order = [0u16; MAX_TENSORS + MAX_OPS];
     let mut n = 0;
     {
         let bufs = Buffers { plan, tensors };
         for u in 0..count {
             if bufs.unit(u) != u || !(0..count).any(|b| bufs.member(b, u)) {
                 continue;
+            }
+            if n >= order.len() {
+                break;
             }
             // Insertion sort by key, descending; equal keys keep their index order.
             let k = key(&bufs, u);
@@ -583,7 +597,7 @@ fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bo
         }
     }
     let mut arena = 0i64;
-    for k in 0..n {
+    for k in 0..n.min(order.len()) {
         let u = order[k] as usize;
         let base = {
             let bufs = Buffers { plan, tensors };
@@ -593,7 +607,7 @@ fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bo
             'search: loop {
                 for m in (0..count).filter(|&b| bufs.member(b, u)) {
                     let (this, at) = (bufs.get(m), base + bufs.rel(m));
-                    for &placed in &order[..k] {
+                    for &placed in order.iter().take(k) {
                         for o in (0..count).filter(|&b| bufs.member(b, placed as usize)) {
                             let other = bufs.get(o);
                             let (start, end) = (other.offset as i64, other.offset as i64 + other.len as i64);
@@ -616,12 +630,13 @@ fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bo
                 continue;
             }
             let offset = (base + rel) as u32;
-            if m < tensors {
-                plan.tensors[m].offset = offset;
-                arena = arena.max(offset as i64 + plan.tensors[m].len as i64);
-            } else {
-                plan.steps[m - tensors].scratch.offset = offset;
-                arena = arena.max(offset as i64 + plan.steps[m - tensors].scratch.len as i64);
+            let buffer = match m.checked_sub(tensors) {
+                None => plan.tensors.get_mut(m),
+                Some(s) => plan.steps.get_mut(s).map(|step| &mut step.scratch),
+            };
+            if let Some(buffer) = buffer {
+                buffer.offset = offset;
+                arena = arena.max(offset as i64 + buffer.len as i64);
             }
         }
     }
@@ -652,10 +667,10 @@ fn regions(arena: &mut [u8], out: Range<usize>, scratch: Range<usize>, inputs: [
     if a.end > b.start || b.end > arena.len() {
         return Err(bad);
     }
-    let (seg0, rest) = arena.split_at_mut(a.start);
-    let (ma, rest) = rest.split_at_mut(a.len());
-    let (seg2, rest) = rest.split_at_mut(b.start - a.end);
-    let (mb, seg4) = rest.split_at_mut(b.len());
+    let (seg0, rest) = arena.split_at_mut_checked(a.start).ok_or(bad)?;
+    let (ma, rest) = rest.split_at_mut_checked(a.len()).ok_or(bad)?;
+    let (seg2, rest) = rest.split_at_mut_checked(b.start - a.end).ok_or(bad)?;
+    let (mb, seg4) = rest.split_at_mut_checked(b.len()).ok_or(bad)?;
     let (seg0, seg2, seg4): (&[u8], &[u8], &[u8]) = (seg0, seg2, seg4);
     let segments = [(0, seg0), (a.end, seg2), (b.end, seg4)];
     let total = b.end + seg4.len();
@@ -667,8 +682,8 @@ fn regions(arena: &mut [u8], out: Range<usize>, scratch: Range<usize>, inputs: [
 fn pick<'a>(segments: &[(usize, &'a [u8]); 3], r: &Option<Range<usize>>, arena_len: usize) -> Result<&'a [i8], Error> {
     let Some(r) = r else { return Ok(&[]) };
     for &(base, seg) in segments {
-        if r.start >= base && r.end <= base + seg.len() {
-            return Ok(as_i8(&seg[r.start - base..r.end - base]));
+        if let Some(bytes) = r.start.checked_sub(base).zip(r.end.checked_sub(base)).and_then(|(s, e)| seg.get(s..e)) {
+            return Ok(as_i8(bytes));
         }
     }
     Err(Error::ArenaTooSmall { needed: r.end, available: arena_len })

@@ -4,6 +4,8 @@
 //! `tensorflow/lite/kernels/internal/common.h` with int32 semantics, written so that it cannot
 //! panic for any input (wrapping where C++ would be undefined behaviour).
 
+use crate::types::Bounded;
+
 /// `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2*a*b`, rounded (ties toward +inf
 /// in effect), saturating the single overflow case `a == b == i32::MIN`.
 #[inline(always)]
@@ -22,7 +24,7 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
 /// `exponent` is clamped to 0..=31 (callers validate it; the clamp only keeps this total).
 #[inline(always)]
 pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
-    let exponent = exponent.clamp(0, 31) as u32;
+    let exponent = exponent.bounded(0, 31) as u32;
     let mask = ((1i64 << exponent) - 1) as i32;
     let remainder = x & mask;
     let threshold = (mask >> 1) + i32::from(x < 0);
@@ -65,7 +67,7 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
 #[inline(always)]
 pub fn requantize(acc: i32, multiplier: i32, shift: i32, output_zp: i32, act_min: i8, act_max: i8) -> i8 {
     let scaled = multiply_by_quantized_multiplier(acc, multiplier, shift).wrapping_add(output_zp);
-    scaled.clamp(act_min as i32, act_max as i32) as i8
+    scaled.bounded(act_min as i32, act_max as i32) as i8
 }
 
 /// A gemmlowp `FixedPoint<int32, INTEGER_BITS>` value, by its raw representation.

@@ -400,12 +400,15 @@ impl<'a> Model<'a> {
         &self.header
     }
 
+    /// Tensors in the model (never above [`MAX_TENSORS`]: `parse` refuses more; the bound is
+    /// restated so that the compiler sees every table index in range).
     pub fn tensor_count(&self) -> usize {
-        self.header.tensor_count as usize
+        (self.header.tensor_count as usize).min(MAX_TENSORS)
     }
 
+    /// Ops in the model (never above [`MAX_OPS`], as for [`Model::tensor_count`]).
     pub fn op_count(&self) -> usize {
-        self.header.op_count as usize
+        (self.header.op_count as usize).min(MAX_OPS)
     }
 
     /// Bytes of the tensor table and op list at the start of the payload.

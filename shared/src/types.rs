@@ -2,6 +2,31 @@
 
 use crate::Error;
 
+/// `clamp` without its panic when `lo > hi` (the model validator rejects such bounds; the
+/// kernels must not be able to panic even so): `max(lo)` then `min(hi)`, as TFLM computes.
+pub(crate) trait Bounded: Ord + Sized {
+    #[inline(always)]
+    fn bounded(self, lo: Self, hi: Self) -> Self {
+        self.max(lo).min(hi)
+    }
+}
+impl Bounded for i32 {}
+impl Bounded for i8 {}
+
+/// `s[start..start + len]`, or empty when that is out of range. The kernels check every
+/// length up front, so the empty case never happens for a validated model; it keeps each
+/// bound check a branch instead of a panic.
+#[inline(always)]
+pub(crate) fn sub<T>(s: &[T], start: usize, len: usize) -> &[T] {
+    s.get(start..start.wrapping_add(len)).unwrap_or(&[])
+}
+
+/// Mutable counterpart of [`sub`].
+#[inline(always)]
+pub(crate) fn sub_mut<T>(s: &mut [T], start: usize, len: usize) -> &mut [T] {
+    s.get_mut(start..start.wrapping_add(len)).unwrap_or(&mut [])
+}
+
 /// An NHWC tensor shape with batch 1. Vectors (fully-connected) are `1 x 1 x C`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Shape {
@@ -90,14 +115,11 @@ impl<'a> I32Le<'a> {
     /// Element `i`, or 0 when out of range (never panics; callers check lengths up front).
     #[inline(always)]
     pub fn get(&self, i: usize) -> i32 {
-        match self.0.get(i * 4..i * 4 + 4) {
-            Some(b) => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            None => 0,
-        }
+        self.0.as_chunks::<4>().0.get(i).map_or(0, |b| i32::from_le_bytes(*b))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = i32> + 'a {
-        self.0.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.0.as_chunks::<4>().0.iter().map(|b| i32::from_le_bytes(*b))
     }
 
     pub fn bytes(&self) -> &'a [u8] {
@@ -222,12 +244,13 @@ impl WeightLayout {
     /// call it per MAC, and inlined it would multiply their code by the number of layouts.
     #[inline(never)]
     pub fn weight(self, weights: &[i8], channel: usize, tap: usize, taps: usize) -> i32 {
+        let at = self.index(channel, tap, taps);
         match self {
-            WeightLayout::Oc4PairsI16 => {
-                let at = self.index(channel, tap, taps);
-                i16::from_le_bytes([weights[at] as u8, weights[at + 1] as u8]) as i32
-            }
-            _ => weights[self.index(channel, tap, taps)] as i32,
+            WeightLayout::Oc4PairsI16 => match weights.get(at..).and_then(|w| w.first_chunk::<2>()) {
+                Some(&[lo, hi]) => i16::from_le_bytes([lo as u8, hi as u8]) as i32,
+                None => 0,
+            },
+            _ => weights.get(at).map_or(0, |&w| w as i32),
         }
     }
 

@@ -125,20 +125,7 @@ fn run(cli: Cli) -> Result<()> {
             bench::bench(&root().join(model), inputs.as_deref(), images, &elf, json).map(|_| ())
         }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
-        Cmd::NoPanic => {
-            let elf = firmware::build(&[])?;
-            let bytes = std::fs::read(&elf)?;
-            let panics = lepton_core::device::reachable_panics(&bytes, &INFERENCE_ROOTS)?;
-            for p in &panics {
-                // Where the call is in the source, inlined frames included (llvm-addr2line, if installed).
-                let at = std::process::Command::new("llvm-addr2line").args(["-i", "-f", "-C", "-p", "-e"]).arg(&elf).arg(format!("{:#x}", p.site)).output();
-                let at = at.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', "\n    ")).unwrap_or_default();
-                println!("{:#010x} {} -> {}\n    {at}", p.site, p.caller, p.callee);
-            }
-            anyhow::ensure!(panics.is_empty(), "{} calls into panic entry points reachable from {}", panics.len(), INFERENCE_ROOTS.join(", "));
-            println!("no panic reachable from {}", INFERENCE_ROOTS.join(", "));
-            Ok(())
-        }
+        Cmd::NoPanic => no_panic(),
         Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded, link } => {
             preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);
@@ -152,6 +139,28 @@ fn run(cli: Cli) -> Result<()> {
             qemu::print(&report, json)
         }
     }
+}
+
+/// `cargo xtask no-panic`: the panics reachable from the firmware's parse, plan and infer (a
+/// walk of the ELF's call graph, each call site with its source lines), then the link-time
+/// proof: the firmware's `no-panic` build, whose panic handler calls an undefined symbol,
+/// must link.
+fn no_panic() -> Result<()> {
+    let elf = firmware::build(&[])?;
+    let bytes = std::fs::read(&elf)?;
+    let panics = lepton_core::device::reachable_panics(&bytes, &INFERENCE_ROOTS)?;
+    for p in &panics {
+        // Where the call is in the source, inlined frames included (llvm-addr2line, if installed).
+        let at = std::process::Command::new("llvm-addr2line").args(["-i", "-f", "-C", "-p", "-e"]).arg(&elf).arg(format!("{:#x}", p.site)).output();
+        let at = at.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', "\n    ")).unwrap_or_default();
+        println!("{:#010x} {} -> {}\n    {at}", p.site, p.caller, p.callee);
+    }
+    anyhow::ensure!(panics.is_empty(), "{} calls into panic entry points reachable from {}", panics.len(), INFERENCE_ROOTS.join(", "));
+    println!("call graph: no panic reachable from {}", INFERENCE_ROOTS.join(", "));
+    firmware::build_variant("no-panic", true, &["no-panic"], None)
+        .context("the no-panic build did not link: a panic is reachable from parse, plan_model or infer (its panic handler calls an undefined symbol)")?;
+    println!("link proof: the no-panic firmware (parse, plan_model, infer; panic handler calling an undefined symbol) links");
+    Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -187,6 +196,8 @@ fn test(args: &[String]) -> Result<()> {
     cli::lepton(&["data"])?;
     // The board build (USART, probe-rs runner) must keep compiling though no board is here.
     firmware::build_variant("board", false, &["board"], None)?;
+    // No panic on the inference path: the call-graph walk and the link-time proof.
+    no_panic()?;
     status(cargo().args(["test", "--release", "--workspace", "--no-fail-fast"]).args(args))?;
     Ok(())
 }

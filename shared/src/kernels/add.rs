@@ -3,6 +3,7 @@
 
 use crate::fixedpoint::multiply_by_quantized_multiplier;
 use crate::types::expect_len;
+use crate::types::Bounded;
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,7 @@ pub fn add_element(p: &Add, a: i8, b: i8) -> i8 {
     let a = multiply_by_quantized_multiplier(a, p.input1_multiplier, p.input1_shift);
     let b = multiply_by_quantized_multiplier(b, p.input2_multiplier, p.input2_shift);
     let sum = multiply_by_quantized_multiplier(a.wrapping_add(b), p.output_multiplier, p.output_shift).wrapping_add(p.output_zp);
-    sum.clamp(p.act_min as i32, p.act_max as i32) as i8
+    sum.bounded(p.act_min as i32, p.act_max as i32) as i8
 }
 
 pub fn add_s8(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], _scratch: &mut [u8]) -> Result<(), Error> {

@@ -3,6 +3,7 @@
 
 use super::{window, Pool};
 use crate::types::expect_len;
+use crate::types::Bounded;
 use crate::Error;
 
 pub fn avg_pool_s8_scratch_bytes(_p: &Pool) -> usize {
@@ -23,7 +24,7 @@ pub fn avg_pool_s8(p: &Pool, input: &[i8], output: &mut [i8], _scratch: &mut [u8
         for ox in 0..ow {
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
             let count = ((ky1 - ky0) * (kx1 - kx0)) as i32;
-            if count == 0 {
+            if count <= 0 {
                 return Err(Error::BadParameter { layer: 0, what: "pooling window entirely in padding" });
             }
             for ch in 0..c {
@@ -32,11 +33,13 @@ pub fn avg_pool_s8(p: &Pool, input: &[i8], output: &mut [i8], _scratch: &mut [u8
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        sum += input[(iy * iw + ix) * c + ch] as i32;
+                        sum += input.get((iy * iw + ix) * c + ch).map_or(0, |&x| x as i32);
                     }
                 }
                 let mean = if sum > 0 { (sum + count / 2) / count } else { (sum - count / 2) / count };
-                output[(oy * ow + ox) * c + ch] = mean.clamp(p.act_min as i32, p.act_max as i32) as i8;
+                if let Some(o) = output.get_mut((oy * ow + ox) * c + ch) {
+                    *o = mean.bounded(p.act_min as i32, p.act_max as i32) as i8;
+                }
             }
         }
     }

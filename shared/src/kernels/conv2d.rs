@@ -1,7 +1,7 @@
 //! Convolution, int8 activations, per-output-channel int8 weights (OHWI), int32 bias.
 
 use super::window;
-use crate::types::{expect_len, I32Le, Padding, Requant, Shape, WeightLayout};
+use crate::types::{expect_len, sub, I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +50,7 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        let pixel = &input[(iy * iw + ix) * ic..][..ic];
+                        let pixel = sub(input, (iy * iw + ix) * ic, ic);
                         for (i, &x) in pixel.iter().enumerate() {
                             let w = p.layout.weight(p.weights, c, (ky * kw + kx) * ic + i, taps);
                             acc += w * (x as i32 - p.input_zp);

@@ -3,7 +3,7 @@
 //! reads input channel `ic` for depth multiplier `m`.
 
 use super::window;
-use crate::types::{expect_len, I32Le, Padding, Requant, Shape};
+use crate::types::{expect_len, sub_mut, I32Le, Padding, Requant, Shape};
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -46,15 +46,15 @@ pub fn depthwise_conv2d_s8(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8],
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
         for ox in 0..ow {
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-            let out = &mut output[(oy * ow + ox) * oc..][..oc];
+            let out = sub_mut(output, (oy * ow + ox) * oc, oc);
             for (c, o) in out.iter_mut().enumerate() {
                 let mut acc = 0i32;
                 for ky in ky0..ky1 {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        let x = input[(iy * iw + ix) * ic + c / m] as i32 - p.input_zp;
-                        acc += p.weights[(ky * kw + kx) * oc + c] as i32 * x;
+                        let x = input.get((iy * iw + ix) * ic + c / m.max(1)).map_or(0, |&x| x as i32 - p.input_zp);
+                        acc += p.weights.get((ky * kw + kx) * oc + c).map_or(0, |&w| w as i32) * x;
                     }
                 }
                 *o = p.requant.apply(acc + p.bias.get(c), c);

@@ -18,7 +18,8 @@ use super::{window, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 use crate::dsp::{smlabb, smlatt};
 use crate::dsp::{pack16, smlad, smmulr, sxtb16, sxtb16_ror8, widen_quad};
-use crate::types::{expect_len, I32Le, Padding, Requant, WeightLayout};
+use crate::types::{expect_len, sub, sub_mut, I32Le, Padding, Requant, WeightLayout};
+use crate::types::Bounded;
 use crate::Error;
 
 /// Words of a widened patch of `taps` int8 inputs (two i16 per word).
@@ -44,11 +45,10 @@ fn scratch_words(scratch: &mut [u8], n: usize) -> Result<&mut [u32], Error> {
 /// Widen `src` (length a multiple of 4) minus the zero point into patch words.
 #[inline(always)]
 fn widen(src: &[i8], zp_pair: u32, dst: &mut [u32]) {
-    for (q, d) in src.chunks_exact(4).zip(dst.chunks_exact_mut(2)) {
-        let word = u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+    for (q, d) in src.as_chunks::<4>().0.iter().zip(dst.as_chunks_mut::<2>().0) {
+        let word = u32::from_le_bytes(q.map(|v| v as u8));
         let (a, b) = widen_quad(word, zp_pair);
-        d[0] = a;
-        d[1] = b;
+        *d = [a, b];
     }
 }
 
@@ -231,7 +231,7 @@ fn requant_smmulr(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8
     let nudge = ((1u32 << right) >> 1) as i32;
     let x = smmulr(acc << 1, m);
     let v = (x + nudge + (x >> 31)) >> right;
-    (v + zp).clamp(lo, hi) as i8
+    (v + zp).bounded(lo, hi) as i8
 }
 
 /// The fast requantization where it is exact, TFLM's general one elsewhere.
@@ -381,7 +381,7 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patc
     for ky in 0..kh {
         let iy = oy * p.stride_h as usize + ky;
         let start = (iy * iw + ox * p.stride_w as usize) * ic;
-        widen(&input[start..start + row], zp_pair, &mut patch[ky * row / 2..(ky + 1) * row / 2]);
+        widen(sub(input, start, row), zp_pair, sub_mut(patch, ky * row / 2, row / 2));
     }
 }
 
@@ -401,7 +401,7 @@ impl<'a> PatchWriter<'a> {
 
     #[inline(always)]
     fn push(&mut self, v: i32) {
-        self.quad[self.filled] = v;
+        self.quad[self.filled % 4] = v; // filled < 4 always: `% 4` only says so to the compiler
         self.filled += 1;
         if self.filled == 4 {
             let q = self.quad;
@@ -439,7 +439,7 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u3
     if inside && row.is_multiple_of(4) {
         for ky in 0..kh {
             let start = ((y0 as usize + ky) * iw + x0 as usize) * ic;
-            widen(&input[start..start + row], zp_pair, &mut patch[ky * row / 2..(ky + 1) * row / 2]);
+            widen(sub(input, start, row), zp_pair, sub_mut(patch, ky * row / 2, row / 2));
         }
         for w in patch.iter_mut().skip(kh * row / 2) {
             *w = 0;
@@ -457,7 +457,7 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u3
                     writer.push(0);
                 }
             } else {
-                for &x in &input[(iy as usize * iw + ix as usize) * ic..][..ic] {
+                for &x in sub(input, (iy as usize * iw + ix as usize) * ic, ic) {
                     writer.push(x as i32 - zp);
                 }
             }
@@ -496,10 +496,10 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let zp_pair = pack16(p.input_zp, p.input_zp);
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
-        let (oy, ox) = (q / ow, q % ow);
+        let (oy, ox) = (q / ow.max(1), q % ow.max(1));
         conv_patch_padded(p, io.input(), oy, ox, zp_pair, patch);
         let out = io.output(q * oc, oc);
-        for (g, w) in weights.chunks_exact(group_words(p.layout, taps)).enumerate() {
+        for (g, w) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
             rq.group(dot_oc4(patch, w, p.layout), g, out);
         }
     }
@@ -526,7 +526,7 @@ pub fn conv2d_maxpool_s8_fast_scratch_bytes(conv: &Conv2d, pool: &Pool) -> usize
 /// The final value of a pooled output from the max accumulator of its window.
 #[inline(always)]
 fn pooled(conv: &Conv2d, pool: &Pool, max_acc: i32, c: usize) -> i8 {
-    conv.requant.apply(max_acc + conv.bias.get(c), c).clamp(pool.act_min, pool.act_max)
+    conv.requant.apply(max_acc + conv.bias.get(c), c).bounded(pool.act_min, pool.act_max)
 }
 
 pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
@@ -542,13 +542,13 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
     for py in 0..ph {
         for px in 0..pw {
             // The patches of every conv pixel under the pooling window, built once.
-            for (slot, patch) in patches.chunks_exact_mut(words_per_patch).enumerate() {
-                conv_patch(conv, input, py * sh + slot / kw, px * sw + slot % kw, zp_pair, patch);
+            for (slot, patch) in patches.chunks_exact_mut(words_per_patch.max(1)).enumerate() {
+                conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
             }
-            let out = &mut output[(py * pw + px) * oc..][..oc];
-            for (g, w) in weights.chunks_exact(group_words(conv.layout, taps)).enumerate() {
+            let out = sub_mut(output, (py * pw + px) * oc, oc);
+            for (g, w) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
                 let mut max = [i32::MIN; 4];
-                for patch in patches.chunks_exact(words_per_patch) {
+                for patch in patches.chunks_exact(words_per_patch.max(1)) {
                     let acc = dot_oc4(patch, w, conv.layout);
                     for j in 0..4 {
                         max[j] = max[j].max(acc[j]);
@@ -556,8 +556,8 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
                 }
                 for (j, &m) in max.iter().enumerate() {
                     let c = 4 * g + j;
-                    if c < oc {
-                        out[c] = pooled(conv, pool, m, c);
+                    if let Some(o) = out.get_mut(c) {
+                        *o = pooled(conv, pool, m, c);
                     }
                 }
             }
@@ -600,14 +600,17 @@ pub fn conv2d_c1_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], outpu
     let window = kh * kw;
     let (ph, pw) = (pool.output.h as usize, pool.output.w as usize);
     let all = scratch_words(scratch, pairs * oc + pw * window * pairs + pw)?;
-    let (wide, rest) = all.split_at_mut(pairs * oc);
-    let (patches, maxes) = rest.split_at_mut(pw * window * pairs);
+    let too_small = Error::BufferSize { expected: pairs * oc + pw * window * pairs + pw, found: all.len() };
+    let (wide, rest) = all.split_at_mut_checked(pairs * oc).ok_or(too_small)?;
+    let (patches, maxes) = rest.split_at_mut_checked(pw * window * pairs).ok_or(too_small)?;
+    let pairs = pairs.max(1);
 
     // Weights widened to i16 pairs, taps in natural order, an odd last tap paired with 0.
     for (c, dst) in wide.chunks_exact_mut(pairs).enumerate() {
-        let w = &conv.weights[c * taps..(c + 1) * taps];
+        let w = sub(conv.weights, c * taps, taps);
         for (k, d) in dst.iter_mut().enumerate() {
-            *d = pack16(w[2 * k] as i32, w.get(2 * k + 1).map_or(0, |&x| x as i32));
+            let tap = |i: usize| w.get(i).map_or(0, |&x| x as i32);
+            *d = pack16(tap(2 * k), tap(2 * k + 1));
         }
     }
     let (sy, sx) = (conv.stride_h as usize, conv.stride_w as usize);
@@ -615,33 +618,35 @@ pub fn conv2d_c1_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], outpu
     for py in 0..ph {
         // The patches of every conv pixel under every pooling window of this row.
         for (n, patch) in patches.chunks_exact_mut(pairs).enumerate() {
-            let (px, slot) = (n / window, n % window);
-            let (y0, x0) = ((py * sh + slot / kw) * sy, (px * sw + slot % kw) * sx);
-            let mut k = 0;
+            let (px, slot) = (n / window.max(1), n % window.max(1));
+            let (y0, x0) = ((py * sh + slot / kw.max(1)) * sy, (px * sw + slot % kw.max(1)) * sx);
+            let mut words = patch.iter_mut();
             let mut low: Option<i32> = None;
             for ky in 0..ckh {
-                for &x in &input[(y0 + ky) * iw + x0..][..ckw] {
+                for &x in sub(input, (y0 + ky) * iw + x0, ckw) {
                     let v = x as i32 - zp;
                     match low.take() {
                         None => low = Some(v),
                         Some(l) => {
-                            patch[k] = pack16(l, v);
-                            k += 1;
+                            if let Some(w) = words.next() {
+                                *w = pack16(l, v);
+                            }
                         }
                     }
                 }
             }
-            if let Some(l) = low {
-                patch[k] = pack16(l, 0);
+            if let (Some(l), Some(w)) = (low, words.next()) {
+                *w = pack16(l, 0);
             }
         }
         for (c, w) in wide.chunks_exact(pairs).enumerate() {
             window_maxima(patches, w, window, maxes);
             let (bias, multiplier, shift) = (conv.bias.get(c), conv.requant.multipliers.get(c), conv.requant.shifts.get(c));
             let r = &conv.requant;
-            for (o, &m) in output[py * pw * oc + c..].iter_mut().step_by(oc).zip(maxes.iter()) {
+            let row = output.get_mut(py * pw * oc + c..).unwrap_or(&mut []);
+            for (o, &m) in row.iter_mut().step_by(oc.max(1)).zip(maxes.iter()) {
                 let v = crate::fixedpoint::requantize(m as i32 + bias, multiplier, shift, r.output_zp, r.act_min, r.act_max);
-                *o = v.clamp(pool.act_min, pool.act_max);
+                *o = v.bounded(pool.act_min, pool.act_max);
             }
         }
     }
@@ -656,9 +661,9 @@ fn window_maxima(patches: &[u32], weights: &[u32], window: usize, maxes: &mut [u
     if weights.len() == 5 && window == 4 && patches.len() >= maxes.len() * 20 {
         return window_maxima_3x3_2x2(patches, weights, maxes);
     }
-    for (m, group) in maxes.iter_mut().zip(patches.chunks_exact(window * weights.len())) {
+    for (m, group) in maxes.iter_mut().zip(patches.chunks_exact((window * weights.len()).max(1))) {
         let mut max = i32::MIN;
-        for patch in group.chunks_exact(weights.len()) {
+        for patch in group.chunks_exact(weights.len().max(1)) {
             let mut acc = 0;
             for (&x, &k) in patch.iter().zip(weights) {
                 acc = smlad(x, k, acc);
@@ -836,19 +841,22 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     let pad_left = p.padding.leading(iw, kw, sw, ow);
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
-        let (oy, ox) = (q / ow, q % ow);
+        let (oy, ox) = (q / ow.max(1), q % ow.max(1));
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
         let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-        let mut n = 0;
+        // (input offset, weight offset) per tap, then the end mark: kh * kw + 1 entries at most.
+        let mut entries = table.as_chunks_mut::<2>().0.iter_mut();
         for ky in ky0..ky1 {
             for kx in kx0..kx1 {
                 let pixel = (y0 + ky as isize) as usize * iw + (x0 + kx as isize) as usize;
-                table[n] = (pixel * c) as u32;
-                table[n + 1] = ((ky * kw + kx) * c) as u32;
-                n += 2;
+                if let Some(entry) = entries.next() {
+                    *entry = [(pixel * c) as u32, ((ky * kw + kx) * c) as u32];
+                }
             }
         }
-        table[n] = u32::MAX;
+        if let Some(end) = entries.next() {
+            end[0] = u32::MAX;
+        }
         for g in 0..c / 4 {
             let input = io.input();
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
@@ -939,7 +947,7 @@ pub fn add_s8_fast(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scr
         _ => {
             for ((o, &a), &b) in output.iter_mut().zip(input1).zip(input2) {
                 let sum = s1.apply((a as i32 - z1) << shift) + s2.apply((b as i32 - z2) << shift);
-                *o = (so.apply(sum) + zo).clamp(lo, hi) as i8;
+                *o = (so.apply(sum) + zo).bounded(lo, hi) as i8;
             }
         }
     }
@@ -953,7 +961,7 @@ pub fn add_s8_fast(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scr
 fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
     for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
         let sum = ((h as i32) << shift) - kh + table[t as u8 as usize] as i32;
-        *o = so.apply(sum).clamp(lo, hi) as i8;
+        *o = so.apply(sum).bounded(lo, hi) as i8;
     }
 }
 
@@ -966,7 +974,7 @@ fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, tabl
     if n == 0 || table.len() < 256 || so.3 == 0 {
         for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
             let sum = ((h as i32) << shift) - kh + *table.get(t as u8 as usize).unwrap_or(&0) as i32;
-            *o = so.apply(sum).clamp(lo, hi) as i8;
+            *o = so.apply(sum).bounded(lo, hi) as i8;
         }
         return;
     }
@@ -1041,7 +1049,7 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
     let patch = scratch_words(scratch, patch_words(p.input_len))?;
     let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
     widen(input, pack16(p.input_zp, p.input_zp), patch);
-    for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len)).enumerate() {
+    for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len).max(1)).enumerate() {
         rq.group(dot_oc4(patch, w, p.layout), g, output);
     }
     Ok(())

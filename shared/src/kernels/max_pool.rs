@@ -1,7 +1,8 @@
 //! Max pooling, int8. Input and output share quantization: no requantization.
 
 use super::{window, Pool};
-use crate::types::expect_len;
+use crate::types::{expect_len, sub, sub_mut};
+use crate::types::Bounded;
 use crate::Error;
 
 pub fn max_pool_s8_scratch_bytes(_p: &Pool) -> usize {
@@ -21,19 +22,19 @@ pub fn max_pool_s8(p: &Pool, input: &[i8], output: &mut [i8], _scratch: &mut [u8
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
         for ox in 0..ow {
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-            let out = &mut output[(oy * ow + ox) * c..][..c];
+            let out = sub_mut(output, (oy * ow + ox) * c, c);
             out.fill(i8::MIN);
             for ky in ky0..ky1 {
                 let iy = (y0 + ky as isize) as usize;
                 for kx in kx0..kx1 {
                     let ix = (x0 + kx as isize) as usize;
-                    for (o, &x) in out.iter_mut().zip(&input[(iy * iw + ix) * c..][..c]) {
+                    for (o, &x) in out.iter_mut().zip(sub(input, (iy * iw + ix) * c, c)) {
                         *o = (*o).max(x);
                     }
                 }
             }
             for o in out.iter_mut() {
-                *o = (*o).clamp(p.act_min, p.act_max);
+                *o = (*o).bounded(p.act_min, p.act_max);
             }
         }
     }

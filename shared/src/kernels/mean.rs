@@ -5,6 +5,7 @@
 
 use crate::fixedpoint::multiply_by_quantized_multiplier;
 use crate::types::{expect_len, Shape};
+use crate::types::Bounded;
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -31,7 +32,7 @@ pub fn mean_s8(p: &Mean, input: &[i8], output: &mut [i8], _scratch: &mut [u8]) -
     for (ch, o) in output.iter_mut().enumerate() {
         let sum: i32 = input.iter().skip(ch).step_by(c.max(1)).map(|&x| x as i32).sum();
         let scaled = multiply_by_quantized_multiplier(sum - p.input_zp * count, p.multiplier, p.shift);
-        *o = scaled.wrapping_add(p.output_zp).clamp(p.act_min as i32, p.act_max as i32) as i8;
+        *o = scaled.wrapping_add(p.output_zp).bounded(p.act_min as i32, p.act_max as i32) as i8;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Spatial zero-padding of an int8 tensor (TFLite PAD): the border holds the tensor's zero
 //! point, i.e. real 0. Input and output share quantization.
 
-use crate::types::{expect_len, Shape};
+use crate::types::{expect_len, sub, sub_mut, Shape};
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -29,8 +29,11 @@ pub fn pad_s8(p: &Pad, input: &[i8], output: &mut [i8], _scratch: &mut [u8]) -> 
     }
     output.fill(p.value);
     for y in 0..ih {
-        let row = &input[y * iw * c..(y + 1) * iw * c];
-        output[((y + top) * ow + left) * c..][..iw * c].copy_from_slice(row);
+        let row = sub(input, y * iw * c, iw * c);
+        let to = sub_mut(output, ((y + top) * ow + left) * c, iw * c);
+        if to.len() == row.len() {
+            to.copy_from_slice(row);
+        }
     }
     Ok(())
 }

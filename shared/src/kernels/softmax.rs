@@ -6,6 +6,7 @@ use crate::fixedpoint::{
     saturating_rounding_doubling_high_mul,
 };
 use crate::types::expect_len;
+use crate::types::Bounded;
 use crate::Error;
 
 /// Integer bits of the accumulated sum of exponentials (Q12.19).
@@ -70,7 +71,7 @@ fn softmax_row(p: &Softmax, row: &[i8], out: &mut [i8]) {
                     saturating_rounding_doubling_high_mul(reciprocal, e),
                     num_bits_over_unit + 31 - 8,
                 );
-                unsat.wrapping_add(i8::MIN as i32).clamp(i8::MIN as i32, i8::MAX as i32) as i8
+                unsat.wrapping_add(i8::MIN as i32).bounded(i8::MIN as i32, i8::MAX as i32) as i8
             }
             None => i8::MIN,
         };
