@@ -386,7 +386,6 @@ fn run_one_uart(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], in
         .spawn()
         .with_context(|| format!("starting {}", qemu.display()))?;
     let session = accept_qemu(&listener, &mut qemu).and_then(|mut stream| {
-        stream.set_read_timeout(Some(UART_FRAME_TIMEOUT))?;
         stream.set_nodelay(true)?;
         crate::uart::run_session(&mut stream, inputs, input_len, || {
             done.fetch_add(1, Ordering::Relaxed);
@@ -403,9 +402,6 @@ fn run_one_uart(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], in
         Err(e) => e.context(format!("QEMU: {}", String::from_utf8_lossy(&output.stderr).trim())),
     })
 }
-
-/// How long the host waits for any one frame over the UART link.
-const UART_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// QEMU's connection to `listener`, or why it did not come.
 fn accept_qemu(listener: &TcpListener, qemu: &mut Child) -> Result<TcpStream> {

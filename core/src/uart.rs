@@ -1,14 +1,34 @@
 //! The host side of the UART link (`lepton_nn::protocol`): wait for the device's hello, then
 //! for each input send `UART_INPUT` + the input and read its result frame before the next (a
 //! UART has no flow control), then `UART_END`, the summary and the exit frame. The stream is
-//! anything that reads and writes bytes: a serial port on a board, a TCP socket to QEMU's USART.
+//! any [`Port`]: a serial port on a board, a TCP socket to QEMU's USART.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use lepton_nn::protocol::{self, Exit, Hello, Summary, EXIT_MAGIC, UART_END, UART_INPUT};
+use lepton_nn::protocol::{self, Exit, Hello, Summary, EXIT_MAGIC, UART_END, UART_HELLO, UART_INPUT};
 
 use crate::device::{DeviceResult, DeviceRun, FirmwareExit};
+
+/// Bytes both ways, with a bound on how long a read waits.
+pub trait Port: Read + Write {
+    fn set_read_timeout(&mut self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl Port for TcpStream {
+    fn set_read_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(timeout))
+    }
+}
+
+/// How long the host waits for any one frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Silence after which the host asks for the hello again: a board that is already running sent
+/// its hello before the port was open. A board answers in microseconds once it waits for input.
+pub const HELLO_PROBE: Duration = Duration::from_secs(1);
 
 /// Why a session ended early, from the device's exit frame.
 fn exit_error(code: u8) -> anyhow::Error {
@@ -17,7 +37,7 @@ fn exit_error(code: u8) -> anyhow::Error {
 }
 
 /// Exactly `buf.len()` bytes, or an error that says what was awaited.
-fn read_exact(stream: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
+fn read_exact<R: Read + ?Sized>(stream: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
     match stream.read_exact(buf) {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
@@ -29,7 +49,7 @@ fn read_exact(stream: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> 
 }
 
 /// A frame's first four bytes; the exit frame's code as an error when they say `EXIT`.
-fn frame_start(stream: &mut impl Read, what: &str) -> Result<[u8; 4]> {
+fn frame_start<R: Read + ?Sized>(stream: &mut R, what: &str) -> Result<[u8; 4]> {
     let mut start = [0u8; 4];
     read_exact(stream, &mut start, what)?;
     if start == EXIT_MAGIC {
@@ -40,17 +60,38 @@ fn frame_start(stream: &mut impl Read, what: &str) -> Result<[u8; 4]> {
     Ok(start)
 }
 
-/// The device's hello frame (after whatever start-up bytes a board may send before it).
-pub fn read_hello(stream: &mut impl Read) -> Result<Hello> {
+/// The device's hello frame; after [`HELLO_PROBE`] of silence the host asks for it
+/// ([`UART_HELLO`]).
+pub fn read_hello<P: Port + ?Sized>(stream: &mut P) -> Result<Hello> {
+    let mut first = [0u8; 1];
+    stream.set_read_timeout(HELLO_PROBE)?;
+    let probed = stream.read(&mut first);
+    stream.set_read_timeout(FRAME_TIMEOUT)?;
+    match probed {
+        Ok(1) => {}
+        Ok(_) => bail!("the link closed while waiting for the hello frame"),
+        Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+            stream.write_all(&[UART_HELLO]).and_then(|()| stream.flush()).context("asking the device for its hello frame")?;
+            read_exact(stream, &mut first, "hello frame")?;
+        }
+        Err(e) => return Err(e).context("reading the hello frame"),
+    }
+    let mut start = [first[0], 0, 0, 0];
+    read_exact(stream, &mut start[1..], "hello frame")?;
+    if start == EXIT_MAGIC {
+        let mut code = [0u8; 1];
+        read_exact(stream, &mut code, "exit code")?;
+        return Err(exit_error(code[0]));
+    }
     let mut b = [0u8; protocol::HELLO_BYTES];
-    b[..4].copy_from_slice(&frame_start(stream, "hello frame")?);
+    b[..4].copy_from_slice(&start);
     read_exact(stream, &mut b[4..], "hello frame")?;
     Hello::decode(&b).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Run `inputs` (back to back, `input_len` bytes each) through the device at the other end of
 /// `stream`, calling `on_result` after each result.
-pub fn run_session<S: Read + Write>(stream: &mut S, inputs: &[u8], input_len: usize, mut on_result: impl FnMut()) -> Result<DeviceRun> {
+pub fn run_session<S: Port + ?Sized>(stream: &mut S, inputs: &[u8], input_len: usize, mut on_result: impl FnMut()) -> Result<DeviceRun> {
     let hello = read_hello(stream)?;
     if hello.input_bytes as usize != input_len {
         bail!(
@@ -106,6 +147,11 @@ mod tests {
             self.to_device.write(buf)
         }
         fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Port for Scripted {
+        fn set_read_timeout(&mut self, _: Duration) -> std::io::Result<()> {
             Ok(())
         }
     }

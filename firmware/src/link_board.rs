@@ -2,7 +2,7 @@
 //! go back the same way, through the embedded-hal 1.0 serial traits implemented by
 //! stm32f4xx-hal, in the frames of `lepton_nn::protocol`: the board sends its hello frame, then
 //! the host sends `UART_INPUT` + an input for each input (after each result) and `UART_END` to
-//! finish; the board's last bytes are the exit frame.
+//! finish (`UART_HELLO` asks for the hello again); the board's last bytes are the exit frame.
 //!
 //! The core runs at 168 MHz from the PLL on the internal oscillator (no assumption about the
 //! board's crystal). Feature `board-on-qemu` keeps the reset clock (HSI, 16 MHz) instead:
@@ -10,7 +10,7 @@
 
 use embedded_hal_nb::nb::block;
 use embedded_hal_nb::serial::{Read, Write};
-use lepton_nn::protocol::{self, Exit, Hello, ResultFrame, Sink, Summary, UART_END};
+use lepton_nn::protocol::{self, Exit, Hello, ResultFrame, Sink, Summary, UART_END, UART_HELLO, UART_INPUT};
 use stm32f4xx_hal::pac;
 use stm32f4xx_hal::prelude::*;
 use stm32f4xx_hal::rcc::Rcc;
@@ -19,6 +19,7 @@ use stm32f4xx_hal::serial::{Rx, Tx};
 pub struct Link {
     tx: Uart,
     rx: Rx<pac::USART1>,
+    hello: Hello,
 }
 
 struct Uart(Tx<pac::USART1>);
@@ -50,7 +51,7 @@ impl Link {
         let gpioa = dp.GPIOA.split(&mut rcc);
         let serial = dp.USART1.serial((gpioa.pa9, gpioa.pa10), 115_200.bps(), &mut rcc).map_err(|_| Exit::Io)?;
         let (tx, rx) = serial.split();
-        let mut link = Link { tx: Uart(tx), rx };
+        let mut link = Link { tx: Uart(tx), rx, hello: *hello };
         protocol::send_hello(&mut link.tx, hello)?;
         Ok(link)
     }
@@ -59,10 +60,16 @@ impl Link {
         block!(self.rx.read()).map_err(|_| Exit::Io)
     }
 
-    /// `Ok(false)` when the host ends the session.
+    /// `Ok(false)` when the host ends the session. A host that asks for the hello (it opened
+    /// the port after the board started) gets it again; other bytes are line noise, skipped.
     pub fn read_input(&mut self, input: &mut [u8]) -> Result<bool, Exit> {
-        if self.receive()? == UART_END {
-            return Ok(false);
+        loop {
+            match self.receive()? {
+                UART_INPUT => break,
+                UART_END => return Ok(false),
+                UART_HELLO => protocol::send_hello(&mut self.tx, &self.hello)?,
+                _ => {}
+            }
         }
         for p in input.iter_mut() {
             *p = self.receive()?;

@@ -7,13 +7,31 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use lepton_core::uart::{Port, FRAME_TIMEOUT};
 
-/// Bytes both ways, whatever carries them.
-pub trait Link: Read + Write {}
-impl<T: Read + Write> Link for T {}
+/// A serial port as a [`Port`].
+struct Serial(Box<dyn serialport::SerialPort>);
 
-/// How long to wait for any one frame from the device.
-pub const FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+impl Read for Serial {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Serial {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Port for Serial {
+    fn set_read_timeout(&mut self, timeout: Duration) -> std::io::Result<()> {
+        self.0.set_timeout(timeout).map_err(std::io::Error::other)
+    }
+}
 
 /// `port` as a TCP address when it is `HOST:PORT` (and not a device path).
 fn tcp_address(port: &str) -> Option<SocketAddr> {
@@ -25,7 +43,7 @@ fn tcp_address(port: &str) -> Option<SocketAddr> {
 
 /// Open the link at `port`: a TCP connection (retried for 10 s while refused, as when QEMU is
 /// still starting) or the serial port at `baud`, 8N1.
-pub fn open(port: &str, baud: u32) -> Result<Box<dyn Link>> {
+pub fn open(port: &str, baud: u32) -> Result<Box<dyn Port>> {
     if let Some(addr) = tcp_address(port) {
         let deadline = Instant::now() + Duration::from_secs(10);
         let stream = loop {
@@ -37,12 +55,11 @@ pub fn open(port: &str, baud: u32) -> Result<Box<dyn Link>> {
                 Err(e) => return Err(e).with_context(|| format!("connecting to {addr} (is QEMU running with `-serial tcp::PORT,server=on`?)")),
             }
         };
-        stream.set_read_timeout(Some(FRAME_TIMEOUT))?;
         stream.set_nodelay(true)?;
         return Ok(Box::new(stream));
     }
     match serialport::new(port, baud).timeout(FRAME_TIMEOUT).open() {
-        Ok(p) => Ok(Box::new(p)),
+        Ok(p) => Ok(Box::new(Serial(p))),
         Err(e) => {
             let ports = serialport::available_ports().unwrap_or_default();
             let names: Vec<&str> = ports.iter().map(|p| p.port_name.as_str()).collect();

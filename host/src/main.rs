@@ -289,7 +289,7 @@ fn run_on_board(port: &str, baud: u32, inputs: &[i8], host: &eval::Outputs) -> R
     eprintln!("lepton: {count} inputs to the device at {port} (waiting for its hello frame)");
     let progress = lepton::progress::Progress::new(count as u64, "device inputs");
     let bytes: Vec<u8> = inputs.iter().map(|&v| v as u8).collect();
-    let run = lepton::uart::run_session(&mut link, &bytes, input_len, || progress.inc(1)).map_err(|e| anyhow::anyhow!("device at {port}: {e:#}"))?;
+    let run = lepton::uart::run_session(&mut *link, &bytes, input_len, || progress.inc(1)).map_err(|e| anyhow::anyhow!("device at {port}: {e:#}"))?;
     progress.finish();
     let device = eval::Outputs { logits: run.results.iter().map(|r| r.logits.clone()).collect(), outputs: run.results.iter().map(|r| r.outputs.clone()).collect() };
     let mismatches = (0..count).filter(|&i| device.logits[i] != host.logits[i] || device.outputs[i] != host.outputs[i]).count();

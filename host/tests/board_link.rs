@@ -67,3 +67,34 @@ fn lepton_run_over_a_port_nobody_listens_on_says_so() {
     assert!(e.contains(&format!("connecting to 127.0.0.1:{port}")), "{e}");
     assert!(!dir.path().join("y.npy").exists());
 }
+
+/// A board that booted before the host opened the port has sent its hello into the void: the
+/// host asks again (`UART_HELLO`) after a second of silence. QEMU runs the guest at once here
+/// (`wait=off`), the host connects two seconds later.
+#[test]
+fn lepton_run_asks_a_board_that_started_first_for_its_hello() {
+    let elf = board_firmware();
+    let dir = tempfile::tempdir().unwrap();
+    let ops = root().join("tests/data/ops");
+    let model = dir.path().join("conv_same_s2.lpk");
+    ok(lepton(&["import", s(&ops.join("conv_same_s2.tflite")), "--out", s(&model)]));
+    let port = free_port();
+    let qemu = lepton::device::qemu_binary().unwrap();
+    let mut board = Command::new(qemu)
+        .args(lepton::device::qemu_args_on(&elf, Some(&model), &format!("tcp:127.0.0.1:{port},server=on,wait=off")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = dir.path().join("device.npy");
+    let inputs = ops.join("conv_same_s2.inputs.npy");
+    let run = lepton(&["run", "--port", &format!("127.0.0.1:{port}"), "--model", s(&model), "--inputs", s(&inputs), "--out", s(&out)]);
+    let _ = board.kill();
+    let _ = board.wait();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let device = lepton::npy::read_i8(&out).unwrap();
+    let tflm = lepton::npy::read_i8(&ops.join("conv_same_s2.outputs.npy")).unwrap();
+    assert_eq!(device.values, tflm.values, "device outputs vs TFLM's");
+}

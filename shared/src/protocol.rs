@@ -13,7 +13,8 @@
 //!
 //! Inputs (host to device): the model's int8 input tensors; over semihosting a file of whole
 //! inputs back to back, over a UART each input preceded by [`UART_INPUT`], and [`UART_END`] ends
-//! the session. Over a UART the host sends an input only after the previous result arrived (a
+//! the session; [`UART_HELLO`] asks for the hello again. Over a UART the host sends an input
+//! only after the previous result arrived (a
 //! UART has no flow control; the device reads while it is not computing), and only after the
 //! hello (QEMU's USART drops what arrives before the firmware enables it). The logits are the
 //! input of a final softmax (else the output). Under semihosting the exit code is QEMU's exit
@@ -54,6 +55,9 @@ pub const SUMMARY_BYTES: usize = 16;
 pub const UART_INPUT: u8 = 0x01;
 /// UART, host to device: no more inputs.
 pub const UART_END: u8 = 0x00;
+/// UART, host to device: send the hello frame again (the host opened the port after the board
+/// started; the board ignores any other byte between inputs).
+pub const UART_HELLO: u8 = 0x02;
 
 /// The layer a step's instructions are charged to: its first (a fused conv + pool shows under
 /// the conv). The firmware, `cargo xtask bench` and `lepton report` all use this rule.

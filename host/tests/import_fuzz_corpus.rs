@@ -1,0 +1,32 @@
+//! The importers' committed fuzzing corpus (`host/fuzz/corpus/`), replayed as an ordinary test:
+//! every input through the same code as the fuzz targets (`host/fuzz/exercise.rs`), without
+//! nightly or sanitizers. A panic anywhere (tract's loaders, Lepton's converters, the written
+//! model failing to parse) fails the test.
+
+include!("../fuzz/exercise.rs");
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+#[test]
+fn the_tflite_import_corpus_never_panics() {
+    let inputs = corpus("import_tflite");
+    assert!(inputs.len() >= 50, "only {} corpus inputs", inputs.len());
+    let imported = inputs.iter().filter(|d| lepton::import::tflite::import_tflite(d).is_ok()).count();
+    inputs.iter().for_each(|d| import_tflite_bytes(d));
+    // The corpus reaches past the flatbuffer checks: some inputs are whole models.
+    assert!(imported > 0, "no corpus input imports");
+}
+
+#[test]
+fn the_onnx_import_corpus_never_panics() {
+    let inputs = corpus("import_onnx");
+    assert!(inputs.len() >= 50, "only {} corpus inputs", inputs.len());
+    let imported = inputs.iter().filter(|d| lepton::import::onnx::parse(d).is_ok()).count();
+    inputs.iter().for_each(|d| import_onnx_bytes(d));
+    assert!(imported > 0, "no corpus input imports");
+}
