@@ -30,3 +30,23 @@ fn the_onnx_import_corpus_never_panics() {
     inputs.iter().for_each(|d| import_onnx_bytes(d));
     assert!(imported > 0, "no corpus input imports");
 }
+
+/// Found by fuzzing: an ONNX Squeeze whose axis is out of range makes tract's shape inference
+/// assert. The importer reports it as an error that names tract, and prints no panic.
+#[test]
+fn a_tract_panic_on_a_malformed_graph_is_an_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/import_onnx");
+    let bytes = std::fs::read(dir.join("regression-squeeze-axis")).unwrap();
+    let e = lepton::import::onnx::parse(&bytes).unwrap_err();
+    assert!(format!("{e:#}").contains("tract failed"), "{e:#}");
+}
+
+/// Found by fuzzing: an operator whose opcode index is past the operator-code table (the
+/// flatbuffer vector's `get` asserts): now a typed error.
+#[test]
+fn an_opcode_index_out_of_range_is_an_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/import_tflite");
+    let bytes = std::fs::read(dir.join("regression-opcode-index")).unwrap();
+    let e = lepton::import::tflite::import_tflite(&bytes).unwrap_err();
+    assert!(format!("{e:#}").contains("out of range"), "{e:#}");
+}

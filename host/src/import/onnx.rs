@@ -120,11 +120,8 @@ fn volume(dims: &[usize]) -> usize {
 
 /// Read, bind, simplify: the ONNX file as tract's decluttered typed graph.
 fn typed_model(bytes: &[u8], dims: &[usize]) -> Result<TypedModel> {
-    crate::onnx::read_bound(bytes, dims)
-        .context("reading the ONNX graph with tract-onnx")?
-        .into_typed()
-        .and_then(|m| m.into_decluttered())
-        .map_err(|e| anyhow!("{e:?}"))
+    let model = crate::onnx::read_bound(bytes, dims).context("reading the ONNX graph with tract-onnx")?;
+    crate::onnx::guarded("analysing the ONNX graph", || model.into_typed().and_then(|m| m.into_decluttered()).map_err(|e| anyhow!("{e:?}")))
         .context("analysing the ONNX graph with tract (batch bound to 1)")
 }
 

@@ -42,7 +42,7 @@ pub fn import_tflite(bytes: &[u8]) -> Result<QModel> {
     let mut input = inputs.get(0);
     let mut output = outputs.get(0);
     for (index, op) in operators.iter().enumerate() {
-        let code = opcodes.get(op.opcode_index() as usize);
+        let code = element(&opcodes, op.opcode_index() as usize, "operator code")?;
         let builtin = BuiltinOperator(code.builtin_code().0.max(code.deprecated_builtin_code() as i32));
         let name = builtin.variant_name().unwrap_or("UNKNOWN");
         let op_inputs: Vec<i32> = op.inputs().map(|v| v.iter().collect()).unwrap_or_default();
@@ -178,6 +178,13 @@ fn convert(ctx: &Ctx, builtin: BuiltinOperator, op: &tflite::Operator, inputs: &
     Ok((qop, vec![first]))
 }
 
+/// Element `i` of a flatbuffer vector, or an error naming what was looked up (the vector's own
+/// `get` asserts the index).
+fn element<'a, T: flatbuffers::Follow<'a> + 'a>(v: &flatbuffers::Vector<'a, T>, i: usize, what: &str) -> Result<T::Inner> {
+    ensure!(i < v.len(), "{what} {i} out of range: the model has {}", v.len());
+    Ok(v.get(i))
+}
+
 struct Ctx<'a> {
     tensors: Tensors<'a>,
     buffers: flatbuffers::Vector<'a, flatbuffers::ForwardsUOffset<tflite::Buffer<'a>>>,
@@ -227,7 +234,7 @@ impl<'a> Ctx<'a> {
 
     fn data(&self, i: i32) -> Result<&'a [u8]> {
         let t = self.tensor(i)?;
-        let buffer = self.buffers.get(t.buffer() as usize);
+        let buffer = element(&self.buffers, t.buffer() as usize, "buffer")?;
         Ok(buffer.data().map(|d| d.bytes()).unwrap_or(&[]))
     }
 

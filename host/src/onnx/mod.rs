@@ -5,4 +5,4 @@ pub mod export;
 pub mod tract;
 
 pub use export::{export, OPSET};
-pub use tract::{bound_input_dims, float_logits, graph_input, read_bound, TractRunner};
+pub use tract::{bound_input_dims, float_logits, graph_input, guarded, read_bound, TractRunner};

@@ -2,6 +2,8 @@
 //!
 //! tract code lives in `onnx/` only: its prelude's `Tensor` would clash with burn's.
 
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -29,11 +31,40 @@ pub fn bound_input_dims(graph: &GraphProto) -> Result<Vec<usize>> {
     Ok(dims.iter().map(|&d| if d > 0 { d as usize } else { 1 }).collect())
 }
 
+thread_local! {
+    /// Inside [`guarded`] on this thread: panics there are reported as errors, not printed.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run tract on a file from outside: a panic inside tract (its shape inference asserts on some
+/// malformed graphs, e.g. a Squeeze axis out of range: found by fuzzing) becomes an error that
+/// says so, and prints nothing. Other threads' panics are reported as before.
+pub fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    result.unwrap_or_else(|payload| {
+        let message = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_default();
+        bail!("tract failed {what}: an internal assertion ({message}); the file is malformed or uses a form tract cannot read")
+    })
+}
+
 /// tract's reading of an ONNX file, its input fixed to `dims`; value_info, which names the
 /// symbolic batch (and would clash with the bound one), is ignored.
 pub fn read_bound(bytes: &[u8], dims: &[usize]) -> Result<InferenceModel> {
-    let model = tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(|e| anyhow!("{e:?}"))?;
-    model.with_input_fact(0, f32::fact(dims).into()).map_err(|e| anyhow!("{e:?}"))
+    guarded("reading the ONNX file", || {
+        let model = tract_onnx::onnx().with_ignore_value_info(true).model_for_read(&mut &bytes[..]).map_err(|e| anyhow!("{e:?}"))?;
+        model.with_input_fact(0, f32::fact(dims).into()).map_err(|e| anyhow!("{e:?}"))
+    })
 }
 
 /// An ONNX model loaded and optimized by tract with its batch bound to 1, run one input at a
@@ -60,10 +91,7 @@ impl TractRunner {
             let outlets = names.iter().map(|n| model.find_outlet_label(n).with_context(|| format!("tensor {n} not found by tract"))).collect::<Result<Vec<_>>>()?;
             model = model.with_output_outlets(&outlets).map_err(|e| anyhow!("{e:?}"))?;
         }
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| anyhow!("{e:?}"))
+        let plan = guarded("optimizing the ONNX graph", || model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| anyhow!("{e:?}")))
             .with_context(|| format!("preparing {} with tract-onnx", path.display()))?;
         Ok(TractRunner { plan, shape })
     }
@@ -77,7 +105,7 @@ impl TractRunner {
     /// Every output of the model for one input in its own layout, flattened.
     pub fn run_input(&self, values: &[f32]) -> Result<Vec<Vec<f32>>> {
         let input = Tensor::from_shape(&self.shape, values).map_err(|e| anyhow!("{e:?}"))?;
-        let outputs = self.plan.run(tvec!(input.into())).map_err(|e| anyhow!("{e:?}"))?;
+        let outputs = guarded("running the ONNX graph", || self.plan.run(tvec!(input.into())).map_err(|e| anyhow!("{e:?}")))?;
         outputs.iter().map(|o| Ok(o.to_plain_array_view::<f32>().map_err(|e| anyhow!("{e:?}"))?.iter().copied().collect())).collect()
     }
 }
