@@ -22,33 +22,38 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn lepton_run_over_a_port_gets_tflm_s_outputs_from_the_board_firmware() {
+/// Import the TFLM op model `name`, start the board firmware under QEMU with USART1 on a TCP
+/// server (`wait`: QEMU holds the guest until the host connects; else the board boots first and
+/// the host connects `delay` later), run the op's inputs with `lepton run --port`, and return
+/// the CLI's stderr after checking the device's outputs against TFLM's.
+fn run_op_on_board(name: &str, wait: bool, delay: std::time::Duration) -> String {
     let elf = board_firmware();
     let dir = tempfile::tempdir().unwrap();
     let ops = root().join("tests/data/ops");
-    let model = dir.path().join("dw_mult2.lpk");
-    ok(lepton(&["import", s(&ops.join("dw_mult2.tflite")), "--out", s(&model)]));
-
+    let model = dir.path().join(format!("{name}.lpk"));
+    ok(lepton(&["import", s(&ops.join(format!("{name}.tflite"))), "--out", s(&model)]));
     let port = free_port();
+    let serial = format!("tcp:127.0.0.1:{port},server=on,wait={}", if wait { "on" } else { "off" });
     let qemu = lepton::device::qemu_binary().unwrap();
-    let mut board = Command::new(qemu)
-        .args(lepton::device::qemu_args_on(&elf, Some(&model), &format!("tcp:127.0.0.1:{port},server=on,wait=on")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut board = Command::new(qemu).args(lepton::device::qemu_args_on(&elf, Some(&model), &serial)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(delay);
     let out = dir.path().join("device.npy");
-    let inputs = ops.join("dw_mult2.inputs.npy");
+    let inputs = ops.join(format!("{name}.inputs.npy"));
     let run = lepton(&["run", "--port", &format!("127.0.0.1:{port}"), "--model", s(&model), "--inputs", s(&inputs), "--out", s(&out)]);
     let _ = board.kill();
     let _ = board.wait();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&run.stderr).to_string();
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains("16 inputs, 0 differ from the host"), "{stderr}");
     let device = lepton::npy::read_i8(&out).unwrap();
-    let tflm = lepton::npy::read_i8(&ops.join("dw_mult2.outputs.npy")).unwrap();
-    assert_eq!(device.values, tflm.values, "device outputs vs TFLM's");
+    let tflm = lepton::npy::read_i8(&ops.join(format!("{name}.outputs.npy"))).unwrap();
+    assert_eq!(device.values, tflm.values, "{name}: device outputs vs TFLM's");
+    stderr
+}
+
+#[test]
+fn lepton_run_over_a_port_gets_tflm_s_outputs_from_the_board_firmware() {
+    let stderr = run_op_on_board("dw_mult2", true, std::time::Duration::ZERO);
+    assert!(stderr.contains("16 inputs, 0 differ from the host"), "{stderr}");
 }
 
 #[test]
@@ -73,28 +78,5 @@ fn lepton_run_over_a_port_nobody_listens_on_says_so() {
 /// (`wait=off`), the host connects two seconds later.
 #[test]
 fn lepton_run_asks_a_board_that_started_first_for_its_hello() {
-    let elf = board_firmware();
-    let dir = tempfile::tempdir().unwrap();
-    let ops = root().join("tests/data/ops");
-    let model = dir.path().join("conv_same_s2.lpk");
-    ok(lepton(&["import", s(&ops.join("conv_same_s2.tflite")), "--out", s(&model)]));
-    let port = free_port();
-    let qemu = lepton::device::qemu_binary().unwrap();
-    let mut board = Command::new(qemu)
-        .args(lepton::device::qemu_args_on(&elf, Some(&model), &format!("tcp:127.0.0.1:{port},server=on,wait=off")))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let out = dir.path().join("device.npy");
-    let inputs = ops.join("conv_same_s2.inputs.npy");
-    let run = lepton(&["run", "--port", &format!("127.0.0.1:{port}"), "--model", s(&model), "--inputs", s(&inputs), "--out", s(&out)]);
-    let _ = board.kill();
-    let _ = board.wait();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
-    let device = lepton::npy::read_i8(&out).unwrap();
-    let tflm = lepton::npy::read_i8(&ops.join("conv_same_s2.outputs.npy")).unwrap();
-    assert_eq!(device.values, tflm.values, "device outputs vs TFLM's");
+    run_op_on_board("conv_same_s2", false, std::time::Duration::from_secs(2));
 }
