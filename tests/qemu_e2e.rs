@@ -2,25 +2,30 @@
 //! every logit bit-exact with the host, the same accuracy. Runs `cargo xtask qemu --json`, which
 //! builds the firmware, loads the model into the flash partition and streams the images.
 
-use std::path::Path;
-use std::process::Command;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `cargo xtask qemu ARGS` from the repository root.
+fn xtask_qemu<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo).current_dir(root()).args(["xtask", "qemu"]).args(args).output().expect("cargo xtask runs")
+}
+
+/// The JSON report of a `cargo xtask qemu ... --json` run that must succeed (`what` names it).
+fn report_of_success(out: Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what}: cargo xtask qemu failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).expect("JSON report")
+}
 
 #[test]
 fn device_is_bit_exact_with_the_host_on_all_test_images() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args(["xtask", "qemu", "--json"])
-        .output()
-        .expect("cargo xtask runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "cargo xtask qemu failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    let r = report_of_success(xtask_qemu(["--json"]), "all test images");
     assert_eq!(r["images"], 10_000);
     assert_eq!(r["mismatches"], 0, "{r}");
     assert_eq!(r["accuracy"], r["host_accuracy"], "{r}");
@@ -38,7 +43,7 @@ fn device_is_bit_exact_with_the_host_on_all_test_images() {
     assert_eq!(r["arena_bytes"], 9_315);
     assert_eq!(
         r["flash_model_bytes"].as_u64().unwrap(),
-        std::fs::metadata(root.join("models/mnist-cnn/int8.lpk"))
+        std::fs::metadata(root().join("models/mnist-cnn/int8.lpk"))
             .unwrap()
             .len()
     );
@@ -46,27 +51,13 @@ fn device_is_bit_exact_with_the_host_on_all_test_images() {
 
 #[test]
 fn missing_or_corrupt_model_stops_the_firmware_cleanly() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile_dir();
-    let mut model = std::fs::read(root.join("models/mnist-cnn/int8.lpk")).unwrap();
+    let mut model = std::fs::read(root().join("models/mnist-cnn/int8.lpk")).unwrap();
     let n = model.len();
     model[n - 10] ^= 0x55; // payload byte: CRC mismatch
     let bad = dir.join("corrupt.lpk");
     std::fs::write(&bad, &model).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "xtask",
-            "qemu",
-            "--images",
-            "1",
-            "--skip-host-check",
-            "--model",
-        ])
-        .arg(&bad)
-        .output()
-        .expect("cargo xtask runs");
+    let out = xtask_qemu([OsStr::new("--images"), "1".as_ref(), "--skip-host-check".as_ref(), "--model".as_ref(), bad.as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -83,20 +74,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 #[test]
 fn a_firmware_with_the_model_embedded_runs_without_the_partition() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args(["xtask", "qemu", "--embedded", "--images", "200", "--json"])
-        .output()
-        .expect("cargo xtask runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = report_of_success(xtask_qemu(["--embedded", "--images", "200", "--json"]), "embedded model");
     assert_eq!(r["images"], 200);
     assert_eq!(r["mismatches"], 0, "{r}");
 }
@@ -106,26 +84,12 @@ fn a_firmware_with_the_model_embedded_runs_without_the_partition() {
 /// device like any other Lepton model: every prediction equal to the host's.
 #[test]
 fn an_onnx_imported_model_runs_on_the_device() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile_dir();
     let onnx = lepton_tests::data_dir().join("onnx/torch_dscnn_block.onnx");
     let calibration = lepton::import::Calibration { count: 300, ..Default::default() };
     let lpk = dir.join("from_onnx.lpk");
     std::fs::write(&lpk, lepton::import::import(&onnx, &calibration).unwrap().to_lpk().unwrap()).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args(["xtask", "qemu", "--images", "300", "--json", "--model"])
-        .arg(&lpk)
-        .output()
-        .expect("cargo xtask runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = report_of_success(xtask_qemu([OsStr::new("--images"), "300".as_ref(), "--json".as_ref(), "--model".as_ref(), lpk.as_os_str()]), "ONNX model");
     assert_eq!(r["images"], 300, "{r}");
     assert_eq!(r["mismatches"], 0, "{r}");
     // The exporter's model scores 74.9% in torch; on 300 images the int8 one lands near that.
@@ -169,7 +133,6 @@ fn the_op_models_run_on_the_device_bit_exact_with_the_host() {
 
 /// Import `models/NAME.tflite`, run `vectors/NAME.inputs.npy` (first `count`) on QEMU.
 fn device_equals_host(models: &Path, vectors: &Path, name: &str, count: usize) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let work = tempfile_dir();
     let tflite = std::fs::read(models.join(format!("{name}.tflite"))).unwrap();
     let lpk = work.join(format!("{name}.lpk"));
@@ -182,29 +145,9 @@ fn device_equals_host(models: &Path, vectors: &Path, name: &str, count: usize) {
     )
     .unwrap();
     let inputs = vectors.join(format!("{name}.inputs.npy"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "xtask",
-            "qemu",
-            "--images",
-            &count.to_string(),
-            "--json",
-            "--model",
-        ])
-        .arg(&lpk)
-        .arg("--inputs")
-        .arg(&inputs)
-        .output()
-        .expect("cargo xtask runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{name}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let count_arg = count.to_string();
+    let args = [OsStr::new("--images"), count_arg.as_ref(), "--json".as_ref(), "--model".as_ref(), lpk.as_os_str(), "--inputs".as_ref(), inputs.as_os_str()];
+    let r = report_of_success(xtask_qemu(args), name);
     assert_eq!(r["images"], count, "{name}: {r}");
     assert_eq!(r["mismatches"], 0, "{name}: {r}");
     assert_eq!(r["firmware_exit"], 0, "{name}: {r}");
@@ -215,20 +158,7 @@ fn device_equals_host(models: &Path, vectors: &Path, name: &str, count: usize) {
 /// logit equal to the host's.
 #[test]
 fn the_board_firmware_streams_a_thousand_images_over_its_uart_bit_exact() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args(["xtask", "qemu", "--link", "uart", "--images", "1000", "--json"])
-        .output()
-        .expect("cargo xtask runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = report_of_success(xtask_qemu(["--link", "uart", "--images", "1000", "--json"]), "UART link");
     assert_eq!(r["link"], "uart", "{r}");
     assert_eq!(r["images"], 1000, "{r}");
     assert_eq!(r["mismatches"], 0, "{r}");
@@ -245,19 +175,13 @@ fn the_board_firmware_streams_a_thousand_images_over_its_uart_bit_exact() {
 /// the host reports in the JSON as the semihosting firmware's exit status is.
 #[test]
 fn the_board_firmware_reports_a_corrupt_model_over_its_uart() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile_dir();
-    let mut model = std::fs::read(root.join("models/mnist-cnn/int8.lpk")).unwrap();
+    let mut model = std::fs::read(root().join("models/mnist-cnn/int8.lpk")).unwrap();
     model[40] ^= 0x04;
     let bad = dir.join("flipped_for_uart.lpk");
     std::fs::write(&bad, &model).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(root)
-        .args(["xtask", "qemu", "--link", "uart", "--images", "2", "--skip-host-check", "--json", "--model"])
-        .arg(&bad)
-        .output()
-        .expect("cargo xtask runs");
+    let flags = ["--link", "uart", "--images", "2", "--skip-host-check", "--json", "--model"];
+    let out = xtask_qemu(flags.iter().map(OsStr::new).chain([bad.as_os_str()]));
     assert!(!out.status.success());
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["firmware_exit"], 3, "{r}");

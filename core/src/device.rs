@@ -41,6 +41,13 @@ impl DeviceResult {
     }
 }
 
+/// Inputs whose device logits or outputs differ from the host's in any bit; a result missing on
+/// either side counts as a difference.
+pub fn mismatches(host: &crate::eval::Outputs, device: &[DeviceResult]) -> usize {
+    let differ = host.logits.iter().zip(&host.outputs).zip(device).filter(|((l, o), d)| **l != d.logits || **o != d.outputs).count();
+    differ + host.logits.len().abs_diff(device.len())
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DeviceRun {
     pub results: Vec<DeviceResult>,
@@ -275,14 +282,25 @@ pub fn run(elf: &Path, model: Option<&[u8]>, inputs: &[u8], input_len: usize, jo
     run_over(Link::Semihosting, elf, model, inputs, input_len, jobs)
 }
 
-/// How inputs reach the firmware under QEMU and results come back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How inputs reach the firmware under QEMU and results come back (`--link` of `cargo xtask
+/// qemu`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Link {
     /// Host files over semihosting (the `qemu` firmware).
     Semihosting,
-    /// USART1 on a TCP socket, driven by [`crate::uart`] (the `board` firmware, feature
-    /// `board-on-qemu`).
+    /// USART1 on a TCP socket (the `board` firmware, feature `board-on-qemu`), driven by the
+    /// host's UART session (`lepton_core::uart`).
     Uart,
+}
+
+impl Link {
+    /// The name `--link` takes and reports write.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Semihosting => "semihosting",
+            Link::Uart => "uart",
+        }
+    }
 }
 
 /// [`run`] over either link.

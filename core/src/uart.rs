@@ -48,16 +48,16 @@ fn read_exact<R: Read + ?Sized>(stream: &mut R, buf: &mut [u8], what: &str) -> R
     }
 }
 
-/// A frame's first four bytes; the exit frame's code as an error when they say `EXIT`.
-fn frame_start<R: Read + ?Sized>(stream: &mut R, what: &str) -> Result<[u8; 4]> {
-    let mut start = [0u8; 4];
-    read_exact(stream, &mut start, what)?;
-    if start == EXIT_MAGIC {
+/// Fill `frame` (at least 4 bytes), whose first `have` bytes are already read; when the device
+/// sends its exit frame instead, its code as an error.
+fn read_frame<R: Read + ?Sized>(stream: &mut R, frame: &mut [u8], have: usize, what: &str) -> Result<()> {
+    read_exact(stream, &mut frame[have..4], what)?;
+    if frame[..4] == EXIT_MAGIC {
         let mut code = [0u8; 1];
         read_exact(stream, &mut code, "exit code")?;
         return Err(exit_error(code[0]));
     }
-    Ok(start)
+    read_exact(stream, &mut frame[4..], what)
 }
 
 /// The device's hello frame; after [`HELLO_PROBE`] of silence the host asks for it
@@ -76,16 +76,9 @@ pub fn read_hello<P: Port + ?Sized>(stream: &mut P) -> Result<Hello> {
         }
         Err(e) => return Err(e).context("reading the hello frame"),
     }
-    let mut start = [first[0], 0, 0, 0];
-    read_exact(stream, &mut start[1..], "hello frame")?;
-    if start == EXIT_MAGIC {
-        let mut code = [0u8; 1];
-        read_exact(stream, &mut code, "exit code")?;
-        return Err(exit_error(code[0]));
-    }
     let mut b = [0u8; protocol::HELLO_BYTES];
-    b[..4].copy_from_slice(&start);
-    read_exact(stream, &mut b[4..], "hello frame")?;
+    b[0] = first[0];
+    read_frame(stream, &mut b, 1, "hello frame")?;
     Hello::decode(&b).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -103,21 +96,20 @@ pub fn run_session<S: Port + ?Sized>(stream: &mut S, inputs: &[u8], input_len: u
     let mut frame = vec![0u8; protocol::result_bytes(&hello)];
     for input in inputs.chunks_exact(input_len) {
         stream.write_all(&[UART_INPUT]).and_then(|()| stream.write_all(input)).and_then(|()| stream.flush()).context("sending an input")?;
-        frame[..4].copy_from_slice(&frame_start(stream, "result frame")?);
-        read_exact(stream, &mut frame[4..], "result frame")?;
+        read_frame(stream, &mut frame, 0, "result frame")?;
         run.results.push(device_result(&hello, &frame)?);
         on_result();
     }
     stream.write_all(&[UART_END]).and_then(|()| stream.flush()).context("ending the session")?;
     let mut summary = [0u8; protocol::SUMMARY_BYTES];
-    summary[..4].copy_from_slice(&frame_start(stream, "summary frame")?);
-    read_exact(stream, &mut summary[4..], "summary frame")?;
+    read_frame(stream, &mut summary, 0, "summary frame")?;
     let summary = Summary::decode(&summary).context("the device sent no DONE summary after the last input")?;
     (run.stack_peak_bytes, run.arena_bytes, run.model_bytes) = (summary.stack_peak_bytes, summary.arena_bytes, summary.model_bytes);
-    match frame_start(stream, "exit frame") {
+    let mut end = [0u8; 4];
+    match read_frame(stream, &mut end, 0, "exit frame") {
         Err(e) if e.downcast_ref::<FirmwareExit>().is_some_and(|x| x.code == Some(Exit::Ok.code() as i32)) => Ok(run),
         Err(e) => Err(e),
-        Ok(other) => bail!("the device sent {other:02x?} where its exit frame belongs"),
+        Ok(()) => bail!("the device sent {end:02x?} where its exit frame belongs"),
     }
 }
 

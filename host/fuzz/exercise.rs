@@ -2,16 +2,21 @@
 // includes this file to replay the committed corpus in CI, without nightly or sanitizers.
 
 /// Any bytes as a TFLite file: an error, or a model whose `.lpk` bytes `lepton-nn` parses.
-pub fn import_tflite_bytes(data: &[u8]) {
-    if let Ok(model) = lepton::import::tflite::import_tflite(data) {
-        check_written(model.to_lpk());
+/// Whether a model came out.
+pub fn import_tflite_bytes(data: &[u8]) -> bool {
+    match lepton::import::tflite::import_tflite(data) {
+        Ok(model) => {
+            check_written(model.to_lpk());
+            true
+        }
+        Err(_) => false,
     }
 }
 
 /// Any bytes as an ONNX file: an error, or a float network (tract loads, binds, declutters;
-/// Lepton converts its graph).
-pub fn import_onnx_bytes(data: &[u8]) {
-    let _ = lepton::import::onnx::parse(data);
+/// Lepton converts its graph). Whether a network came out.
+pub fn import_onnx_bytes(data: &[u8]) -> bool {
+    lepton::import::onnx::parse(data).is_ok()
 }
 
 /// A model the importer wrote must parse (an importer that writes unreadable models is a bug).

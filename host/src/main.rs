@@ -289,10 +289,10 @@ fn run_on_board(port: &str, baud: u32, inputs: &[i8], host: &eval::Outputs) -> R
     eprintln!("lepton: {count} inputs to the device at {port} (waiting for its hello frame)");
     let progress = lepton::progress::Progress::new(count as u64, "device inputs");
     let bytes: Vec<u8> = inputs.iter().map(|&v| v as u8).collect();
-    let run = lepton::uart::run_session(&mut *link, &bytes, input_len, || progress.inc(1)).map_err(|e| anyhow::anyhow!("device at {port}: {e:#}"))?;
+    let run = lepton::uart::run_session(&mut *link, &bytes, input_len, || progress.inc(1)).with_context(|| format!("device at {port}"))?;
     progress.finish();
+    let mismatches = lepton::device::mismatches(host, &run.results);
     let device = eval::Outputs { logits: run.results.iter().map(|r| r.logits.clone()).collect(), outputs: run.results.iter().map(|r| r.outputs.clone()).collect() };
-    let mismatches = (0..count).filter(|&i| device.logits[i] != host.logits[i] || device.outputs[i] != host.outputs[i]).count();
     let ticks = run.results.iter().map(|r| r.instructions as f64).sum::<f64>() / count.max(1) as f64;
     eprintln!(
         "device: {count} inputs, {mismatches} differ from the host; {ticks:.0} TIM2 ticks per inference (instructions under QEMU -icount, timer clocks on a board); stack peak {} B, arena {} B, model {} B",

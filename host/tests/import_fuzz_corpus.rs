@@ -16,8 +16,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 fn the_tflite_import_corpus_never_panics() {
     let inputs = corpus("import_tflite");
     assert!(inputs.len() >= 50, "only {} corpus inputs", inputs.len());
-    let imported = inputs.iter().filter(|d| lepton::import::tflite::import_tflite(d).is_ok()).count();
-    inputs.iter().for_each(|d| import_tflite_bytes(d));
+    let imported = inputs.iter().filter(|d| import_tflite_bytes(d)).count();
     // The corpus reaches past the flatbuffer checks: some inputs are whole models.
     assert!(imported > 0, "no corpus input imports");
 }
@@ -26,8 +25,7 @@ fn the_tflite_import_corpus_never_panics() {
 fn the_onnx_import_corpus_never_panics() {
     let inputs = corpus("import_onnx");
     assert!(inputs.len() >= 50, "only {} corpus inputs", inputs.len());
-    let imported = inputs.iter().filter(|d| lepton::import::onnx::parse(d).is_ok()).count();
-    inputs.iter().for_each(|d| import_onnx_bytes(d));
+    let imported = inputs.iter().filter(|d| import_onnx_bytes(d)).count();
     assert!(imported > 0, "no corpus input imports");
 }
 

@@ -88,8 +88,8 @@ enum Cmd {
         embedded: bool,
         /// How inputs and results travel: `semihosting` (host files, the `qemu` firmware) or
         /// `uart` (the `board` firmware's USART1 transport, on a TCP socket to QEMU).
-        #[arg(long, value_enum, default_value_t = LinkArg::Semihosting)]
-        link: LinkArg,
+        #[arg(long, value_enum, default_value_t = Link::Semihosting)]
+        link: Link,
     },
     /// List every panic the firmware's inference call graph (model parse, planning, every kernel)
     /// can reach, with the callers that reach it; fails if there is any.
@@ -100,12 +100,6 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LinkArg {
-    Semihosting,
-    Uart,
 }
 
 fn main() {
@@ -129,11 +123,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded, link } => {
             preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);
-            let (elf, link) = match (link, embedded) {
-                (LinkArg::Uart, true) => bail!("--embedded builds the semihosting firmware; the UART link runs the board firmware with the model in the partition"),
-                (LinkArg::Uart, false) => (firmware::build_board_on_qemu()?, Link::Uart),
-                (LinkArg::Semihosting, true) => (firmware::build_variant("embedded", true, &["embedded-model"], Some(&model))?, Link::Semihosting),
-                (LinkArg::Semihosting, false) => (firmware::build(&[])?, Link::Semihosting),
+            let elf = match (link, embedded) {
+                (Link::Uart, true) => bail!("--embedded builds the semihosting firmware; the UART link runs the board firmware with the model in the partition"),
+                (Link::Uart, false) => firmware::build_board_on_qemu()?,
+                (Link::Semihosting, true) => firmware::build_variant("embedded", true, &["embedded-model"], Some(&model))?,
+                (Link::Semihosting, false) => firmware::build(&[])?,
             };
             let report = qemu::run(&model, inputs.as_deref(), images, &elf, !skip_host_check, !embedded, link)?;
             qemu::print(&report, json)

@@ -30,7 +30,7 @@ pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &P
         None
     };
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).min(inputs.count().max(1));
-    eprintln!("xtask: device inference on {} inputs (QEMU netduinoplus2, {jobs} instances, -icount shift=0, link {}) ...", inputs.count(), link_name(link));
+    eprintln!("xtask: device inference on {} inputs (QEMU netduinoplus2, {jobs} instances, -icount shift=0, link {}) ...", inputs.count(), link.name());
     let started = std::time::Instant::now();
     let device = match device::run_over(link, elf, in_partition.then_some(&model[..]), &inputs.bytes, inputs.len, jobs) {
         Ok(d) => d,
@@ -38,10 +38,7 @@ pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &P
     };
     let seconds = started.elapsed().as_secs_f64();
 
-    let mismatches = match &host {
-        Some(h) => h.logits.iter().zip(&h.outputs).zip(&device.results).filter(|((l, o), d)| **l != d.logits || **o != d.outputs).count(),
-        None => 0,
-    };
+    let mismatches = host.as_ref().map_or(0, |h| device::mismatches(h, &device.results));
     let accuracy = |classes: &mut dyn Iterator<Item = usize>| {
         inputs.labels.as_ref().map(|labels| classes.zip(labels).filter(|(c, &l)| *c == l as usize).count() as f64 / labels.len().max(1) as f64)
     };
@@ -64,7 +61,7 @@ pub fn run(model_path: &Path, npy: Option<&Path>, images: Option<usize>, elf: &P
         "seconds": seconds,
         "firmware_exit": 0,
         "firmware_exit_meaning": device::describe_exit(0),
-        "link": link_name(link),
+        "link": link.name(),
     });
     Ok(QemuReport { json, mismatches, failure: None })
 }
@@ -77,16 +74,9 @@ fn failed(e: anyhow::Error, images: usize, link: Link) -> QemuReport {
         "mismatches": serde_json::Value::Null,
         "firmware_exit": exit.and_then(|x| x.code),
         "firmware_exit_meaning": exit.map_or("the firmware did not run", |x| x.meaning()),
-        "link": link_name(link),
+        "link": link.name(),
     });
     QemuReport { json, mismatches: 0, failure: Some(e) }
-}
-
-fn link_name(link: Link) -> &'static str {
-    match link {
-        Link::Semihosting => "semihosting",
-        Link::Uart => "uart",
-    }
 }
 
 pub fn print(report: &QemuReport, as_json: bool) -> Result<()> {

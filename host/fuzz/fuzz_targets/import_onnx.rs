@@ -5,5 +5,5 @@
 include!("../exercise.rs");
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    import_onnx_bytes(data);
+    let _ = import_onnx_bytes(data);
 });

@@ -4,5 +4,5 @@
 include!("../exercise.rs");
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    import_tflite_bytes(data);
+    let _ = import_tflite_bytes(data);
 });
