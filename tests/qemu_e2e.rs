@@ -188,3 +188,62 @@ fn the_board_firmware_reports_a_corrupt_model_over_its_uart() {
     assert_eq!(r["firmware_exit_meaning"], lepton_nn::protocol::Exit::BadModel.meaning(), "{r}");
     assert_eq!(r["link"], "uart", "{r}");
 }
+
+/// `cargo xtask bench` prices the executed instruction mix in cycles: its plugin's exact
+/// instruction counts agree with TIM2's per step (up to the same few marker and timer-read
+/// instructions in every step), every figure is at least its instruction count, and the JSON
+/// carries the keys scripts read.
+#[test]
+fn bench_estimates_cycles_from_the_exact_instruction_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("int8.lpk");
+    std::fs::copy(root().join("models/mnist-cnn/int8.lpk"), &model).unwrap();
+    let profile = dir.path().join("cycles.txt");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root())
+        .args(["xtask", "bench", "--images", "2", "--json", "--model"])
+        .arg(&model)
+        .arg("--cycle-profile")
+        .arg(&profile)
+        .output()
+        .expect("cargo xtask runs");
+    let r = report_of_success(out, "bench");
+    let total = r["cycles_estimate"].as_u64().unwrap();
+    assert!(
+        total >= r["instructions_per_inference"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(
+        (r["ms_at_168mhz"].as_f64().unwrap() - total as f64 / 168_000.0).abs() < 1e-3,
+        "{r}"
+    );
+    let layers = r["layers"].as_array().unwrap();
+    let overhead: Vec<i64> = layers
+        .iter()
+        .map(|l| l["profiled_instructions"].as_i64().unwrap() - l["instructions"].as_i64().unwrap())
+        .collect();
+    assert!(
+        overhead
+            .iter()
+            .all(|&d| d == overhead[0] && (0..=32).contains(&d)),
+        "plugin vs TIM2 per step: {overhead:?}"
+    );
+    let mut sum = 0;
+    for l in layers {
+        let (cycles, instructions) = (
+            l["cycles_estimate"].as_u64().unwrap(),
+            l["profiled_instructions"].as_u64().unwrap(),
+        );
+        assert!(cycles >= instructions && l["macs"].is_u64(), "{l}");
+        sum += cycles;
+    }
+    assert!(
+        sum <= total && total - sum < total / 50,
+        "steps {sum} of {total} cycles"
+    );
+    // The per-address profile: the costliest instruction is in a convolution kernel.
+    let text = std::fs::read_to_string(&profile).unwrap();
+    let top = text.lines().nth(1).unwrap();
+    assert!(top.contains("kernels"), "{top}");
+}

@@ -153,7 +153,8 @@ pub struct CallSite {
     pub site: u64,
 }
 
-fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec<CallSite>)> {
+/// The ELF's functions: (address without the Thumb bit, size, symbol name), by address.
+pub fn functions(elf: &[u8]) -> Result<Vec<(u64, u64, String)>> {
     let file = object::File::parse(elf).context("firmware is not an ELF file")?;
     let mut functions: Vec<(u64, u64, String)> = file
         .symbols()
@@ -162,6 +163,12 @@ fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec
         .collect();
     functions.sort_unstable_by_key(|f| f.0);
     functions.dedup_by_key(|f| f.0);
+    Ok(functions)
+}
+
+fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec<CallSite>)> {
+    let file = object::File::parse(elf).context("firmware is not an ELF file")?;
+    let functions = functions(elf)?;
     let mut todo = Vec::new();
     for root in roots {
         let start = file
@@ -336,7 +343,7 @@ pub fn run_over(link: Link, elf: &Path, model: Option<&[u8]>, inputs: &[u8], inp
                 let chunk = &inputs[(j * per_job * input_len).min(inputs.len())..((j + 1) * per_job * input_len).min(inputs.len())];
                 let (qemu, model_path, done) = (&qemu, model_path.as_deref(), &done[j]);
                 s.spawn(move || match link {
-                    Link::Semihosting => run_one(qemu, elf, model_path, chunk, input_len, dir),
+                    Link::Semihosting => run_one(qemu, elf, model_path, chunk, input_len, dir, &[]),
                     Link::Uart => run_one_uart(qemu, elf, model_path, chunk, input_len, done),
                 })
             })
@@ -373,14 +380,23 @@ fn results_so_far(path: &Path) -> usize {
     StreamReader::new(&hello).map_or(0, |r| StreamReader::complete_results(len, &r.hello))
 }
 
-fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_len: usize, dir: &Path) -> Result<DeviceRun> {
+/// [`run`] in one QEMU instance with `extra` arguments (e.g. a TCG plugin).
+pub fn run_with(elf: &Path, model: &[u8], inputs: &[u8], input_len: usize, extra: &[String]) -> Result<DeviceRun> {
+    ensure!(input_len > 0 && !inputs.is_empty() && inputs.len().is_multiple_of(input_len), "inputs are not a whole number of {input_len}-byte inputs");
+    let work = tempfile::tempdir()?;
+    let model_path = work.path().join("model.lpk");
+    std::fs::write(&model_path, model)?;
+    run_one(&qemu_binary()?, elf, Some(&model_path), inputs, input_len, work.path(), extra)
+}
+
+fn run_one(qemu: &Path, elf: &Path, model: Option<&Path>, inputs: &[u8], input_len: usize, dir: &Path, extra: &[String]) -> Result<DeviceRun> {
     std::fs::create_dir_all(dir)?;
     let inputs_path = dir.join("inputs.bin");
     let results_path = dir.join("results.bin");
     std::fs::write(&inputs_path, inputs)?;
     // Generous: ~20 s per 1,000 MNIST images at the reference kernels' speed.
     let timeout = Duration::from_secs(120 + (inputs.len() / input_len) as u64 / 25);
-    let out = qemu_command(qemu, elf, model, &inputs_path, &results_path, timeout).output().with_context(|| format!("starting {}", qemu.display()))?;
+    let out = qemu_command(qemu, elf, model, &inputs_path, &results_path, timeout).args(extra).output().with_context(|| format!("starting {}", qemu.display()))?;
     let code = out.status.code().unwrap_or(-1);
     if code != 0 {
         let log = decode_log(elf, &out.stdout).unwrap_or_else(|e| format!("(log not decodable: {e})"));

@@ -6,6 +6,7 @@
 //! this crate alone; the `lepton` CLI adds training (burn), import (tract) and flashing
 //! (probe-rs) on top.
 
+pub mod cycles;
 pub mod data;
 pub mod device;
 pub mod eval;

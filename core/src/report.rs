@@ -26,6 +26,9 @@ pub struct LayerCost {
     /// Instructions per inference on the device, when measured (`cargo xtask bench`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<u64>,
+    /// Estimated Cortex-M4 cycles per inference (`cargo xtask bench`, zero wait states).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles_estimate: Option<u64>,
 }
 
 /// Where a tensor (or a step's scratch) lives in the optimized engine's arena.
@@ -53,6 +56,9 @@ pub struct Report {
     /// Device instructions per inference, from `cargo xtask bench` (`<model>.bench.json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions_per_inference: Option<u64>,
+    /// Estimated Cortex-M4 cycles per inference, from the same bench.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cycles_estimate: Option<u64>,
     /// Weight layouts used (`canonical`, `int8`, `i16`): the flash/instructions trade-off.
     pub weight_layouts: Vec<&'static str>,
 }
@@ -62,10 +68,12 @@ impl Report {
     /// the op the bench names (`first_layer`, see `lepton_nn::protocol::charged_layer`).
     pub fn with_bench(mut self, bench: &serde_json::Value) -> Self {
         self.instructions_per_inference = bench["instructions_per_inference"].as_u64();
+        self.cycles_estimate = bench["cycles_estimate"].as_u64();
         for step in bench["layers"].as_array().into_iter().flatten() {
             if let (Some(first), Some(n)) = (step["first_layer"].as_u64(), step["instructions"].as_u64()) {
                 if let Some(layer) = self.layers.get_mut(first as usize) {
                     layer.instructions = Some(n);
+                    layer.cycles_estimate = step["cycles_estimate"].as_u64();
                 }
             }
         }
@@ -117,6 +125,7 @@ pub fn report(blob: &[u8]) -> Result<Report> {
             weight_bytes: rec.sections().iter().map(|s| s.len as usize).sum(),
             activation_bytes: if is_view { 0 } else { output.len().map_err(|e| anyhow!("{e}"))? },
             instructions: None,
+            cycles_estimate: None,
         });
     }
     let mut weight_layouts: Vec<&'static str> = (0..model.op_count())
@@ -147,6 +156,7 @@ pub fn report(blob: &[u8]) -> Result<Report> {
     placed.sort_by_key(|p| (p.offset, p.steps[0]));
     Ok(Report {
         instructions_per_inference: None,
+        cycles_estimate: None,
         weight_layouts,
         parameters: layers.iter().map(|l| l.parameters).sum(),
         macs: layers.iter().map(|l| l.macs).sum(),
@@ -164,13 +174,13 @@ pub fn print_table(r: &Report) {
     println!(
         "{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9}{}",
         "#", "op", "input", "output", "params", "MACs", "weight B", "act B",
-        if measured { "  instructions" } else { "" }
+        if measured { "  instructions   cycles est." } else { "" }
     );
     for l in &r.layers {
         println!(
             "{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9} {:>9}{}",
             l.index, l.op, shape(l.input), shape(l.output), l.parameters, l.macs, l.weight_bytes, l.activation_bytes,
-            l.instructions.map(|n| format!("  {n:>12}")).unwrap_or_default()
+            l.instructions.map(|n| format!("  {n:>12}  {:>12}", l.cycles_estimate.map_or("-".to_string(), |c| c.to_string()))).unwrap_or_default()
         );
     }
     println!("{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9}", "", "total", "", "", r.parameters, r.macs, r.weight_bytes);
@@ -181,5 +191,8 @@ pub fn print_table(r: &Report) {
     }
     if let Some(n) = r.instructions_per_inference {
         println!("device: {n} instructions per inference (cargo xtask bench; a fused step is charged to its first op)");
+    }
+    if let Some(c) = r.cycles_estimate {
+        println!("        {c} cycles estimated ({:.2} ms at 168 MHz; Cortex-M4 timings, zero wait states)", c as f64 / 168e3);
     }
 }

@@ -44,6 +44,23 @@ pub extern "C" fn icount_stop() {
     unsafe { core::arch::asm!("nop", "nop", options(nomem, nostack, preserves_flags)) };
 }
 
-/// Keeps both markers (and their symbols) in the image for external tools.
+/// Marker called before each engine step: the cycle plugin of `cargo xtask bench` charges what
+/// runs from here to [`icount_step_end`] to that step.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn icount_step_begin() {
+    // SAFETY: no-op instructions.
+    unsafe { core::arch::asm!("nop", "nop", "nop", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Marker called after each engine step.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn icount_step_end() {
+    // SAFETY: no-op instructions.
+    unsafe { core::arch::asm!("nop", "nop", "nop", "nop", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Keeps the markers (and their symbols) in the image for external tools.
 #[used]
-static MARKERS: [extern "C" fn(); 2] = [icount_start, icount_stop];
+static MARKERS: [extern "C" fn(); 4] = [icount_start, icount_stop, icount_step_begin, icount_step_end];

@@ -40,7 +40,7 @@ enum Command {
         /// Where to write the Lepton model.
         #[arg(long)]
         out: PathBuf,
-        /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
+        /// Weight storage: i16 or fast (fewest instructions, 2x weight flash), int8 or compact (no flash cost), canonical (TFLite order).
         #[arg(long, value_enum, default_value_t)]
         weights: lepton::lpk::Packing,
     },
@@ -78,7 +78,7 @@ enum Command {
         /// Training images used to calibrate activation ranges.
         #[arg(long, value_parser = positive, default_value_t = 1000)]
         calibration: usize,
-        /// Weight storage: i16 (fastest, 2x weight flash), int8 (compact), canonical (TFLite order).
+        /// Weight storage: i16 or fast (fewest instructions, 2x weight flash), int8 or compact (no flash cost), canonical (TFLite order).
         #[arg(long, value_enum, default_value_t)]
         weights: lepton::lpk::Packing,
         #[arg(long)]

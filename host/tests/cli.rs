@@ -193,3 +193,34 @@ fn optimized_kernels_match_the_reference_on_all_test_images() {
     let differing = reference.logits.iter().zip(&optimized.logits).filter(|(a, b)| a != b).count();
     assert_eq!(differing, 0, "optimized logits differ from the reference on {differing} images");
 }
+
+/// `--weights fast` and `--weights compact` name the two points of the speed/flash trade: the
+/// same files as `i16` and `int8`, which keep working.
+#[test]
+fn fast_and_compact_name_the_two_weight_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let quantize = |weights: &str| -> Vec<u8> {
+        let out = dir.path().join(format!("{weights}.lpk"));
+        ok(lepton(&[
+            "quantize",
+            "--float",
+            "models/mnist-cnn",
+            "--out",
+            s(&out),
+            "--calibration",
+            "50",
+            "--weights",
+            weights,
+        ]));
+        std::fs::read(out).unwrap()
+    };
+    let (fast, compact) = (quantize("fast"), quantize("compact"));
+    assert_eq!(fast, quantize("i16"));
+    assert_eq!(compact, quantize("int8"));
+    assert!(
+        compact.len() < fast.len() * 6 / 10,
+        "compact {} vs fast {} bytes",
+        compact.len(),
+        fast.len()
+    );
+}

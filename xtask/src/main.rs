@@ -41,7 +41,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         epochs: usize,
     },
-    /// Benchmark the firmware on QEMU: instructions per layer and per inference, RAM, stack, code, model bytes.
+    /// Benchmark the firmware on QEMU: instructions and estimated cycles per layer and per inference, RAM, stack, code, model bytes.
     Bench {
         #[arg(long, default_value = DEFAULT_MODEL)]
         model: PathBuf,
@@ -53,6 +53,10 @@ enum Cmd {
         images: usize,
         #[arg(long)]
         json: bool,
+        /// Also write the executed instructions and estimated cycles per address (per inference,
+        /// costliest first, with their functions) to FILE.
+        #[arg(long, value_name = "FILE")]
+        cycle_profile: Option<PathBuf>,
     },
     /// The main job, end to end on the QEMU board: data, train, quantize, judge, firmware, device run.
     Demo {
@@ -113,10 +117,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { args } => test(&args),
         Cmd::BenchTrain { epochs } => bench_train::bench_train(epochs),
-        Cmd::Bench { model, inputs, images, json } => {
+        Cmd::Bench { model, inputs, images, json, cycle_profile } => {
             preflight::check(&preflight::DEVICE)?;
             let elf = firmware::build(&[])?;
-            bench::bench(&root().join(model), inputs.as_deref(), images, &elf, json).map(|_| ())
+            bench::bench(&root().join(model), inputs.as_deref(), images, &elf, json, cycle_profile.as_deref()).map(|_| ())
         }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
         Cmd::NoPanic => no_panic(),

@@ -17,9 +17,13 @@ pub enum Packing {
     /// TFLite's order (OHWI / `[out, in]`): the reference kernels' natural input.
     Canonical,
     /// int8, re-ordered for the DSP kernels (4 channels x 4 taps per step): no flash cost.
+    /// Also named `compact`: the small-flash point of the speed/flash trade.
+    #[value(alias = "compact")]
     Int8,
     /// Pre-widened to i16 pairs for SMLAD: twice the weight flash, fewest instructions.
+    /// Also named `fast`: the speed point of the trade.
     #[default]
+    #[value(alias = "fast")]
     I16,
 }
 
