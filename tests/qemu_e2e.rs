@@ -49,6 +49,16 @@ fn device_is_bit_exact_with_the_host_on_all_test_images() {
     );
 }
 
+/// The committed `compact` model (int8 weights, the blocked kernels that widen each group once per
+/// block) on 2,000 test images: every logit bit-exact with the host's reference kernels.
+#[test]
+fn the_compact_model_is_bit_exact_with_the_host() {
+    let r = report_of_success(xtask_qemu(["--model", "models/mnist-cnn/compact.lpk", "--images", "2000", "--json"]), "compact model");
+    assert_eq!(r["images"], 2000);
+    assert_eq!(r["mismatches"], 0, "{r}");
+    assert_eq!(r["accuracy"], r["host_accuracy"], "{r}");
+}
+
 #[test]
 fn missing_or_corrupt_model_stops_the_firmware_cleanly() {
     let dir = tempfile_dir();

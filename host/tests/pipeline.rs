@@ -29,19 +29,22 @@ fn committed_int8_model_matches_the_float_model() {
     assert!(f("float_accuracy") >= 0.985, "float accuracy {}", f("float_accuracy"));
 }
 
-/// The committed int8 model is what `lepton quantize` makes of the committed float model, byte
-/// for byte: calibration runs in f64 with a fixed summation order, so the same float model gives
-/// the same `.lpk` on every machine (whatever the CPU's vector width).
+/// The committed int8 models (`int8.lpk`: the default `fast` weights; `compact.lpk`) are what
+/// `lepton quantize` makes of the committed float model, byte for byte: calibration runs in f64
+/// with a fixed summation order, so the same float model gives the same `.lpk` on every machine
+/// (whatever the CPU's vector width).
 #[test]
 fn requantizing_the_committed_float_model_gives_the_committed_int8_model() {
     let dir = tempfile::tempdir().unwrap();
-    let lpk = dir.path().join("int8.lpk");
-    ok(lepton(&["quantize", "--float", "models/mnist-cnn", "--out", s(&lpk)]));
-    let made = std::fs::read(&lpk).unwrap();
-    let committed = std::fs::read(root().join("models/mnist-cnn/int8.lpk")).unwrap();
-    assert_eq!(made.len(), committed.len(), "sizes differ");
-    let differing = made.iter().zip(&committed).filter(|(a, b)| a != b).count();
-    assert_eq!(differing, 0, "{differing} bytes differ from models/mnist-cnn/int8.lpk");
+    for (name, weights) in [("int8.lpk", "fast"), ("compact.lpk", "compact")] {
+        let lpk = dir.path().join(name);
+        ok(lepton(&["quantize", "--float", "models/mnist-cnn", "--out", s(&lpk), "--weights", weights]));
+        let made = std::fs::read(&lpk).unwrap();
+        let committed = std::fs::read(root().join("models/mnist-cnn").join(name)).unwrap();
+        assert_eq!(made.len(), committed.len(), "{name}: sizes differ");
+        let differing = made.iter().zip(&committed).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{differing} bytes differ from models/mnist-cnn/{name}");
+    }
 }
 
 /// A real (small) training run: loss falls, resume continues exactly, quantize + eval + report

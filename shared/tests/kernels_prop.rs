@@ -395,6 +395,29 @@ proptest! {
         prop_assert_eq!(out, reference_conv_pool(&p, Some(&pool), &f.conv.input));
     }
 
+    /// With int8 quads the conv kernels work a block of pixels (or pooled outputs) at a time, as
+    /// many as the scratch holds besides one widened group: any scratch from the one-patch
+    /// minimum to the full request gives the reference's outputs.
+    #[test]
+    fn compact_kernels_match_the_reference_with_any_block(f in fast_case(false), pool_act in act_range(), fraction in 0.0f64..=1.0) {
+        let layout = WeightLayout::Oc4Quads;
+        let b = build(&f.conv, layout);
+        let p = conv_params(&f.conv, &b, layout);
+        let patch_bytes = 4 * layout.stored_taps(f.conv.k.0 * f.conv.k.1 * f.conv.ci).div_ceil(2);
+        let between = |min: usize, full: usize| min + ((full.max(min) - min) as f64 * fraction) as usize;
+        let mut out = vec![0i8; p.output.len().unwrap()];
+        let mut scratch = vec![0u8; between(patch_bytes + 3, conv2d_s8_fast_scratch_bytes(&p))];
+        conv2d_s8_fast(&p, &f.conv.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(out, reference_conv_pool(&p, None, &f.conv.input));
+
+        let pool = pool_after(&p, f.pool, pool_act);
+        let window = pool.kernel_h as usize * pool.kernel_w as usize;
+        let mut out = vec![0i8; pool.output.len().unwrap()];
+        let mut scratch = vec![0u8; between(window * patch_bytes + 3, conv2d_maxpool_s8_fast_scratch_bytes(&p, &pool))];
+        conv2d_maxpool_s8_fast(&p, &pool, &f.conv.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(out, reference_conv_pool(&p, Some(&pool), &f.conv.input));
+    }
+
     #[test]
     fn one_channel_conv_maxpool_matches_reference(f in fast_case(true), pool_act in act_range()) {
         let b = build(&f.conv, WeightLayout::Canonical);

@@ -42,6 +42,90 @@ fn scratch_words(scratch: &mut [u8], n: usize) -> Result<&mut [u32], Error> {
     mid.get_mut(..n).ok_or(Error::BufferSize { expected: n, found: available })
 }
 
+/// All aligned `u32` words of `scratch`.
+fn all_scratch_words(scratch: &mut [u8]) -> &mut [u32] {
+    // SAFETY: any bit pattern is a valid u32.
+    let (_, mid, _) = unsafe { scratch.align_to_mut::<u32>() };
+    mid
+}
+
+/// Patch bytes the blocked compact kernels ask for: with [`WeightLayout::Oc4Quads`] weights, a
+/// block of output pixels has its patches built first, then each group of four channels is
+/// widened once into i16 pairs and runs the i16 dot product over the whole block, so the int8
+/// weights cost one SXTB16 pair per block instead of one per pixel.
+const BLOCK_PATCH_BYTES: usize = 12 * 1024;
+
+/// How many units (pixels, or pooled outputs) of `unit_words` patch words a blocked kernel
+/// handles at once, given `words` of scratch besides the widened group: at most `units`.
+fn block_units(words: usize, unit_words: usize, units: usize) -> usize {
+    (words / unit_words.max(1)).min(units)
+}
+
+/// The scratch bytes of a blocked compact kernel for `units` units of `unit_words` patch words
+/// and `taps` stored taps, or `None` when a block would hold fewer than `min_units`.
+fn blocked_scratch_bytes(unit_words: usize, units: usize, taps: usize, min_units: usize) -> Option<usize> {
+    let block = block_units(BLOCK_PATCH_BYTES / 4, unit_words, units).max(1);
+    (block >= min_units).then_some(4 * (block * unit_words + 2 * taps) + 3)
+}
+
+/// One group of four channels' int8 quads widened into [`dot_oc4_i16`]'s order: per quad and
+/// channel `(w0, w2), (w1, w3)`.
+#[inline(never)]
+fn widen_group(quads: &[u32], wide: &mut [u32]) {
+    let done = widen_words_fast(quads, wide);
+    for (&w, d) in quads.iter().zip(wide.as_chunks_mut::<2>().0).skip(done) {
+        *d = [sxtb16(w), sxtb16_ror8(w)];
+    }
+}
+
+/// [`widen_group`]'s bulk, two words per LDRD and two STRD per word pair: 4 instructions a word
+/// where the compiled loop takes 7. Returns the words done (a multiple of 4).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+fn widen_words_fast(quads: &[u32], wide: &mut [u32]) -> usize {
+    let fours = quads.len().min(wide.len() / 2) / 4;
+    if fours == 0 {
+        return 0;
+    }
+    macro_rules! pair {
+        () => {
+            concat!(
+                "ldrd {a}, {b}, [{src}], #8\n",
+                "sxtb16 {c}, {a}, ror #8\n",
+                "sxtb16 {a}, {a}\n",
+                "sxtb16 {d}, {b}, ror #8\n",
+                "sxtb16 {b}, {b}\n",
+                "strd {a}, {c}, [{dst}], #8\n",
+                "strd {b}, {d}, [{dst}], #8\n",
+            )
+        };
+    }
+    // SAFETY: reads 4 x `fours` words of `quads` and writes 8 x `fours` words of `wide`, both in
+    // bounds and word-aligned (LDRD/STRD need it: `words()` and the scratch split guarantee it).
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            pair!(),
+            pair!(),
+            "subs {k}, {k}, #1",
+            "bne 2b",
+            src = inout(reg) quads.as_ptr() => _,
+            dst = inout(reg) wide.as_mut_ptr() => _,
+            k = inout(reg) fours => _,
+            a = out(reg) _,
+            b = out(reg) _,
+            c = out(reg) _,
+            d = out(reg) _,
+            options(nostack),
+        );
+    }
+    4 * fours
+}
+
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn widen_words_fast(_: &[u32], _: &mut [u32]) -> usize {
+    0
+}
+
 /// Widen `src` (length a multiple of 4) minus the zero point into patch words.
 #[inline(always)]
 fn widen(src: &[i8], zp_pair: u32, dst: &mut [u32]) {
@@ -363,7 +447,9 @@ pub fn conv2d_s8_fast_supported(p: &Conv2d) -> bool {
 
 pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
     let taps = p.layout.stored_taps(p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize);
-    4 * patch_words(taps) + 3
+    let pixels = p.output.h as usize * p.output.w as usize;
+    let blocked = if p.layout == WeightLayout::Oc4Quads { blocked_scratch_bytes(patch_words(taps), pixels, taps, 2) } else { None };
+    blocked.unwrap_or(4 * patch_words(taps) + 3)
 }
 
 /// VALID convolutions whose kernel rows are whole quads of input bytes: the fused kernels' patches.
@@ -483,25 +569,77 @@ pub fn conv2d_s8_fast_in_place_supported(p: &Conv2d) -> bool {
     conv2d_s8_fast_supported(p) && p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w
 }
 
-/// [`conv2d_s8_fast`] on an [`Io`]: pixel by pixel, the patch is built before any output of
-/// the pixel is written.
+/// How a blocked kernel splits its scratch: patches for `block` units of `unit_words` words,
+/// then (int8 quads with a block of at least `min_block` units) one group's widened weights.
+struct Blocks<'s> {
+    patches: &'s mut [u32],
+    wide: &'s mut [u32],
+    block: usize,
+    widen: bool,
+}
+
+impl<'s> Blocks<'s> {
+    fn new(scratch: &'s mut [u8], layout: WeightLayout, stored_taps: usize, unit_words: usize, units: usize, min_block: usize) -> Result<Self, Error> {
+        let all = all_scratch_words(scratch);
+        let available = all.len();
+        let wide_words = 2 * stored_taps;
+        let widened = block_units(available.saturating_sub(wide_words), unit_words, units);
+        let widen = layout == WeightLayout::Oc4Quads && widened >= min_block;
+        let block = if widen { widened } else { block_units(available, unit_words, units) };
+        if block == 0 && units > 0 {
+            return Err(Error::BufferSize { expected: unit_words, found: available });
+        }
+        let Some((patches, rest)) = all.split_at_mut_checked(block * unit_words) else {
+            return Err(Error::BufferSize { expected: block * unit_words, found: available });
+        };
+        let wide = if widen { rest.get_mut(..wide_words).unwrap_or(&mut []) } else { &mut [] };
+        Ok(Blocks { patches, wide, block: block.max(1), widen })
+    }
+}
+
+/// [`conv2d_s8_fast`] on an [`Io`], a block of output pixels at a time: the block's patches are
+/// built, then each group of four channels runs over the whole block (with int8 quads widened
+/// once per block, see [`BLOCK_PATCH_BYTES`]). Every patch of a block is built before any of its
+/// outputs is written, which keeps [`Io::Shared`] safe.
 pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<(), Error> {
     check_conv(p, io.input())?;
     expect_len(io.output_len(), p.output.len()?)?;
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
     let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
-    let patch = scratch_words(scratch, patch_words(p.layout.stored_taps(taps)))?;
     let rq = Requantizer::new(&p.requant, p.bias, taps);
     let zp_pair = pack16(p.input_zp, p.input_zp);
-    for k in 0..oh * ow {
-        let q = io.pixel(k, oh * ow);
-        let (oy, ox) = (q / ow.max(1), q % ow.max(1));
-        conv_patch_padded(p, io.input(), oy, ox, zp_pair, patch);
-        let out = io.output(q * oc, oc);
-        for (g, w) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
-            rq.group(dot_oc4(patch, w, p.layout), g, out);
+    let stored = p.layout.stored_taps(taps);
+    let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
+    let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
+    if !b.widen {
+        // One pixel at a time: build its patch, then every group.
+        let patch = b.patches.get_mut(..wpp).ok_or(Error::BufferSize { expected: wpp, found: 0 })?;
+        for k in 0..pixels {
+            let q = io.pixel(k, pixels);
+            conv_patch_padded(p, io.input(), q / ow.max(1), q % ow.max(1), zp_pair, patch);
+            let out = io.output(q * oc, oc);
+            for (g, w) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
+                rq.group(dot_oc4(patch, w, p.layout), g, out);
+            }
         }
+        return Ok(());
+    }
+    let mut first = 0;
+    while first < pixels {
+        let count = b.block.min(pixels - first);
+        for (i, patch) in b.patches.chunks_exact_mut(wpp).take(count).enumerate() {
+            let q = io.pixel(first + i, pixels);
+            conv_patch_padded(p, io.input(), q / ow.max(1), q % ow.max(1), zp_pair, patch);
+        }
+        for (g, quads) in weights.chunks_exact(stored.max(1)).enumerate() {
+            widen_group(quads, b.wide);
+            for (i, patch) in b.patches.chunks_exact(wpp).take(count).enumerate() {
+                let q = io.pixel(first + i, pixels);
+                rq.group(dot_oc4_i16(patch, b.wide), g, io.output(q * oc, oc));
+            }
+        }
+        first += count;
     }
     Ok(())
 }
@@ -520,7 +658,10 @@ pub fn conv2d_maxpool_s8_fast_supported(conv: &Conv2d, pool: &Pool) -> bool {
 
 pub fn conv2d_maxpool_s8_fast_scratch_bytes(conv: &Conv2d, pool: &Pool) -> usize {
     let window = pool.kernel_h as usize * pool.kernel_w as usize;
-    4 * window * patch_words(conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize) + 3
+    let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
+    let outputs = pool.output.h as usize * pool.output.w as usize;
+    let blocked = if conv.layout == WeightLayout::Oc4Quads && window >= 2 { blocked_scratch_bytes(window * patch_words(taps), outputs, taps, 1) } else { None };
+    blocked.unwrap_or(4 * window * patch_words(taps) + 3)
 }
 
 /// The final value of a pooled output from the max accumulator of its window.
@@ -529,19 +670,69 @@ fn pooled(conv: &Conv2d, pool: &Pool, max_acc: i32, c: usize) -> i8 {
     conv.requant.apply(max_acc + conv.bias.get(c), c).bounded(pool.act_min, pool.act_max)
 }
 
+/// A block of pooled outputs at a time: the patches of every conv pixel under the block's
+/// pooling windows are built once, then each group of four channels runs over them (int8
+/// quads widened once per block).
+#[inline(never)]
 pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     check_conv(conv, input)?;
     expect_len(output.len(), pool.output.len()?)?;
     let weights = words(conv.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
+    // Kernel rows in whole quads (the fused kernel's condition): no tap is padded.
+    let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
+    let (ph, pw, oc) = (pool.output.h as usize, pool.output.w as usize, conv.output.c as usize);
+    let (kw, sh, sw) = (pool.kernel_w as usize, pool.stride_h as usize, pool.stride_w as usize);
+    let window = (pool.kernel_h as usize * kw).max(1);
+    let wpp = patch_words(taps).max(1);
+    let zp_pair = pack16(conv.input_zp, conv.input_zp);
+    let outputs = ph * pw;
+    let b = Blocks::new(scratch, conv.layout, taps, window * wpp, outputs, 1)?;
+    if !b.widen {
+        return conv_maxpool_by_window(conv, pool, input, output, weights, zp_pair, b.patches);
+    }
+    let mut first = 0;
+    while first < outputs {
+        let count = b.block.min(outputs - first);
+        for (n, patch) in b.patches.chunks_exact_mut(wpp).take(count * window).enumerate() {
+            let (o, slot) = (first + n / window, n % window);
+            let (py, px) = (o / pw.max(1), o % pw.max(1));
+            conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
+        }
+        for (g, quads) in weights.chunks_exact(taps.max(1)).enumerate() {
+            widen_group(quads, b.wide);
+            for (i, group) in b.patches.chunks_exact((window * wpp).max(1)).take(count).enumerate() {
+                let mut max = [i32::MIN; 4];
+                for patch in group.chunks_exact(wpp) {
+                    let acc = dot_oc4_i16(patch, b.wide);
+                    for j in 0..4 {
+                        max[j] = max[j].max(acc[j]);
+                    }
+                }
+                let out = sub_mut(output, (first + i) * oc, oc);
+                for (j, &m) in max.iter().enumerate() {
+                    let c = 4 * g + j;
+                    if let Some(o) = out.get_mut(c) {
+                        *o = pooled(conv, pool, m, c);
+                    }
+                }
+            }
+        }
+        first += count;
+    }
+    Ok(())
+}
+
+/// [`conv2d_maxpool_s8_fast`] one pooled output at a time (weights used as stored): the
+/// patches of the conv pixels under its window are built once, in `patches`.
+#[inline(always)]
+fn conv_maxpool_by_window(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], weights: &[u32], zp_pair: u32, patches: &mut [u32]) -> Result<(), Error> {
     let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
     let (ph, pw, oc) = (pool.output.h as usize, pool.output.w as usize, conv.output.c as usize);
     let (kh, kw, sh, sw) = (pool.kernel_h as usize, pool.kernel_w as usize, pool.stride_h as usize, pool.stride_w as usize);
     let words_per_patch = patch_words(taps);
-    let patches = scratch_words(scratch, kh * kw * words_per_patch)?;
-    let zp_pair = pack16(conv.input_zp, conv.input_zp);
+    let patches = patches.get_mut(..kh * kw * words_per_patch).ok_or(Error::BufferSize { expected: kh * kw * words_per_patch, found: 0 })?;
     for py in 0..ph {
         for px in 0..pw {
-            // The patches of every conv pixel under the pooling window, built once.
             for (slot, patch) in patches.chunks_exact_mut(words_per_patch.max(1)).enumerate() {
                 conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
             }
@@ -587,6 +778,9 @@ pub fn conv2d_c1_maxpool_s8_fast_scratch_bytes(conv: &Conv2d, pool: &Pool) -> us
 
 /// Channel by channel over one row of pooled outputs at a time: a channel's widened weights
 /// stay in registers across the row, whose patches are built once for all channels.
+// Out of line: inlined into the engine's loop, its codegen (and 30,000 instructions of MNIST's
+// first layer) moves with every change elsewhere in the loop.
+#[inline(never)]
 pub fn conv2d_c1_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     expect_len(input.len(), conv.input.len()?)?;
     expect_len(output.len(), pool.output.len()?)?;
