@@ -61,6 +61,19 @@ pub struct Report {
     pub cycles_estimate: Option<u64>,
     /// Weight layouts used (`canonical`, `int8`, `i16`): the flash/instructions trade-off.
     pub weight_layouts: Vec<&'static str>,
+    /// The model's bytes with each point of the trade (`lepton quantize --weights fast|compact`):
+    /// the layers stored in an OC4 layout re-sized for i16 and for int8 weights, exactly (weight
+    /// sections are whole words in both layouts).
+    pub weight_trade: Vec<TradePoint>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TradePoint {
+    /// `fast` (i16 weights) or `compact` (int8 weights).
+    pub weights: &'static str,
+    pub model_bytes: usize,
+    /// Whether this model is stored so.
+    pub this_model: bool,
 }
 
 impl Report {
@@ -100,6 +113,33 @@ fn op_cost(layer: &Layer, output: Shape) -> Result<(usize, u64)> {
         Layer::FullyConnected(p) => (p.output_len * (p.input_len + 1), (p.input_len * p.output_len) as u64),
         _ => (0, 0),
     })
+}
+
+/// [`Report::weight_trade`]: per layer in an OC4 layout, its weights section in i16 and in int8.
+fn weight_trade(model: &Model) -> Result<Vec<TradePoint>> {
+    use lepton_nn::WeightLayout;
+    let (mut current, mut fast, mut compact) = (0usize, 0usize, 0usize);
+    let mut layouts = Vec::new();
+    for i in 0..model.op_count() {
+        let rec = model.op_record(i);
+        let layout = WeightLayout::from_code(rec.weight_layout);
+        if !layout.is_some_and(WeightLayout::is_oc4) {
+            continue;
+        }
+        let (channels, taps) = match model.op(i).map_err(|e| anyhow!("{e}"))? {
+            Layer::Conv2d(p) => (p.output.c as usize, p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize),
+            Layer::FullyConnected(p) => (p.output_len, p.input_len),
+            _ => continue,
+        };
+        let bytes = |l: WeightLayout| l.bytes(channels, taps).ok_or_else(|| anyhow!("layer {i}: weights too large"));
+        current += rec.weights.len as usize;
+        fast += bytes(WeightLayout::Oc4PairsI16)?;
+        compact += bytes(WeightLayout::Oc4Quads)?;
+        layouts.push(layout);
+    }
+    let total = model.byte_len();
+    let point = |weights, bytes: usize, layout| TradePoint { weights, model_bytes: total - current + bytes, this_model: !layouts.is_empty() && layouts.iter().all(|&l| l == Some(layout)) };
+    Ok(vec![point("fast", fast, WeightLayout::Oc4PairsI16), point("compact", compact, WeightLayout::Oc4Quads)])
 }
 
 pub fn report(blob: &[u8]) -> Result<Report> {
@@ -158,6 +198,7 @@ pub fn report(blob: &[u8]) -> Result<Report> {
         instructions_per_inference: None,
         cycles_estimate: None,
         weight_layouts,
+        weight_trade: weight_trade(&model)?,
         parameters: layers.iter().map(|l| l.parameters).sum(),
         macs: layers.iter().map(|l| l.macs).sum(),
         weight_bytes: layers.iter().map(|l| l.weight_bytes).sum(),
@@ -185,6 +226,8 @@ pub fn print_table(r: &Report) {
     }
     println!("{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9}", "", "total", "", "", r.parameters, r.macs, r.weight_bytes);
     println!("model file {} bytes (weights stored as {}); arena {} bytes", r.model_bytes, r.weight_layouts.join(", "), r.arena_bytes);
+    let trade: Vec<String> = r.weight_trade.iter().map(|t| format!("{} {} bytes{}", t.weights, t.model_bytes, if t.this_model { " (this model)" } else { "" })).collect();
+    println!("weights trade (lepton quantize --weights fast|compact): {}", trade.join(", "));
     println!("memory plan (offset, bytes, steps in use): buffers at the same offset share those bytes at different times");
     for p in &r.plan {
         println!("  {:>7} {:>7}  steps {:>2}-{:<2}  {}", p.offset, p.bytes, p.steps[0], p.steps[1], p.what);

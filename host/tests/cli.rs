@@ -195,32 +195,26 @@ fn optimized_kernels_match_the_reference_on_all_test_images() {
 }
 
 /// `--weights fast` and `--weights compact` name the two points of the speed/flash trade: the
-/// same files as `i16` and `int8`, which keep working.
+/// same files as `i16` and `int8`, which keep working; `lepton report` on either states both
+/// points' model bytes exactly.
 #[test]
 fn fast_and_compact_name_the_two_weight_layouts() {
     let dir = tempfile::tempdir().unwrap();
+    let path = |weights: &str| dir.path().join(format!("{weights}.lpk"));
     let quantize = |weights: &str| -> Vec<u8> {
-        let out = dir.path().join(format!("{weights}.lpk"));
-        ok(lepton(&[
-            "quantize",
-            "--float",
-            "models/mnist-cnn",
-            "--out",
-            s(&out),
-            "--calibration",
-            "50",
-            "--weights",
-            weights,
-        ]));
-        std::fs::read(out).unwrap()
+        ok(lepton(&["quantize", "--float", "models/mnist-cnn", "--out", s(&path(weights)), "--calibration", "50", "--weights", weights]));
+        std::fs::read(path(weights)).unwrap()
     };
     let (fast, compact) = (quantize("fast"), quantize("compact"));
     assert_eq!(fast, quantize("i16"));
     assert_eq!(compact, quantize("int8"));
-    assert!(
-        compact.len() < fast.len() * 6 / 10,
-        "compact {} vs fast {} bytes",
-        compact.len(),
-        fast.len()
-    );
+    assert!(compact.len() < fast.len() * 6 / 10, "compact {} vs fast {} bytes", compact.len(), fast.len());
+    for (weights, this) in [("fast", 0), ("compact", 1)] {
+        let report: serde_json::Value = serde_json::from_str(&ok(lepton(&["report", "--model", s(&path(weights)), "--json"]))).unwrap();
+        let trade = report["weight_trade"].as_array().unwrap();
+        assert_eq!(trade[0]["model_bytes"], fast.len(), "{weights}: {trade:?}");
+        assert_eq!(trade[1]["model_bytes"], compact.len(), "{weights}: {trade:?}");
+        assert_eq!(trade[this]["this_model"], true, "{weights}: {trade:?}");
+        assert_eq!(trade[1 - this]["this_model"], false, "{weights}: {trade:?}");
+    }
 }
