@@ -50,13 +50,17 @@ fn device_is_bit_exact_with_the_host_on_all_test_images() {
 }
 
 /// The committed `compact` model (int8 weights, the blocked kernels that widen each group once per
-/// block) on 2,000 test images: every logit bit-exact with the host's reference kernels.
+/// block) and `fast` model (Winograd conv2, int8 fc1) on 2,000 test images: every logit
+/// bit-exact with the host's reference kernels.
 #[test]
-fn the_compact_model_is_bit_exact_with_the_host() {
-    let r = report_of_success(xtask_qemu(["--model", "models/mnist-cnn/compact.lpk", "--images", "2000", "--json"]), "compact model");
-    assert_eq!(r["images"], 2000);
-    assert_eq!(r["mismatches"], 0, "{r}");
-    assert_eq!(r["accuracy"], r["host_accuracy"], "{r}");
+fn the_compact_and_fast_models_are_bit_exact_with_the_host() {
+    for name in ["compact", "fast"] {
+        let model = format!("models/mnist-cnn/{name}.lpk");
+        let r = report_of_success(xtask_qemu(["--model", model.as_str(), "--images", "2000", "--json"]), name);
+        assert_eq!(r["images"], 2000);
+        assert_eq!(r["mismatches"], 0, "{name}: {r}");
+        assert_eq!(r["accuracy"], r["host_accuracy"], "{name}: {r}");
+    }
 }
 
 #[test]

@@ -69,7 +69,7 @@ pub struct Report {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TradePoint {
-    /// `fast` (i16 weights) or `compact` (int8 weights).
+    /// `i16` (every layer), `fast` (the per-layer choice of `--weights fast`) or `compact` (int8).
     pub weights: &'static str,
     pub model_bytes: usize,
     /// Whether this model is stored so.
@@ -115,31 +115,47 @@ fn op_cost(layer: &Layer, output: Shape) -> Result<(usize, u64)> {
     })
 }
 
-/// [`Report::weight_trade`]: per layer in an OC4 layout, its weights section in i16 and in int8.
+/// [`Report::weight_trade`]: every layer stored in an OC4 or Winograd layout re-sized for each
+/// point: `i16` everywhere, `fast` (`lepton quantize --weights fast`'s per-layer choice) and
+/// `compact` (int8).
 fn weight_trade(model: &Model) -> Result<Vec<TradePoint>> {
-    use lepton_nn::WeightLayout;
-    let (mut current, mut fast, mut compact) = (0usize, 0usize, 0usize);
-    let mut layouts = Vec::new();
+    use lepton_nn::WeightLayout::{self, Oc4PairsI16, Oc4Quads, Winograd2x2};
+    let mut current = 0usize;
+    let mut points = [("i16", 0usize, true), ("fast", 0, true), ("compact", 0, true)];
+    let mut any = false;
     for i in 0..model.op_count() {
         let rec = model.op_record(i);
-        let layout = WeightLayout::from_code(rec.weight_layout);
-        if !layout.is_some_and(WeightLayout::is_oc4) {
-            continue;
-        }
-        let (channels, taps) = match model.op(i).map_err(|e| anyhow!("{e}"))? {
-            Layer::Conv2d(p) => (p.output.c as usize, p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize),
-            Layer::FullyConnected(p) => (p.output_len, p.input_len),
+        let Some(layout) = WeightLayout::from_code(rec.weight_layout).filter(|&l| l != WeightLayout::Canonical) else { continue };
+        let (channels, taps, fully_connected) = match model.op(i).map_err(|e| anyhow!("{e}"))? {
+            Layer::Conv2d(p) => (p.output.c as usize, p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize, false),
+            Layer::FullyConnected(p) => (p.output_len, p.input_len, true),
             _ => continue,
         };
-        let bytes = |l: WeightLayout| l.bytes(channels, taps).ok_or_else(|| anyhow!("layer {i}: weights too large"));
+        let fast = if fully_connected {
+            if Oc4PairsI16.bytes(channels, taps).unwrap_or(0) > 32 * 1024 { Oc4Quads } else { Oc4PairsI16 }
+        } else if winograd_shape(model, i) {
+            Winograd2x2
+        } else {
+            Oc4PairsI16
+        };
         current += rec.weights.len as usize;
-        fast += bytes(WeightLayout::Oc4PairsI16)?;
-        compact += bytes(WeightLayout::Oc4Quads)?;
-        layouts.push(layout);
+        any = true;
+        for (point, l) in points.iter_mut().zip([Oc4PairsI16, fast, Oc4Quads]) {
+            point.1 += l.bytes(channels, taps).ok_or_else(|| anyhow!("layer {i}: weights too large"))?;
+            point.2 &= layout == l;
+        }
     }
     let total = model.byte_len();
-    let point = |weights, bytes: usize, layout| TradePoint { weights, model_bytes: total - current + bytes, this_model: !layouts.is_empty() && layouts.iter().all(|&l| l == Some(layout)) };
-    Ok(vec![point("fast", fast, WeightLayout::Oc4PairsI16), point("compact", compact, WeightLayout::Oc4Quads)])
+    Ok(points.into_iter().map(|(weights, bytes, this)| TradePoint { weights, model_bytes: total - current + bytes, this_model: any && this }).collect())
+}
+
+/// Op `i` is a 3x3 stride-1 VALID conv whose only reader is a 2x2 stride-2 VALID max-pool.
+fn winograd_shape(model: &Model, i: usize) -> bool {
+    let rec = model.op_record(i);
+    let readers: Vec<usize> = (0..model.op_count()).filter(|&j| model.op_record(j).inputs.contains(&rec.output)).collect();
+    let pooled = matches!(readers.as_slice(), [j] if matches!(model.op(*j), Ok(Layer::MaxPool2d(p))
+        if (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.padding) == (2, 2, 2, 2, lepton_nn::Padding::Valid)));
+    (rec.op, rec.kernel_h, rec.kernel_w, rec.stride_h, rec.stride_w, rec.padding) == (Op::Conv2d as u8, 3, 3, 1, 1, lepton_nn::Padding::Valid as u8) && pooled
 }
 
 pub fn report(blob: &[u8]) -> Result<Report> {
@@ -175,6 +191,7 @@ pub fn report(blob: &[u8]) -> Result<Report> {
             Some(lepton_nn::WeightLayout::Canonical) => "canonical",
             Some(lepton_nn::WeightLayout::Oc4Quads) => "int8",
             Some(lepton_nn::WeightLayout::Oc4PairsI16) => "i16",
+            Some(lepton_nn::WeightLayout::Winograd2x2) => "winograd",
             None => "?",
         })
         .collect();
@@ -227,7 +244,7 @@ pub fn print_table(r: &Report) {
     println!("{:>2}  {:<16} {:>10} {:>10} {:>8} {:>11} {:>9}", "", "total", "", "", r.parameters, r.macs, r.weight_bytes);
     println!("model file {} bytes (weights stored as {}); arena {} bytes", r.model_bytes, r.weight_layouts.join(", "), r.arena_bytes);
     let trade: Vec<String> = r.weight_trade.iter().map(|t| format!("{} {} bytes{}", t.weights, t.model_bytes, if t.this_model { " (this model)" } else { "" })).collect();
-    println!("weights trade (lepton quantize --weights fast|compact): {}", trade.join(", "));
+    println!("weights trade (lepton quantize --weights i16|fast|compact): {}", trade.join(", "));
     println!("memory plan (offset, bytes, steps in use): buffers at the same offset share those bytes at different times");
     for p in &r.plan {
         println!("  {:>7} {:>7}  steps {:>2}-{:<2}  {}", p.offset, p.bytes, p.steps[0], p.steps[1], p.what);

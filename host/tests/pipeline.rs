@@ -29,14 +29,14 @@ fn committed_int8_model_matches_the_float_model() {
     assert!(f("float_accuracy") >= 0.985, "float accuracy {}", f("float_accuracy"));
 }
 
-/// The committed int8 models (`int8.lpk`: the default `fast` weights; `compact.lpk`) are what
+/// The committed int8 models (`int8.lpk`: the default i16 weights; `fast.lpk`, `compact.lpk`) are what
 /// `lepton quantize` makes of the committed float model, byte for byte: calibration runs in f64
 /// with a fixed summation order, so the same float model gives the same `.lpk` on every machine
 /// (whatever the CPU's vector width).
 #[test]
 fn requantizing_the_committed_float_model_gives_the_committed_int8_model() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, weights) in [("int8.lpk", "fast"), ("compact.lpk", "compact")] {
+    for (name, weights) in [("int8.lpk", "i16"), ("fast.lpk", "fast"), ("compact.lpk", "compact")] {
         let lpk = dir.path().join(name);
         ok(lepton(&["quantize", "--float", "models/mnist-cnn", "--out", s(&lpk), "--weights", weights]));
         let made = std::fs::read(&lpk).unwrap();

@@ -106,6 +106,24 @@ pub fn sxtb16_ror8(x: u32) -> u32 {
     }
 }
 
+/// `SADD16 a, b`: halfword-wise `a + b` (wrapping).
+#[inline(always)]
+pub fn sadd16(a: u32, b: u32) -> u32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: u32;
+        // SAFETY: pure register arithmetic. SADD16 sets the GE flags, not the condition flags.
+        unsafe { core::arch::asm!("sadd16 {o}, {a}, {b}", o = lateout(reg) out, a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        let lo = (a as u16 as i16).wrapping_add(b as u16 as i16);
+        let hi = ((a >> 16) as u16 as i16).wrapping_add((b >> 16) as u16 as i16);
+        pack16(lo as i32, hi as i32)
+    }
+}
+
 /// `SSUB16 a, b`: halfword-wise `a - b` (wrapping).
 #[inline(always)]
 pub fn ssub16(a: u32, b: u32) -> u32 {

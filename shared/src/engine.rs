@@ -89,6 +89,7 @@ enum Kernel<'a> {
     Reference(Layer<'a>),
     Conv(Conv2d<'a>),
     ConvMaxPool(Conv2d<'a>, Pool),
+    WinogradMaxPool(Conv2d<'a>, Pool),
     Depthwise(DepthwiseConv2d<'a>),
     Add(Add),
     Conv1ChannelMaxPool(Conv2d<'a>, Pool),
@@ -368,6 +369,7 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>,
         (Layer::Reshape { .. }, _) => (i, Kernel::View),
         _ if !optimized => (i, Kernel::Reference(layer)),
         (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_maxpool_s8_fast_supported(&c, &p) => (i + 1, Kernel::ConvMaxPool(c, p)),
+        (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_maxpool_s8_winograd_supported(&c, &p) => (i + 1, Kernel::WinogradMaxPool(c, p)),
         (Layer::Conv2d(c), Some(Layer::MaxPool2d(p))) if fast::conv2d_c1_maxpool_s8_fast_supported(&c, &p) => {
             (i + 1, Kernel::Conv1ChannelMaxPool(c, p))
         }
@@ -649,6 +651,7 @@ fn step_scratch_bytes(kernel: &Kernel) -> usize {
         Kernel::Reference(layer) => scratch_bytes(layer),
         Kernel::Conv(c) => fast::conv2d_s8_fast_scratch_bytes(c),
         Kernel::ConvMaxPool(c, p) => fast::conv2d_maxpool_s8_fast_scratch_bytes(c, p),
+        Kernel::WinogradMaxPool(c, p) => fast::conv2d_maxpool_s8_winograd_scratch_bytes(c, p),
         Kernel::Conv1ChannelMaxPool(c, p) => fast::conv2d_c1_maxpool_s8_fast_scratch_bytes(c, p),
         Kernel::FullyConnected(f) => fast::fully_connected_s8_fast_scratch_bytes(f),
         Kernel::Depthwise(d) => fast::depthwise_conv2d_s8_fast_scratch_bytes(d),
@@ -709,6 +712,7 @@ fn run_kernel(kernel: &Kernel, inputs: [&[i8]; 2], output: &mut [i8], scratch: &
         Kernel::Reference(layer) => layer,
         Kernel::Conv(c) => return fast::conv2d_s8_fast(c, input, output, scratch),
         Kernel::ConvMaxPool(c, p) => return fast::conv2d_maxpool_s8_fast(c, p, input, output, scratch),
+        Kernel::WinogradMaxPool(c, p) => return fast::conv2d_maxpool_s8_winograd(c, p, input, output, scratch),
         Kernel::Conv1ChannelMaxPool(c, p) => return fast::conv2d_c1_maxpool_s8_fast(c, p, input, output, scratch),
         Kernel::FullyConnected(f) => return fast::fully_connected_s8_fast(f, input, output, scratch),
         Kernel::Depthwise(d) => return fast::depthwise_conv2d_s8_fast(d, input, output, scratch),

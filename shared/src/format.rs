@@ -638,10 +638,17 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, values: Values
     let taps = (rec.kernel_h as usize * rec.kernel_w as usize).checked_mul(io.input.shape.c as usize).ok_or(Error::SizeOverflow)?;
     let channels = io.output.shape.c as usize;
     let layout = weight_layout(i, rec)?;
+    let winograd = layout == WeightLayout::Winograd2x2;
+    if winograd && (rec.kernel_h, rec.kernel_w, rec.stride_h, rec.stride_w) != (3, 3, 1, 1) {
+        return Err(Error::BadParameter { layer: i, what: "Winograd weights need a 3x3 kernel with stride 1" });
+    }
     let weights = section(payload, i, rec.weights, "weights", layout.bytes(channels, taps).ok_or(Error::SizeOverflow)?)?;
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * channels)?);
     if values == Values::Check {
         check_accumulator(i, taps, bias)?;
+        if winograd && !winograd_blocks_valid(crate::types::as_i8(weights), channels, io.input.shape.c as usize, taps) {
+            return Err(Error::BadParameter { layer: i, what: "a Winograd weight block is not the transform of an int8 3x3 kernel" });
+        }
     }
     Ok(Conv2d {
         input: io.input.shape,
@@ -869,6 +876,24 @@ fn requant<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, channels: usi
 }
 
 /// Largest |acc| = taps * 128 * 255 + max |bias| must fit in int32 so the kernels are exact.
+/// Every block of a [`WeightLayout::Winograd2x2`] section is the transform of an int8 kernel (so
+/// the Winograd kernel and the reference, which reads the kernel back, compute the same), and
+/// the padding channels' blocks are zero.
+fn winograd_blocks_valid(weights: &[i8], channels: usize, input_channels: usize, taps: usize) -> bool {
+    let ic4 = input_channels.div_ceil(4) * 4;
+    let value = |o: usize, i: usize, p: usize| WeightLayout::Winograd2x2.weight_value(weights, WeightLayout::winograd_index(o, i, p, taps));
+    (0..channels.div_ceil(4) * 4).all(|o| {
+        (0..ic4).all(|i| {
+            let u: [i32; 16] = core::array::from_fn(|p| value(o, i, p));
+            if o < channels && i < input_channels {
+                crate::types::winograd_kernel(&u).is_some()
+            } else {
+                u == [0; 16]
+            }
+        })
+    })
+}
+
 fn check_accumulator(i: u16, taps: usize, bias: I32Le) -> Result<(), Error> {
     let max_bias = bias.iter().map(|b| (b as i64).abs()).max().unwrap_or(0);
     let worst = (taps as i64).saturating_mul(128 * 255).saturating_add(max_bias);

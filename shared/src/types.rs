@@ -193,6 +193,69 @@ pub enum WeightLayout {
     /// The [`WeightLayout::Oc4Quads`] order pre-widened to i16 and paired for SMLAD: per group,
     /// quad and channel two words, `(w0, w2)` and `(w1, w3)`. Twice the flash, no unpacking.
     Oc4PairsI16 = 2,
+    /// A 3x3 convolution's weights in the Winograd F(2x2, 3x3) domain: per output channel `o`
+    /// and input channel `i`, the 4x4 block `U = G g G^T` of its 3x3 kernel `g`, with `G`'s rows
+    /// (2,0,0), (1,1,1), (1,-1,1), (0,0,2) (twice the textbook `G`, so every value is an integer:
+    /// `U` is 4x the textbook transform). Stored as [`WeightLayout::Oc4PairsI16`] over 16 x
+    /// `ic4` taps (`ic4`: the input channels rounded up to a quad): value `(o, i, p)` at tap
+    /// `p * ic4 + i` for block position `p = 4 r + s`, so each position's taps are contiguous.
+    /// 16/9 of `Oc4PairsI16`'s flash; 16 multiplies per 2x2 outputs and input channel instead of 36.
+    Winograd2x2 = 3,
+}
+
+/// [`WeightLayout::Winograd2x2`]'s `G`: twice the textbook F(2x2, 3x3) filter transform.
+const WINOGRAD_G: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
+
+/// `U = G g G^T` of a 3x3 kernel `g` (row-major), row-major 4x4.
+pub fn winograd_filter(g: &[i32; 9]) -> [i32; 16] {
+    let mut u = [0i32; 16];
+    for (r, gr) in WINOGRAD_G.iter().enumerate() {
+        for (s, gs) in WINOGRAD_G.iter().enumerate() {
+            let mut v = 0;
+            for a in 0..3 {
+                for b in 0..3 {
+                    v += gr[a] * g[3 * a + b] * gs[b];
+                }
+            }
+            u[4 * r + s] = v;
+        }
+    }
+    u
+}
+
+/// Canonical OHWI 3x3 weights (`channels` x 9 x `input_channels`) into a zeroed
+/// [`WeightLayout::Winograd2x2`] section `out` (of `WeightLayout::Winograd2x2.bytes(channels,
+/// 9 * input_channels)` bytes).
+pub fn write_winograd(canonical: &[i8], channels: usize, input_channels: usize, out: &mut [i8]) {
+    let taps = 9 * input_channels;
+    for o in 0..channels {
+        for i in 0..input_channels {
+            let g: [i32; 9] = core::array::from_fn(|k| canonical.get(o * taps + k * input_channels + i).map_or(0, |&w| w as i32));
+            for (p, &u) in winograd_filter(&g).iter().enumerate() {
+                let at = WeightLayout::winograd_index(o, i, p, taps);
+                if let Some(b) = out.get_mut(at..at + 2) {
+                    let [lo, hi] = (u as i16).to_le_bytes();
+                    b[0] = lo as i8;
+                    b[1] = hi as i8;
+                }
+            }
+        }
+    }
+}
+
+/// The 3x3 kernel whose [`winograd_filter`] is `u`, if there is one with int8 values (`u`'s
+/// corners are 4 g, its edges 2 (sums of three), its centre the sum of all nine).
+pub fn winograd_kernel(u: &[i32; 16]) -> Option<[i32; 9]> {
+    let quarter = |v: i32| (v % 4 == 0).then_some(v / 4);
+    let half = |v: i32| (v % 2 == 0).then_some(v / 2);
+    let (g00, g02, g20, g22) = (quarter(u[0])?, quarter(u[3])?, quarter(u[12])?, quarter(u[15])?);
+    let g01 = half(u[1])? - g00 - g02;
+    let g21 = half(u[13])? - g20 - g22;
+    let g10 = half(u[4])? - g00 - g20;
+    let g12 = half(u[7])? - g02 - g22;
+    let g11 = u[5] - (g00 + g01 + g02 + g10 + g12 + g20 + g21 + g22);
+    let g = [g00, g01, g02, g10, g11, g12, g20, g21, g22];
+    (g.iter().all(|v| (-128..=127).contains(v)) && winograd_filter(&g) == *u).then_some(g)
 }
 
 impl WeightLayout {
@@ -201,14 +264,17 @@ impl WeightLayout {
             0 => Some(WeightLayout::Canonical),
             1 => Some(WeightLayout::Oc4Quads),
             2 => Some(WeightLayout::Oc4PairsI16),
+            3 => Some(WeightLayout::Winograd2x2),
             _ => None,
         }
     }
 
-    /// Taps per channel as stored: rounded up to whole quads in the OC4 layouts.
+    /// Taps per channel as stored: rounded up to whole quads in the OC4 layouts; for
+    /// [`WeightLayout::Winograd2x2`] (`taps` = 9 x input channels) 16 positions of whole quads.
     pub fn stored_taps(self, taps: usize) -> usize {
         match self {
             WeightLayout::Canonical => taps,
+            WeightLayout::Winograd2x2 => 16 * (taps / 9).div_ceil(4) * 4,
             _ => taps.div_ceil(4) * 4,
         }
     }
@@ -219,11 +285,12 @@ impl WeightLayout {
         match self {
             WeightLayout::Canonical => channels.checked_mul(taps),
             WeightLayout::Oc4Quads => channels.div_ceil(4).checked_mul(4)?.checked_mul(taps),
-            WeightLayout::Oc4PairsI16 => channels.div_ceil(4).checked_mul(8)?.checked_mul(taps),
+            WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 => channels.div_ceil(4).checked_mul(8)?.checked_mul(taps),
         }
     }
 
-    /// Store weight `(channel, tap)` into a section of this layout.
+    /// Store weight `(channel, tap)` into a section of this layout (an OC4 or canonical one: a
+    /// [`WeightLayout::Winograd2x2`] section holds transforms, see [`WeightLayout::winograd_index`]).
     pub fn put(self, weights: &mut [i8], channel: usize, tap: usize, taps: usize, value: i8) {
         let at = self.index(channel, tap, taps);
         if self == WeightLayout::Oc4PairsI16 {
@@ -235,22 +302,43 @@ impl WeightLayout {
         }
     }
 
-    /// Whether this is one of the OC4 layouts the DSP kernels read.
+    /// Whether this is one of the OC4 layouts the direct DSP kernels read.
     pub fn is_oc4(self) -> bool {
-        self != WeightLayout::Canonical
+        matches!(self, WeightLayout::Oc4Quads | WeightLayout::Oc4PairsI16)
+    }
+
+    /// The i16 stored at byte `at` of an i16 section (0 past its end).
+    #[inline(always)]
+    pub fn weight_value(self, weights: &[i8], at: usize) -> i32 {
+        match weights.get(at..).and_then(|w| w.first_chunk::<2>()) {
+            Some(&[lo, hi]) => i16::from_le_bytes([lo as u8, hi as u8]) as i32,
+            None => 0,
+        }
+    }
+
+    /// Byte index of Winograd block value `(channel, input channel, position)` in a
+    /// [`WeightLayout::Winograd2x2`] section of `taps` (= 9 x input channels) taps per channel.
+    #[inline(always)]
+    pub fn winograd_index(channel: usize, input_channel: usize, position: usize, taps: usize) -> usize {
+        let ic4 = (taps / 9).div_ceil(4) * 4;
+        WeightLayout::Oc4PairsI16.index(channel, position * ic4 + input_channel, 16 * ic4)
     }
 
     /// Weight `(channel, tap)` of a section in this layout. Out of line: the reference kernels
     /// call it per MAC, and inlined it would multiply their code by the number of layouts.
     #[inline(never)]
     pub fn weight(self, weights: &[i8], channel: usize, tap: usize, taps: usize) -> i32 {
-        let at = self.index(channel, tap, taps);
+        let i16_at = |at: usize| self.weight_value(weights, at);
         match self {
-            WeightLayout::Oc4PairsI16 => match weights.get(at..).and_then(|w| w.first_chunk::<2>()) {
-                Some(&[lo, hi]) => i16::from_le_bytes([lo as u8, hi as u8]) as i32,
-                None => 0,
-            },
-            _ => weights.get(at).map_or(0, |&w| w as i32),
+            WeightLayout::Oc4PairsI16 => i16_at(self.index(channel, tap, taps)),
+            // The kernel value from its Winograd block (tap = (ky * 3 + kx) * ic + i).
+            WeightLayout::Winograd2x2 => {
+                let ic = (taps / 9).max(1);
+                let (k, i) = (tap / ic, tap % ic);
+                let u: [i32; 16] = core::array::from_fn(|p| i16_at(Self::winograd_index(channel, i, p, taps)));
+                winograd_kernel(&u).map_or(0, |g| g.get(k).copied().unwrap_or(0))
+            }
+            _ => weights.get(self.index(channel, tap, taps)).map_or(0, |&w| w as i32),
         }
     }
 
@@ -261,7 +349,7 @@ impl WeightLayout {
         match self {
             WeightLayout::Canonical => channel * taps + tap,
             WeightLayout::Oc4Quads => (((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 4 + tap % 4,
-            WeightLayout::Oc4PairsI16 => {
+            WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 => {
                 let j = tap % 4;
                 ((((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 2 + j % 2) * 4 + (j / 2) * 2
             }

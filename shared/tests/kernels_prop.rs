@@ -258,7 +258,10 @@ fn kernels_reject_wrong_buffer_sizes() {
 /// Weights re-laid out in `layout`, in a word-aligned buffer as the model file guarantees.
 fn aligned_layout(values: &[i8], channels: usize, taps: usize, layout: WeightLayout) -> Vec<u32> {
     let mut bytes = vec![0i8; layout.bytes(channels, taps).unwrap()];
-    for c in 0..channels {
+    if layout == WeightLayout::Winograd2x2 {
+        lepton_nn::types::write_winograd(values, channels, taps / 9, &mut bytes);
+    }
+    for c in (0..channels).filter(|_| layout != WeightLayout::Winograd2x2) {
         for t in 0..taps {
             layout.put(&mut bytes, c, t, taps, values[c * taps + t]);
         }
@@ -416,6 +419,36 @@ proptest! {
         let mut scratch = vec![0u8; between(window * patch_bytes + 3, conv2d_maxpool_s8_fast_scratch_bytes(&p, &pool))];
         conv2d_maxpool_s8_fast(&p, &pool, &f.conv.input, &mut out, &mut scratch).unwrap();
         prop_assert_eq!(out, reference_conv_pool(&p, Some(&pool), &f.conv.input));
+    }
+
+    /// Winograd F(2x2, 3x3) conv + 2x2 max-pool: the reference's outputs bit for bit, with the
+    /// canonical weights and with the Winograd ones read back by the reference kernel; any
+    /// channel counts (padding channels included), any size (odd ones drop a row and a column).
+    #[test]
+    fn winograd_conv_maxpool_matches_reference(
+        c in (4usize..=11, 4usize..=11, 1usize..=9, 1usize..=9)
+            .prop_flat_map(|(h, w, ci, co)| conv_values((h, w, ci, co, (3, 3), (1, 1), false), 0..=i32::MAX, -20..=0)),
+        pool_act in act_range(),
+    ) {
+        let canonical = build(&c, WeightLayout::Canonical);
+        let reference = conv_params(&c, &canonical, WeightLayout::Canonical);
+        let pool = pool_after(&reference, (2, 2), pool_act);
+        let want = reference_conv_pool(&reference, Some(&pool), &c.input);
+        let b = build(&c, WeightLayout::Winograd2x2);
+        let p = conv_params(&c, &b, WeightLayout::Winograd2x2);
+        prop_assert!(conv2d_maxpool_s8_winograd_supported(&p, &pool));
+        let mut out = vec![0i8; pool.output.len().unwrap()];
+        let mut scratch = vec![0u8; conv2d_maxpool_s8_winograd_scratch_bytes(&p, &pool)];
+        conv2d_maxpool_s8_winograd(&p, &pool, &c.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(&out, &want);
+        prop_assert_eq!(reference_conv_pool(&p, Some(&pool), &c.input), want);
+    }
+
+    #[test]
+    fn winograd_blocks_round_trip(g in prop::array::uniform9(-128i32..=127)) {
+        let u = lepton_nn::types::winograd_filter(&g);
+        prop_assert_eq!(lepton_nn::types::winograd_kernel(&u), Some(g));
+        prop_assert!(u.iter().all(|v| (i16::MIN as i32..=i16::MAX as i32).contains(v)));
     }
 
     #[test]

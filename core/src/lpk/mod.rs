@@ -20,12 +20,19 @@ pub enum Packing {
     /// Also named `compact`: the small-flash point of the speed/flash trade.
     #[value(alias = "compact")]
     Int8,
-    /// Pre-widened to i16 pairs for SMLAD: twice the weight flash, fewest instructions.
-    /// Also named `fast`: the speed point of the trade.
+    /// Pre-widened to i16 pairs for SMLAD: twice the weight flash, fewest instructions of the
+    /// direct kernels.
     #[default]
-    #[value(alias = "fast")]
     I16,
+    /// The speed point of the trade, chosen per layer: Winograd F(2x2, 3x3) weights for a 3x3
+    /// stride-1 VALID conv whose only reader is a 2x2 stride-2 max-pool, int8 for a fully
+    /// connected layer whose i16 weights would pass 32 KiB (one pixel: little to gain from i16,
+    /// and it pays for Winograd's flash), i16 elsewhere.
+    Fast,
 }
+
+/// Fully connected layers with more i16 weight bytes than this are stored int8 by [`Packing::Fast`].
+const FAST_FC_I16_LIMIT: usize = 32 * 1024;
 
 /// Scale and zero point of an int8 tensor: `real = scale * (q - zero_point)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -188,6 +195,15 @@ impl QModel {
         Ok(blob)
     }
 
+    /// A 3x3 stride-1 VALID conv whose output only a 2x2 stride-2 VALID max-pool reads (the
+    /// Winograd kernel's shape).
+    fn winograd_fits(&self, node: &QNode, w: &Window) -> bool {
+        let readers: Vec<&QNode> = self.nodes.iter().filter(|n| n.inputs.contains(&node.output)).collect();
+        let pooled = matches!(readers.as_slice(), [n] if matches!(&n.op, QOp::MaxPool2d { window: p, .. }
+            if (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.padding) == (2, 2, 2, 2, Padding::Valid)));
+        (w.kernel_h, w.kernel_w, w.stride_h, w.stride_w, w.padding) == (3, 3, 1, 1, Padding::Valid) && pooled && node.output != self.output
+    }
+
     fn op_record(&self, node: &QNode, packing: Packing, tables: usize, data: &mut Vec<u8>) -> Result<OpRecord> {
         ensure!(!node.inputs.is_empty() && node.inputs.len() <= 2, "{} inputs", node.inputs.len());
         let tensor = |t: usize| self.tensors.get(t).with_context(|| format!("tensor {t} does not exist"));
@@ -208,6 +224,7 @@ impl QModel {
         match &node.op {
             QOp::Conv2d { window, weights, activation } => {
                 set_window(&mut r, window);
+                let packing = if packing == Packing::Fast && self.winograd_fits(node, window) { Packing::Fast } else { packing.direct(false, weights) };
                 set_weights(&mut r, weights, *activation, input.q, out, Some(packing), tables, data)?;
             }
             QOp::DepthwiseConv2d { window, depth_multiplier, weights, activation } => {
@@ -215,7 +232,7 @@ impl QModel {
                 r.depth_multiplier = *depth_multiplier;
                 set_weights(&mut r, weights, *activation, input.q, out, None, tables, data)?;
             }
-            QOp::FullyConnected { weights, activation } => set_weights(&mut r, weights, *activation, input.q, out, Some(packing), tables, data)?,
+            QOp::FullyConnected { weights, activation } => set_weights(&mut r, weights, *activation, input.q, out, Some(packing.direct(true, weights)), tables, data)?,
             QOp::MaxPool2d { window, activation } | QOp::AvgPool2d { window, activation } => {
                 set_window(&mut r, window);
                 (r.act_min, r.act_max) = activation_range(*activation, out.scale, out.zero_point);
@@ -269,6 +286,7 @@ fn set_weights(
         None | Some(Packing::Canonical) => WeightLayout::Canonical,
         Some(Packing::Int8) => WeightLayout::Oc4Quads,
         Some(Packing::I16) => WeightLayout::Oc4PairsI16,
+        Some(Packing::Fast) => WeightLayout::Winograd2x2,
     };
     r.weight_layout = layout as u8;
     let values = if packing.is_some() { relayout(&weights.values, channels, taps, layout) } else { weights.values.clone() };
@@ -285,9 +303,25 @@ fn one_channel_kernel(r: &OpRecord, taps: usize) -> bool {
     r.op == Op::Conv2d as u8 && taps == r.kernel_h as usize * r.kernel_w as usize && taps <= 9 && !taps.is_multiple_of(4)
 }
 
+impl Packing {
+    /// The direct-kernel packing [`Packing::Fast`] gives a layer that is not Winograd's; the
+    /// others are their own.
+    fn direct(self, fully_connected: bool, weights: &Weights) -> Packing {
+        match self {
+            Packing::Fast if fully_connected && 2 * weights.values.len() > FAST_FC_I16_LIMIT => Packing::Int8,
+            Packing::Fast => Packing::I16,
+            p => p,
+        }
+    }
+}
+
 /// Canonical `[channel][tap]` weights in `layout`'s order (padding channels and taps are zero).
 pub fn relayout(values: &[i8], channels: usize, taps: usize, layout: WeightLayout) -> Vec<i8> {
     let mut out = vec![0i8; layout.bytes(channels, taps).unwrap_or(0)];
+    if layout == WeightLayout::Winograd2x2 {
+        lepton_nn::types::write_winograd(values, channels, taps / 9, &mut out);
+        return out;
+    }
     for c in 0..channels {
         for t in 0..taps {
             layout.put(&mut out, c, t, taps, values[c * taps + t]);

@@ -21,6 +21,28 @@ pub struct Conv2d<'a> {
     pub requant: Requant<'a>,
 }
 
+/// The accumulator of output channel `c` at one pixel (its kernel windows `ky0..ky1` from `y0`,
+/// `kx0..kx1` from `x0`) for Winograd weights: each 3x3 kernel read back from its block once,
+/// for its nine taps.
+#[inline(never)]
+fn winograd_reference_acc(p: &Conv2d, input: &[i8], c: usize, (ky0, ky1, y0): (usize, usize, isize), (kx0, kx1, x0): (usize, usize, isize)) -> i32 {
+    let (iw, ic) = (p.input.w as usize, p.input.c as usize);
+    let taps = 9 * ic;
+    let mut acc = 0i32;
+    for i in 0..ic {
+        let u: [i32; 16] = core::array::from_fn(|q| p.layout.weight_value(p.weights, WeightLayout::winograd_index(c, i, q, taps)));
+        let g = crate::types::winograd_kernel(&u).unwrap_or([0; 9]);
+        for ky in ky0..ky1 {
+            for kx in kx0..kx1 {
+                let (iy, ix) = ((y0 + ky as isize) as usize, (x0 + kx as isize) as usize);
+                let x = input.get((iy * iw + ix) * ic + i).map_or(0, |&x| x as i32);
+                acc = acc.wrapping_add(g.get(ky * 3 + kx).copied().unwrap_or(0) * (x - p.input_zp));
+            }
+        }
+    }
+    acc
+}
+
 pub fn conv2d_s8_scratch_bytes(_p: &Conv2d) -> usize {
     0
 }
@@ -39,6 +61,7 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
 
+    let winograd = p.layout == WeightLayout::Winograd2x2;
     let mut out = output.iter_mut();
     for oy in 0..oh {
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
@@ -46,7 +69,10 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
             for c in 0..oc {
                 let mut acc = 0i32;
-                for ky in ky0..ky1 {
+                if winograd {
+                    acc = winograd_reference_acc(p, input, c, (ky0, ky1, y0), (kx0, kx1, x0));
+                }
+                for ky in (ky0..ky1).filter(|_| !winograd) {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;

@@ -17,7 +17,7 @@
 use super::{window, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 use crate::dsp::{smlabb, smlatt};
-use crate::dsp::{pack16, smlad, smmulr, sxtb16, sxtb16_ror8, widen_quad};
+use crate::dsp::{pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
 use crate::types::{expect_len, sub, sub_mut, I32Le, Padding, Requant, WeightLayout};
 use crate::types::Bounded;
 use crate::Error;
@@ -173,9 +173,15 @@ macro_rules! oc4_i16_quad {
 
 /// [`dot_oc4`] for pre-widened weights: per quad 8 words, `(w0, w2), (w1, w3)` per channel.
 /// On the M4: one LDRD of patch, four LDRD of weights and eight SMLAD per 16 MACs.
-#[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 fn dot_oc4_i16(patch: &[u32], weights: &[u32]) -> [i32; 4] {
+    dot_oc4_i16_body(patch, weights)
+}
+
+/// [`dot_oc4_i16`]'s body, for callers that loop over many dot products themselves.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(always)]
+fn dot_oc4_i16_body(patch: &[u32], weights: &[u32]) -> [i32; 4] {
     let quads = (patch.len() / 2).min(weights.len() / 8);
     let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
     if quads == 0 {
@@ -213,10 +219,10 @@ fn dot_oc4_i16(patch: &[u32], weights: &[u32]) -> [i32; 4] {
     [a0, a1, a2, a3]
 }
 
-/// Portable [`dot_oc4_i16`]: the same sums.
+/// Portable [`dot_oc4_i16_body`]: the same sums.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-#[inline(never)]
-fn dot_oc4_i16(patch: &[u32], weights: &[u32]) -> [i32; 4] {
+#[inline(always)]
+fn dot_oc4_i16_body(patch: &[u32], weights: &[u32]) -> [i32; 4] {
     let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
     for (p, w) in patch.chunks_exact(2).zip(weights.chunks_exact(8)) {
         let (p0, p1) = (p[0], p[1]);
@@ -749,6 +755,169 @@ fn conv_maxpool_by_window(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut
                     let c = 4 * g + j;
                     if let Some(o) = out.get_mut(c) {
                         *o = pooled(conv, pool, m, c);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3) convolution + 2x2 max-pool
+
+/// Winograd weights ([`WeightLayout::Winograd2x2`]) of a 3x3 stride-1 VALID conv followed by a
+/// 2x2 stride-2 VALID max-pool, right shifts only, and 4x the worst accumulator within int32:
+/// the output transform yields exactly 4x the direct accumulator, so the result is the direct
+/// convolution's, bit for bit (sums that wrap on the way are harmless).
+pub fn conv2d_maxpool_s8_winograd_supported(conv: &Conv2d, pool: &Pool) -> bool {
+    conv.layout == WeightLayout::Winograd2x2
+        && (conv.kernel_h, conv.kernel_w, conv.stride_h, conv.stride_w) == (3, 3, 1, 1)
+        && conv.padding == Padding::Valid
+        && (pool.kernel_h, pool.kernel_w, pool.stride_h, pool.stride_w) == (2, 2, 2, 2)
+        && pool.padding == Padding::Valid
+        && all_shifts_non_positive(&conv.requant)
+        && words(conv.weights).is_some()
+        && 4 * 9 * (conv.input.c as i64) * 128 * 255 < 1 << 31
+}
+
+/// The transformed input tile: 16 positions of `ic4` i16 values.
+pub fn conv2d_maxpool_s8_winograd_scratch_bytes(conv: &Conv2d, _pool: &Pool) -> usize {
+    4 * 16 * (conv.input.c as usize).div_ceil(4) * 2 + 3
+}
+
+/// `M[p]` for the 16 tile positions of one group of four channels: the i16 dot products of the
+/// transformed input `v` (`per_position` words a position) with the group's Winograd weights
+/// `u` (four channels: 4 x `per_position` words a position).
+#[inline(never)]
+fn winograd_products(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
+    let (mut vs, mut us) = (v.chunks_exact(per_position.max(1)), u.chunks_exact((4 * per_position).max(1)));
+    for mp in m.iter_mut() {
+        if let (Some(vp), Some(up)) = (vs.next(), us.next()) {
+            *mp = dot_oc4_i16_body(vp, up);
+        }
+    }
+}
+
+/// `A^T M A` for channel `j` of a group (`A^T` rows (1, 1, 1, 0) and (0, 1, -1, -1)): the 2x2
+/// outputs, 4x the direct accumulators (wrapping sums: the results fit).
+#[inline(always)]
+fn winograd_output(m: &[[i32; 4]; 16], j: usize) -> [i32; 4] {
+    let at = |r: usize, s: usize| m[4 * r + s][j];
+    let col = |s: usize| (at(0, s).wrapping_add(at(1, s)).wrapping_add(at(2, s)), at(1, s).wrapping_sub(at(2, s)).wrapping_sub(at(3, s)));
+    let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
+    [
+        c0.0.wrapping_add(c1.0).wrapping_add(c2.0),
+        c1.0.wrapping_sub(c2.0).wrapping_sub(c3.0),
+        c0.1.wrapping_add(c1.1).wrapping_add(c2.1),
+        c1.1.wrapping_sub(c2.1).wrapping_sub(c3.1),
+    ]
+}
+
+/// `V = B^T d B` of the 4x4 input tile at `(y0, x0)`, minus the zero point, for every input
+/// channel: position `p`'s values in `v[p * ic4 / 2..]`, in the patch order of [`dot_oc4_i16`]
+/// (per channel quad `(x0, x2), (x1, x3)`), padding channels 0.
+fn winograd_input(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), zp: i32, v: &mut [u32]) {
+    let ic4 = ic.div_ceil(4) * 4;
+    let per_position = ic4 / 2;
+    if ic.is_multiple_of(4) {
+        return winograd_input_quads(input, iw, ic, (y0, x0), zp, v);
+    }
+    for q in 0..ic4 / 4 {
+        let mut tiles = [[0i32; 16]; 4];
+        for (lane, tile) in tiles.iter_mut().enumerate() {
+            let c = 4 * q + lane;
+            if c >= ic {
+                continue;
+            }
+            let d = |r: usize, s: usize| input.get(((y0 + r) * iw + x0 + s) * ic + c).map_or(0, |&x| x as i32 - zp);
+            // B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3; then the same on the columns.
+            let mut t = [[0i32; 4]; 4];
+            for s in 0..4 {
+                let (d0, d1, d2, d3) = (d(0, s), d(1, s), d(2, s), d(3, s));
+                t[0][s] = d0 - d2;
+                t[1][s] = d1 + d2;
+                t[2][s] = d2 - d1;
+                t[3][s] = d1 - d3;
+            }
+            for (r, row) in t.iter().enumerate() {
+                tile[4 * r] = row[0] - row[2];
+                tile[4 * r + 1] = row[1] + row[2];
+                tile[4 * r + 2] = row[2] - row[1];
+                tile[4 * r + 3] = row[1] - row[3];
+            }
+        }
+        for p in 0..16 {
+            if let Some(w) = v.get_mut(p * per_position + 2 * q..p * per_position + 2 * q + 2) {
+                w[0] = pack16(tiles[0][p], tiles[2][p]);
+                w[1] = pack16(tiles[1][p], tiles[3][p]);
+            }
+        }
+    }
+}
+
+/// [`winograd_input`] for whole channel quads, two channels per instruction: each pixel's quad
+/// widened minus the zero point into the patch order `(x0, x2), (x1, x3)` (as [`widen`]), then
+/// `B^T d B` with 16-bit lane adds (every value stays within 4 x 255).
+fn winograd_input_quads(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), zp: i32, v: &mut [u32]) {
+    let per_position = ic / 2;
+    let zp_pair = pack16(zp, zp);
+    for q in 0..ic / 4 {
+        for half in 0..2 {
+            let mut d = [[0u32; 4]; 4];
+            for (r, row) in d.iter_mut().enumerate() {
+                for (s, x) in row.iter_mut().enumerate() {
+                    let at = ((y0 + r) * iw + x0 + s) * ic + 4 * q;
+                    let word = input.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]));
+                    let (a, b) = widen_quad(word, zp_pair);
+                    *x = if half == 0 { a } else { b };
+                }
+            }
+            let mut t = [[0u32; 4]; 4];
+            for s in 0..4 {
+                t[0][s] = ssub16(d[0][s], d[2][s]);
+                t[1][s] = sadd16(d[1][s], d[2][s]);
+                t[2][s] = ssub16(d[2][s], d[1][s]);
+                t[3][s] = ssub16(d[1][s], d[3][s]);
+            }
+            for (r, row) in t.iter().enumerate() {
+                let values = [ssub16(row[0], row[2]), sadd16(row[1], row[2]), ssub16(row[2], row[1]), ssub16(row[1], row[3])];
+                for (s, &value) in values.iter().enumerate() {
+                    if let Some(w) = v.get_mut((4 * r + s) * per_position + 2 * q + half) {
+                        *w = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per pooled output: the 2x2 conv tile under it by Winograd F(2x2, 3x3) (per group of four
+/// channels, 16 i16 dot products over the input channels, one per tile position, then `A^T M A`),
+/// its maximum, requantized once.
+#[inline(never)]
+pub fn conv2d_maxpool_s8_winograd(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
+    check_conv(conv, input)?;
+    expect_len(output.len(), pool.output.len()?)?;
+    let weights = words(conv.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
+    let (iw, ic, oc) = (conv.input.w as usize, conv.input.c as usize, conv.output.c as usize);
+    let (ph, pw) = (pool.output.h as usize, pool.output.w as usize);
+    let ic4 = ic.div_ceil(4) * 4;
+    let per_position = (ic4 / 2).max(1);
+    let v = scratch_words(scratch, 16 * per_position)?;
+    let group_words = (2 * 16 * ic4).max(1);
+    let mut m = [[0i32; 4]; 16];
+    for py in 0..ph {
+        for px in 0..pw {
+            winograd_input(input, iw, ic, (2 * py, 2 * px), conv.input_zp, v);
+            let out = sub_mut(output, (py * pw + px) * oc, oc);
+            for (g, u) in weights.chunks_exact(group_words).enumerate() {
+                winograd_products(v, u, per_position, &mut m);
+                for j in 0..4 {
+                    let max = winograd_output(&m, j).iter().map(|&y| y >> 2).fold(i32::MIN, i32::max);
+                    let c = 4 * g + j;
+                    if let Some(o) = out.get_mut(c) {
+                        *o = pooled(conv, pool, max, c);
                     }
                 }
             }
