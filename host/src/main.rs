@@ -40,7 +40,7 @@ enum Command {
         /// Where to write the Lepton model.
         #[arg(long)]
         out: PathBuf,
-        /// Weight storage: i16 or fast (fewest instructions, 2x weight flash), int8 or compact (no flash cost), canonical (TFLite order).
+        /// Weight storage: i16 (the default: every layer pre-widened for SMLAD, 2x weight flash), fast (the per-layer choice), int8 or compact (no flash cost), canonical (TFLite order).
         #[arg(long, value_enum, default_value_t)]
         weights: lepton::lpk::Packing,
     },
@@ -78,8 +78,8 @@ enum Command {
         /// Training images used to calibrate activation ranges.
         #[arg(long, value_parser = positive, default_value_t = 1000)]
         calibration: usize,
-        /// Weight storage: i16 or fast (fewest instructions, 2x weight flash), int8 or compact (no flash cost), canonical (TFLite order).
-        #[arg(long, value_enum, default_value_t)]
+        /// Weight storage: fast (fewest instructions: Winograd where a 3x3 conv feeds a 2x2 max-pool, int8 for large FC layers, i16 elsewhere), compact or int8 (no flash cost), i16 (every layer pre-widened), canonical (TFLite order).
+        #[arg(long, value_enum, default_value = "fast")]
         weights: lepton::lpk::Packing,
         #[arg(long)]
         data: Option<PathBuf>,
