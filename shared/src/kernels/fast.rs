@@ -789,8 +789,14 @@ pub fn conv2d_maxpool_s8_winograd_scratch_bytes(conv: &Conv2d, _pool: &Pool) -> 
 /// `M[p]` for the 16 tile positions of one group of four channels: the i16 dot products of the
 /// transformed input `v` (`per_position` words a position) with the group's Winograd weights
 /// `u` (four channels: 4 x `per_position` words a position).
-#[inline(never)]
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 fn winograd_products(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
+    winograd_products_each(v, u, per_position, m)
+}
+
+/// [`winograd_products`] position by position (any channel count).
+#[inline(always)]
+fn winograd_products_each(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
     let (mut vs, mut us) = (v.chunks_exact(per_position.max(1)), u.chunks_exact((4 * per_position).max(1)));
     for mp in m.iter_mut() {
         if let (Some(vp), Some(up)) = (vs.next(), us.next()) {
@@ -799,19 +805,77 @@ fn winograd_products(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4
     }
 }
 
-/// `A^T M A` for channel `j` of a group (`A^T` rows (1, 1, 1, 0) and (0, 1, -1, -1)): the 2x2
-/// outputs, 4x the direct accumulators (wrapping sums: the results fit).
+/// [`winograd_products`] on the M4: the 16 positions in one `asm!` loop (the loop of
+/// [`dot_oc4_i16`] two quads an iteration, then the four sums stored), for an even number of
+/// channel quads; other counts position by position.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn winograd_products(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
+    let pairs = per_position / 4;
+    if !per_position.is_multiple_of(4) || pairs == 0 || v.len() < 16 * per_position || u.len() < 64 * per_position {
+        return winograd_products_each(v, u, per_position, m);
+    }
+    // SAFETY: reads 16 x `per_position` words of `v` and 16 x 4 x `per_position` of `u` (both
+    // checked above), writes the 64 words of `m`; all word-aligned (LDRD/STRD require it:
+    // scratch_words and words() guarantee it for v and u). The 8 bytes below sp hold the pair
+    // count and the positions left, restored before the end.
+    unsafe {
+        core::arch::asm!(
+            "sub sp, sp, #8",
+            "str {n}, [sp]",
+            "movs {n}, #16",
+            "str {n}, [sp, #4]",
+            "4:",
+            "ldr {n}, [sp]",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "movs {a2}, #0",
+            "movs {a3}, #0",
+            "2:",
+            oc4_i16_quad!(),
+            oc4_i16_quad!(),
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "strd {a0}, {a1}, [{pm}], #8",
+            "strd {a2}, {a3}, [{pm}], #8",
+            "ldr {n}, [sp, #4]",
+            "subs {n}, {n}, #1",
+            "str {n}, [sp, #4]",
+            "bne 4b",
+            "add sp, sp, #8",
+            pp = inout(reg) v.as_ptr() => _,
+            pw = inout(reg) u.as_ptr() => _,
+            pm = inout(reg) m.as_mut_ptr() => _,
+            n = inout(reg) pairs => _,
+            p0 = out(reg) _,
+            p1 = out(reg) _,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            a2 = out(reg) _,
+            a3 = out(reg) _,
+        );
+    }
+}
+
+/// The largest of channel `j`'s four tile outputs `A^T M A` (`A^T` rows (1, 1, 1, 0) and
+/// (0, 1, -1, -1)), 4x the direct accumulators (wrapping sums: the results fit).
 #[inline(always)]
-fn winograd_output(m: &[[i32; 4]; 16], j: usize) -> [i32; 4] {
-    let at = |r: usize, s: usize| m[4 * r + s][j];
+fn winograd_tile_max(m: &[[i32; 4]; 16], j: usize) -> i32 {
+    // Channel j's 16 values lie 4 words apart from word j on.
+    let Some(column) = m.as_flattened().get(j..).and_then(|c| c.first_chunk::<61>()) else {
+        return 0;
+    };
+    let at = |r: usize, s: usize| column[4 * (4 * r + s)];
+    // A^T M, column by column: (m0s + m1s + m2s, m1s - m2s - m3s).
     let col = |s: usize| (at(0, s).wrapping_add(at(1, s)).wrapping_add(at(2, s)), at(1, s).wrapping_sub(at(2, s)).wrapping_sub(at(3, s)));
     let (c0, c1, c2, c3) = (col(0), col(1), col(2), col(3));
-    [
-        c0.0.wrapping_add(c1.0).wrapping_add(c2.0),
-        c1.0.wrapping_sub(c2.0).wrapping_sub(c3.0),
-        c0.1.wrapping_add(c1.1).wrapping_add(c2.1),
-        c1.1.wrapping_sub(c2.1).wrapping_sub(c3.1),
-    ]
+    let y00 = c0.0.wrapping_add(c1.0).wrapping_add(c2.0);
+    let y01 = c1.0.wrapping_sub(c2.0).wrapping_sub(c3.0);
+    let y10 = c0.1.wrapping_add(c1.1).wrapping_add(c2.1);
+    let y11 = c1.1.wrapping_sub(c2.1).wrapping_sub(c3.1);
+    y00.max(y01).max(y10.max(y11))
 }
 
 /// `V = B^T d B` of the 4x4 input tile at `(y0, x0)`, minus the zero point, for every input
@@ -860,19 +924,19 @@ fn winograd_input(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), 
 /// widened minus the zero point into the patch order `(x0, x2), (x1, x3)` (as [`widen`]), then
 /// `B^T d B` with 16-bit lane adds (every value stays within 4 x 255).
 fn winograd_input_quads(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), zp: i32, v: &mut [u32]) {
-    let per_position = ic / 2;
+    let (per_position, quads) = (ic / 2, ic / 4);
     let zp_pair = pack16(zp, zp);
-    for q in 0..ic / 4 {
-        for half in 0..2 {
-            let mut d = [[0u32; 4]; 4];
-            for (r, row) in d.iter_mut().enumerate() {
-                for (s, x) in row.iter_mut().enumerate() {
-                    let at = ((y0 + r) * iw + x0 + s) * ic + 4 * q;
-                    let word = input.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]));
-                    let (a, b) = widen_quad(word, zp_pair);
-                    *x = if half == 0 { a } else { b };
-                }
+    let (pixels, _) = input.as_chunks::<4>();
+    for q in 0..quads {
+        // The tile's 16 pixels of this quad, each word loaded and widened once.
+        let mut d = [[[0u32; 4]; 4]; 2];
+        for r in 0..4 {
+            for s in 0..4 {
+                let word = pixels.get(((y0 + r) * iw + x0 + s) * quads + q).map_or(0, |b| u32::from_le_bytes(b.map(|x| x as u8)));
+                (d[0][r][s], d[1][r][s]) = widen_quad(word, zp_pair);
             }
+        }
+        for (half, d) in d.iter().enumerate() {
             let mut t = [[0u32; 4]; 4];
             for s in 0..4 {
                 t[0][s] = ssub16(d[0][s], d[2][s]);
@@ -906,6 +970,7 @@ pub fn conv2d_maxpool_s8_winograd(conv: &Conv2d, pool: &Pool, input: &[i8], outp
     let per_position = (ic4 / 2).max(1);
     let v = scratch_words(scratch, 16 * per_position)?;
     let group_words = (2 * 16 * ic4).max(1);
+    let requantizer = Requantizer::new(&conv.requant, conv.bias, 9 * ic);
     let mut m = [[0i32; 4]; 16];
     for py in 0..ph {
         for px in 0..pw {
@@ -913,13 +978,16 @@ pub fn conv2d_maxpool_s8_winograd(conv: &Conv2d, pool: &Pool, input: &[i8], outp
             let out = sub_mut(output, (py * pw + px) * oc, oc);
             for (g, u) in weights.chunks_exact(group_words).enumerate() {
                 winograd_products(v, u, per_position, &mut m);
-                for j in 0..4 {
-                    let max = winograd_output(&m, j).iter().map(|&y| y >> 2).fold(i32::MIN, i32::max);
-                    let c = 4 * g + j;
-                    if let Some(o) = out.get_mut(c) {
-                        *o = pooled(conv, pool, max, c);
-                    }
+                // The maximum of the tile is 4x the maximum of the direct accumulators (an
+                // arithmetic shift is monotonic), requantized once.
+                let mut maxima = [0i32; 4];
+                for (j, max) in maxima.iter_mut().enumerate() {
+                    *max = winograd_tile_max(&m, j) >> 2;
                 }
+                requantizer.group(maxima, g, out);
+            }
+            for o in out.iter_mut() {
+                *o = (*o).bounded(pool.act_min, pool.act_max);
             }
         }
     }
