@@ -377,14 +377,19 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
     }
 }
 
-/// [`requant_smmulr`] of four channels, 15 instructions a channel (16 with a partial clamp).
+/// [`requant_smmulr`] of four channels, 16 instructions a channel with the loop (21 with a partial clamp).
+/// The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1` with
+/// `x' = x - [x < 0]`: `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)` for any
+/// integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the zero point
+/// (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is exact).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
-    if out.len() < 4 || sections.iter().any(|s| s.len() < 16) {
+    let [b, m, s] = sections;
+    if out.len() < 4 || b.len() < 16 || m.len() < 16 || s.len() < 16 {
         return;
     }
-    let [b, m, s] = sections;
+    let zp = 2 * zp + 1;
     macro_rules! channel {
         ($clamp:literal) => {
             concat!(
@@ -396,13 +401,11 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
                 "ldr {t}, [{pm}], #4\n",
                 "smmulr {a}, {a}, {t}\n",
                 "ldr {t}, [{ps}], #4\n",
-                "rsb {t}, {t}, #0\n",
-                "mov {n}, #1\n",
-                "lsl {n}, {n}, {t}\n",
-                "add {n}, {a}, {n}, lsr #1\n",
-                "add {n}, {n}, {a}, asr #31\n",
-                "asr {a}, {n}, {t}\n",
+                "mvn {t}, {t}\n",
+                "add {a}, {a}, {a}, asr #31\n",
+                "asr {a}, {a}, {t}\n",
                 "add {a}, {a}, {zp}\n",
+                "asr {a}, {a}, #1\n",
                 $clamp,
                 "strb {a}, [{po}], #1\n",
                 "subs {k}, {k}, #1\n",
@@ -418,7 +421,7 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
                 channel!("ssat {a}, #8, {a}\n"),
                 pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
                 ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) 4u32 => _,
-                zp = in(reg) zp, a = out(reg) _, t = out(reg) _, n = out(reg) _,
+                zp = in(reg) zp, a = out(reg) _, t = out(reg) _,
                 options(nostack),
             );
         } else {
@@ -426,7 +429,7 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
                 channel!("cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
                 pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
                 ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) 4u32 => _,
-                zp = in(reg) zp, lo = in(reg) lo as i32, hi = in(reg) hi as i32, a = out(reg) _, t = out(reg) _, n = out(reg) _,
+                zp = in(reg) zp, lo = in(reg) lo as i32, hi = in(reg) hi as i32, a = out(reg) _, t = out(reg) _,
                 options(nostack),
             );
         }
@@ -1506,6 +1509,11 @@ mod tests {
                 let acc = (next() as i32) >> 2;
                 let want = crate::fixedpoint::requantize(acc, m, shift, 3, -128, 127);
                 assert_eq!(requant_smmulr(acc, m, shift, 3, -128, 127), want, "acc {acc} m {m} shift {shift}");
+                // The M4 requant4's form of the same rounding (see there), for any zero point.
+                let zp = (next() % 256) as i32 - 128;
+                let x = smmulr(acc << 1, m);
+                let halved = (((x + (x >> 31)) >> !shift) + 2 * zp + 1) >> 1;
+                assert_eq!(halved.clamp(-128, 127) as i8, requant_smmulr(acc, m, shift, zp, -128, 127), "acc {acc} m {m} shift {shift} zp {zp}");
             }
         }
     }
