@@ -180,7 +180,10 @@ pub fn one_over_one_plus_x_for_x_in_0_1(raw: i32) -> i32 {
 fn rounding_half_sum(a: i32, b: i32) -> i32 {
     let sum = a as i64 + b as i64;
     let sign = if sum >= 0 { 1 } else { -1 };
-    ((sum + sign) / 2) as i32
+    // C's truncating `/ 2` as a shift (LLVM calls __aeabi_ldivmod for an i64 `/ 2` at
+    // opt-level "s": 1 KB of the inference code).
+    let t = sum + sign;
+    ((t + ((t >> 63) & 1)) >> 1) as i32
 }
 
 /// TFLM's `GetReciprocal`: `1 / x` for an accumulator with `integer_bits` integer bits.
@@ -195,6 +198,19 @@ pub fn get_reciprocal(x: i32, integer_bits: i32) -> (i32, i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shift form of `RoundingHalfSum` against gemmlowp's division.
+    #[test]
+    fn rounding_half_sum_equals_the_division_form() {
+        let values = [0, 1, -1, 2, -2, 3, -3, i32::MIN, i32::MAX, i32::MIN + 1, i32::MAX - 1, 1 << 30, -(1 << 30), 12_345, -54_321];
+        for &a in &values {
+            for &b in &values {
+                let sum = a as i64 + b as i64;
+                let want = ((sum + if sum >= 0 { 1 } else { -1 }) / 2) as i32;
+                assert_eq!(rounding_half_sum(a, b), want, "{a} {b}");
+            }
+        }
+    }
 
     /// The shift form against gemmlowp's literal division form.
     #[test]
