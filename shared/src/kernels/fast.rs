@@ -347,6 +347,26 @@ impl<'r> Requantizer<'r> {
         }
     }
 
+    /// [`requant_n`] of channels `first..first + out.len()` (the fast form: check `fast` first).
+    fn channels_fast(&self, acc: &[i32], first: usize, out: &mut [i8]) {
+        let r = self.requant;
+        let span = 4 * first..4 * (first + out.len());
+        let (b, m, s) = (self.bias.bytes().get(span.clone()), r.multipliers.bytes().get(span.clone()), r.shifts.bytes().get(span));
+        if let (Some(b), Some(m), Some(s)) = (b, m, s) {
+            requant_n(acc, [b, m, s], r.output_zp, r.act_min, r.act_max, out);
+        }
+    }
+
+    /// Channels `first..first + out.len()` from their accumulators.
+    fn channels(&self, acc: &[i32], first: usize, out: &mut [i8]) {
+        if self.fast {
+            return self.channels_fast(acc, first, out);
+        }
+        for (j, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
+            *o = self.apply(a, first + j);
+        }
+    }
+
     /// Four accumulators of channel group `g`.
     #[inline(always)]
     fn group(&self, acc: [i32; 4], g: usize, out: &mut [i8]) {
@@ -366,14 +386,20 @@ impl<'r> Requantizer<'r> {
     }
 }
 
-/// [`requant_smmulr`] of four channels: `acc[j] + bias[j]` with `multipliers[j]`, `shifts[j]`
-/// (`sections` = the channels' 16 bytes of bias, multipliers, shifts; little-endian i32).
+/// [`requant_smmulr`] of the channels of `out`: `acc[j] + bias[j]` with `multipliers[j]`,
+/// `shifts[j]` (`sections` = the channels' bias, multipliers, shifts; little-endian i32).
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
-    let word = |s: &[u8], j: usize| i32::from_le_bytes([s[4 * j], s[4 * j + 1], s[4 * j + 2], s[4 * j + 3]]);
+    requant_n(acc, sections, zp, lo, hi, out)
+}
+
+/// [`requant_smmulr`] of the channels of `out` (portable).
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
     let [b, m, s] = sections;
-    for (j, o) in out.iter_mut().enumerate().take(4) {
-        *o = requant_smmulr(acc[j] + word(b, j), word(m, j), word(s, j), zp, lo as i32, hi as i32);
+    let (b, m, s) = (b.as_chunks::<4>().0, m.as_chunks::<4>().0, s.as_chunks::<4>().0);
+    for ((((o, &a), b), m), s) in out.iter_mut().zip(acc).zip(b).zip(m).zip(s) {
+        *o = requant_smmulr(a + i32::from_le_bytes(*b), i32::from_le_bytes(*m), i32::from_le_bytes(*s), zp, lo as i32, hi as i32);
     }
 }
 
@@ -384,11 +410,33 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
 /// (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is exact).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
     let [b, m, s] = sections;
-    if out.len() < 4 || b.len() < 16 || m.len() < 16 || s.len() < 16 {
+    let n = out.len();
+    if n == 0 || acc.len() < n || b.len() < 4 * n || m.len() < 4 * n || s.len() < 4 * n {
         return;
     }
+    requant_body(acc, [b, m, s], zp, lo, hi, out)
+}
+
+/// [`requant_n`] of one group of four channels (the checks on constant lengths).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+    let [b, m, s] = sections;
+    if out.len() != 4 || b.len() < 16 || m.len() < 16 || s.len() < 16 {
+        return;
+    }
+    requant_body(acc, [b, m, s], zp, lo, hi, out)
+}
+
+/// [`requant_n`]'s loop; the caller has checked that `acc` and the sections hold `out.len() >= 1`
+/// channels.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(always)]
+fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+    let [b, m, s] = sections;
+    let n = out.len();
     let zp = 2 * zp + 1;
     macro_rules! channel {
         ($clamp:literal) => {
@@ -413,14 +461,14 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
             )
         };
     }
-    // SAFETY: reads 4 words of each of `acc` and the three 16-byte sections (checked above; the
-    // sections are 4-byte aligned in the model) and writes the 4 bytes of `out`.
+    // SAFETY: reads n words of each of `acc` and the three sections (checked above; the sections
+    // are 4-byte aligned in the model) and writes the n bytes of `out`.
     unsafe {
         if lo == i8::MIN && hi == i8::MAX {
             core::arch::asm!(
                 channel!("ssat {a}, #8, {a}\n"),
                 pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
-                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) 4u32 => _,
+                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) n => _,
                 zp = in(reg) zp, a = out(reg) _, t = out(reg) _,
                 options(nostack),
             );
@@ -428,7 +476,7 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
             core::arch::asm!(
                 channel!("cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
                 pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
-                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) 4u32 => _,
+                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) n => _,
                 zp = in(reg) zp, lo = in(reg) lo as i32, hi = in(reg) hi as i32, a = out(reg) _, t = out(reg) _,
                 options(nostack),
             );
@@ -1186,22 +1234,39 @@ fn quad_at(bytes: &[i8], at: usize) -> u32 {
     }
 }
 
+/// Channel groups per [`depthwise_taps`] call (their sums sit on the stack).
+const DEPTHWISE_GROUPS: usize = 16;
+
 pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
     // The tap table: (input offset, weight offset) per tap and an end marker.
     8 * (p.kernel_h as usize * p.kernel_w as usize + 1) + 3
 }
 
-/// Four channels' depthwise sums over the taps of `table` (pairs of input and weight byte
-/// offsets from `input` and `weights`, ended by a negative offset): per tap one word of input
-/// and one of weights, widened with SXTB16, the zero point off with SSUB16, SMLABB/SMLATT.
+/// Depthwise sums of `acc.len() / 4` groups of four channels, from `input` and `weights` on,
+/// over the taps of `table` (pairs of input and weight byte offsets, ended by a negative offset
+/// whose pair is minus the table's bytes): per tap one word of input and one of weights, widened
+/// with SXTB16, the zero point off with SSUB16, SMLABB/SMLATT; then the next group, 4 bytes on.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn depthwise_taps4(input: *const i8, weights: *const i8, table: &[u32], zp_pair: u32) -> [i32; 4] {
-    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
-    // SAFETY: the caller built `table` with offsets whose 4-byte words lie inside the input and
-    // weights, and ended it with a negative offset.
+fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], zp_pair: u32, acc: &mut [i32]) {
+    let groups = acc.len() / 4;
+    if groups == 0 {
+        return;
+    }
+    // SAFETY: the caller built `table` with offsets whose 4-byte words, for each of the groups,
+    // lie inside the input and weights, and ended it with a negative offset and minus the table's
+    // bytes (which rewinds the table pointer). `acc` holds 4 x groups words. The 8 bytes below
+    // sp hold the accumulator pointer and the groups left, restored before the end.
     unsafe {
         core::arch::asm!(
+            "sub sp, sp, #8",
+            "str {t}, [sp]",
+            "str {u}, [sp, #4]",
+            "4:",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "movs {a2}, #0",
+            "movs {a3}, #0",
             "2:",
             "ldrd {t}, {u}, [{tab}], #8",
             "cmp {t}, #0",
@@ -1220,16 +1285,28 @@ fn depthwise_taps4(input: *const i8, weights: *const i8, table: &[u32], zp_pair:
             "smlatt {a3}, {x}, {w}, {a3}",
             "b 2b",
             "3:",
+            "add {tab}, {tab}, {u}",
+            "ldr {t}, [sp]",
+            "strd {a0}, {a1}, [{t}], #8",
+            "strd {a2}, {a3}, [{t}], #8",
+            "str {t}, [sp]",
+            "adds {pin}, {pin}, #4",
+            "adds {pw}, {pw}, #4",
+            "ldr {t}, [sp, #4]",
+            "subs {t}, {t}, #1",
+            "str {t}, [sp, #4]",
+            "bne 4b",
+            "add sp, sp, #8",
             tab = inout(reg) table.as_ptr() => _,
-            pin = in(reg) input,
-            pw = in(reg) weights,
+            pin = inout(reg) input => _,
+            pw = inout(reg) weights => _,
             zp = in(reg) zp_pair,
-            t = out(reg) _, u = out(reg) _, x = out(reg) _, w = out(reg) _,
-            a0 = inout(reg) a0, a1 = inout(reg) a1, a2 = inout(reg) a2, a3 = inout(reg) a3,
-            options(nostack, readonly),
+            t = inout(reg) acc.as_mut_ptr() => _,
+            u = inout(reg) groups => _,
+            x = out(reg) _, w = out(reg) _,
+            a0 = out(reg) _, a1 = out(reg) _, a2 = out(reg) _, a3 = out(reg) _,
         );
     }
-    [a0, a1, a2, a3]
 }
 
 /// Portable [`depthwise_taps4`]: the same sums.
@@ -1252,7 +1329,7 @@ fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], zp_pair
 }
 
 /// Per output pixel: a table of its in-bounds taps (input and weight offsets), then per group of
-/// four channels [`depthwise_taps4`] and [`requant4`].
+/// up to 64 channels at a time [`depthwise_taps`] and [`requant_n`].
 pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     depthwise_conv2d_s8_fast_io(p, &mut Io::Apart { input, output }, scratch)
 }
@@ -1273,33 +1350,42 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     let zp_pair = pack16(p.input_zp, p.input_zp);
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
+    let mut acc = [0i32; 4 * DEPTHWISE_GROUPS];
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
         let (oy, ox) = (q / ow.max(1), q % ow.max(1));
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
         let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-        // (input offset, weight offset) per tap, then the end mark: kh * kw + 1 entries at most.
+        // (input offset, weight offset) per tap, then the end mark (minus the bytes up to and
+        // including it, to rewind): kh * kw + 1 entries at most.
         let mut entries = table.as_chunks_mut::<2>().0.iter_mut();
+        let mut taps = 0u32;
         for ky in ky0..ky1 {
             for kx in kx0..kx1 {
                 let pixel = (y0 + ky as isize) as usize * iw + (x0 + kx as isize) as usize;
                 if let Some(entry) = entries.next() {
                     *entry = [(pixel * c) as u32, ((ky * kw + kx) * c) as u32];
+                    taps += 1;
                 }
             }
         }
         if let Some(end) = entries.next() {
-            end[0] = u32::MAX;
+            *end = [u32::MAX, (8 * (taps + 1)).wrapping_neg()];
         }
-        for g in 0..c / 4 {
+        for first in (0..c / 4).step_by(DEPTHWISE_GROUPS) {
+            let groups = (c / 4 - first).min(DEPTHWISE_GROUPS);
+            let acc = acc.get_mut(..4 * groups).unwrap_or(&mut []);
             let input = io.input();
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
             // SAFETY: the offsets address whole words of `input` and `weights` (shapes
-            // checked above), shifted by the group's 4g bytes, all in bounds.
-            let acc = depthwise_taps4(unsafe { input.as_ptr().add(4 * g) }, unsafe { p.weights.as_ptr().add(4 * g) }, table, zp_pair);
+            // checked above), shifted by each group's 4g bytes (g < c / 4), all in bounds.
+            depthwise_taps(unsafe { input.as_ptr().add(4 * first) }, unsafe { p.weights.as_ptr().add(4 * first) }, table, zp_pair, acc);
             #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-            let acc = depthwise_taps4_portable(&input[4 * g..], &p.weights[4 * g..], table, zp_pair);
-            rq.group(acc, g, io.output((oy * ow + ox) * c, c));
+            for (j, a) in acc.as_chunks_mut::<4>().0.iter_mut().enumerate() {
+                let g = 4 * (first + j);
+                *a = depthwise_taps4_portable(input.get(g..).unwrap_or(&[]), p.weights.get(g..).unwrap_or(&[]), table, zp_pair);
+            }
+            rq.channels(acc, 4 * first, io.output((oy * ow + ox) * c + 4 * first, 4 * groups));
         }
     }
     Ok(())
