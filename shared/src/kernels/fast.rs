@@ -672,12 +672,22 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     if !b.widen {
         // One pixel at a time: build its patch, then every group.
         let patch = b.patches.get_mut(..wpp).ok_or(Error::BufferSize { expected: wpp, found: 0 })?;
+        let group = group_words(p.layout, taps).max(1);
+        let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
         for k in 0..pixels {
             let q = io.pixel(k, pixels);
             conv_patch_padded(p, io.input(), q / ow.max(1), q % ow.max(1), zp_pair, patch);
             let out = io.output(q * oc, oc);
-            for (g, w) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
-                rq.group(dot_oc4(patch, w, p.layout), g, out);
+            // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
+            for (chunk, groups) in weights.chunks((group * CHANNEL_GROUPS).max(1)).enumerate() {
+                let mut n = 0;
+                for (a, w) in acc.iter_mut().zip(groups.chunks_exact(group)) {
+                    *a = dot_oc4(patch, w, p.layout);
+                    n += 4;
+                }
+                let first = 4 * CHANNEL_GROUPS * chunk;
+                let len = n.min(oc.saturating_sub(first));
+                rq.channels(acc.as_flattened(), first, out.get_mut(first..first + len).unwrap_or(&mut []));
             }
         }
         return Ok(());
@@ -1234,8 +1244,9 @@ fn quad_at(bytes: &[i8], at: usize) -> u32 {
     }
 }
 
-/// Channel groups per [`depthwise_taps`] call (their sums sit on the stack).
-const DEPTHWISE_GROUPS: usize = 16;
+/// Channel groups per [`depthwise_taps`] call and per requantization call of the direct conv
+/// (their sums sit on the stack).
+const CHANNEL_GROUPS: usize = 16;
 
 pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
     // The tap table: (input offset, weight offset) per tap and an end marker.
@@ -1350,7 +1361,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     let zp_pair = pack16(p.input_zp, p.input_zp);
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
-    let mut acc = [0i32; 4 * DEPTHWISE_GROUPS];
+    let mut acc = [0i32; 4 * CHANNEL_GROUPS];
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
         let (oy, ox) = (q / ow.max(1), q % ow.max(1));
@@ -1372,8 +1383,8 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
         if let Some(end) = entries.next() {
             *end = [u32::MAX, (8 * (taps + 1)).wrapping_neg()];
         }
-        for first in (0..c / 4).step_by(DEPTHWISE_GROUPS) {
-            let groups = (c / 4 - first).min(DEPTHWISE_GROUPS);
+        for first in (0..c / 4).step_by(CHANNEL_GROUPS) {
+            let groups = (c / 4 - first).min(CHANNEL_GROUPS);
             let acc = acc.get_mut(..4 * groups).unwrap_or(&mut []);
             let input = io.input();
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
