@@ -347,20 +347,16 @@ impl<'r> Requantizer<'r> {
         }
     }
 
-    /// [`requant_n`] of channels `first..first + out.len()` (the fast form: check `fast` first).
-    fn channels_fast(&self, acc: &[i32], first: usize, out: &mut [i8]) {
-        let r = self.requant;
-        let span = 4 * first..4 * (first + out.len());
-        let (b, m, s) = (self.bias.bytes().get(span.clone()), r.multipliers.bytes().get(span.clone()), r.shifts.bytes().get(span));
-        if let (Some(b), Some(m), Some(s)) = (b, m, s) {
-            requant_n(acc, [b, m, s], r.output_zp, r.act_min, r.act_max, out);
-        }
-    }
-
     /// Channels `first..first + out.len()` from their accumulators.
     fn channels(&self, acc: &[i32], first: usize, out: &mut [i8]) {
         if self.fast {
-            return self.channels_fast(acc, first, out);
+            let r = self.requant;
+            let span = 4 * first..4 * (first + out.len());
+            let (b, m, s) = (self.bias.bytes().get(span.clone()), r.multipliers.bytes().get(span.clone()), r.shifts.bytes().get(span));
+            if let (Some(b), Some(m), Some(s)) = (b, m, s) {
+                requant_n(acc, [b, m, s], r.output_zp, r.act_min, r.act_max, out);
+            }
+            return;
         }
         for (j, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
             *o = self.apply(a, first + j);
@@ -403,8 +399,8 @@ fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &m
     }
 }
 
-/// [`requant_smmulr`] of four channels, 16 instructions a channel with the loop (21 with a partial clamp).
-/// The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1` with
+/// [`requant_smmulr`] of the channels of `out`, 16 instructions a channel with the loop (21 with
+/// a partial clamp). The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1` with
 /// `x' = x - [x < 0]`: `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)` for any
 /// integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the zero point
 /// (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is exact).
@@ -416,7 +412,8 @@ fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &m
     if n == 0 || acc.len() < n || b.len() < 4 * n || m.len() < 4 * n || s.len() < 4 * n {
         return;
     }
-    requant_body(acc, [b, m, s], zp, lo, hi, out)
+    // SAFETY: the lengths are checked above.
+    unsafe { requant_body(acc, [b, m, s], zp, lo, hi, out) }
 }
 
 /// [`requant_n`] of one group of four channels (the checks on constant lengths).
@@ -427,14 +424,17 @@ fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: 
     if out.len() != 4 || b.len() < 16 || m.len() < 16 || s.len() < 16 {
         return;
     }
-    requant_body(acc, [b, m, s], zp, lo, hi, out)
+    // SAFETY: the lengths are checked above.
+    unsafe { requant_body(acc, [b, m, s], zp, lo, hi, out) }
 }
 
-/// [`requant_n`]'s loop; the caller has checked that `acc` and the sections hold `out.len() >= 1`
-/// channels.
+/// [`requant_n`]'s loop.
+///
+/// # Safety
+/// `out` holds at least one channel, and `acc` and each section at least `out.len()` words.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
     let [b, m, s] = sections;
     let n = out.len();
     let zp = 2 * zp + 1;
@@ -461,8 +461,8 @@ fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out:
             )
         };
     }
-    // SAFETY: reads n words of each of `acc` and the three sections (checked above; the sections
-    // are 4-byte aligned in the model) and writes the n bytes of `out`.
+    // SAFETY: reads n words of each of `acc` and the three sections (the caller's guarantee; the
+    // sections are 4-byte aligned in the model) and writes the n bytes of `out`.
     unsafe {
         if lo == i8::MIN && hi == i8::MAX {
             core::arch::asm!(
@@ -1320,7 +1320,7 @@ fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], zp_pair: 
     }
 }
 
-/// Portable [`depthwise_taps4`]: the same sums.
+/// Portable [`depthwise_taps`] of one group: the same sums.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], zp_pair: u32) -> [i32; 4] {
     let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
@@ -1606,7 +1606,7 @@ mod tests {
                 let acc = (next() as i32) >> 2;
                 let want = crate::fixedpoint::requantize(acc, m, shift, 3, -128, 127);
                 assert_eq!(requant_smmulr(acc, m, shift, 3, -128, 127), want, "acc {acc} m {m} shift {shift}");
-                // The M4 requant4's form of the same rounding (see there), for any zero point.
+                // The M4 requant_body's form of the same rounding (see requant_n), for any zero point.
                 let zp = (next() % 256) as i32 - 128;
                 let x = smmulr(acc << 1, m);
                 let halved = (((x + (x >> 31)) >> !shift) + 2 * zp + 1) >> 1;
