@@ -302,19 +302,44 @@ impl Io<'_> {
 // ---------------------------------------------------------------------------------------------
 // Requantization with SMMULR
 
-/// Whether the fast requantization is exact for a layer: every shift a right shift (-31..=-1),
-/// and the worst-case accumulator `taps x 128 x 255 + max |bias|` below 2^30, so that `2 acc`
-/// fits in int32. Then TFLM's `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc, m), r)`
+/// The worst-case magnitude of a channel's accumulator plus bias: `taps x 128 x 255 + |bias|`.
+fn accumulator_bound(bias: i64, taps: usize) -> i64 {
+    (taps as i64) * 128 * 255 + bias.abs()
+}
+
+/// Which fast requantization is exact for a layer, if any.
+///
+/// `Right`: every shift a right shift (-31..=-1) and every accumulator below 2^30, so that
+/// `2 acc` fits in int32. Then TFLM's `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc, m), r)`
 /// is exactly `(SMMULR(2 acc, m) + 2^(r-1) + (t < 0 ? -1 : 0)) >> r`: `SMMULR(2a, m)` rounds
 /// `(2am + 2^31) / 2^32 = (am + 2^30) / 2^31`, and adding `2^(r-1) - [t < 0]` before the
 /// arithmetic shift rounds half away from zero.
-fn fast_requant_exact(r: &Requant, bias: I32Le, taps: usize) -> bool {
-    let max_bias = bias.iter().map(|b| (b as i64).abs()).max().unwrap_or(0);
-    r.shifts.iter().all(|s| (-31..=-1).contains(&s)) && (taps as i64) * 128 * 255 + max_bias < 1 << 30
+///
+/// `Any`: shifts in -31..=30, and each channel's accumulator `v` shifted left by its shift (if
+/// positive) below 2^31 - 512, or below 2^30 - 256 for a channel without right shift: see
+/// [`requant_smmulr_any`]. A channel with multiplier 0 needs no bound (its product is 0 whatever
+/// `v` is, wrapped or not): the VWW MobileNet has such dead channels, with biases near 2^30.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fast {
+    Right,
+    Any,
+}
+
+fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
+    // The common case first, in one cheap pass per section (this runs at every kernel call).
+    let max_bias = bias.iter().map(i32::unsigned_abs).max().unwrap_or(0);
+    if r.shifts.iter().all(|s| (-31..=-1).contains(&s)) && accumulator_bound(max_bias as i64, taps) < 1 << 30 {
+        return Some(Fast::Right);
+    }
+    let any = r.shifts.iter().zip(bias.iter()).zip(r.multipliers.iter()).all(|((s, b), m)| {
+        let limit = if s < 0 { (1i64 << 31) - 512 } else { (1i64 << 30) - 256 };
+        (-31..=30).contains(&s) && (m == 0 || accumulator_bound(b as i64, taps) << s.max(0) < limit)
+    });
+    any.then_some(Fast::Any)
 }
 
 /// TFLM's requantization of `acc` for a channel with multiplier `m` and right shift `-shift`
-/// (see [`fast_requant_exact`] for when it is exact).
+/// (see [`Fast::Right`] for when it is exact).
 #[inline(always)]
 fn requant_smmulr(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8 {
     let right = shift.wrapping_neg() as u32 & 31;
@@ -324,37 +349,53 @@ fn requant_smmulr(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8
     (v + zp).bounded(lo, hi) as i8
 }
 
+/// TFLM's requantization of `acc` for a channel with multiplier `m` and any shift, where
+/// [`Fast::Any`] holds. `v = acc << max(shift, 0)` does not overflow, and
+/// `x = SaturatingRoundingDoublingHighMul(v, m) = floor((v m + 2^30) / 2^31)` is computed from the
+/// 64-bit product (SMULL) and has `|x| <= |v|`. With `r = -shift >= 1`, the rounding shift is
+/// [`requant_n`]'s halving form `((x' >> (r - 1)) + 2 zp + 1) >> 1` (`x' = x - [x < 0]`); with no
+/// right shift TFLM adds the zero point to `x`, which is `(2x + 2 zp + 1) >> 1`.
+#[inline(always)]
+fn requant_smmulr_any(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8 {
+    let v = acc << shift.bounded(0, 30);
+    let x = ((v as i64 * m as i64 + (1 << 30)) >> 31) as i32;
+    let y = if shift < 0 { (x + (x >> 31)) >> (!shift & 31) } else { x << 1 };
+    ((y + 2 * zp + 1) >> 1).bounded(lo, hi) as i8
+}
+
 /// The fast requantization where it is exact, TFLM's general one elsewhere.
 struct Requantizer<'r> {
     requant: &'r Requant<'r>,
     bias: I32Le<'r>,
-    fast: bool,
+    fast: Option<Fast>,
 }
 
 impl<'r> Requantizer<'r> {
     fn new(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize) -> Self {
-        Requantizer { requant, bias, fast: fast_requant_exact(requant, bias, taps) }
+        Requantizer { requant, bias, fast: fast_requant(requant, bias, taps) }
     }
 
-    #[inline(always)]
+    /// One channel (the paths that are not per group): out of line, for code size.
+    #[inline(never)]
     fn apply(&self, acc: i32, c: usize) -> i8 {
         let r = self.requant;
         let acc = acc + self.bias.get(c);
-        if self.fast {
-            requant_smmulr(acc, r.multipliers.get(c), r.shifts.get(c), r.output_zp, r.act_min as i32, r.act_max as i32)
-        } else {
-            r.apply(acc, c)
+        let (m, s, zp, lo, hi) = (r.multipliers.get(c), r.shifts.get(c), r.output_zp, r.act_min as i32, r.act_max as i32);
+        match self.fast {
+            Some(Fast::Right) => requant_smmulr(acc, m, s, zp, lo, hi),
+            Some(Fast::Any) => requant_smmulr_any(acc, m, s, zp, lo, hi),
+            None => r.apply(acc, c),
         }
     }
 
     /// Channels `first..first + out.len()` from their accumulators.
     fn channels(&self, acc: &[i32], first: usize, out: &mut [i8]) {
-        if self.fast {
+        if let Some(fast) = self.fast {
             let r = self.requant;
             let span = 4 * first..4 * (first + out.len());
             let (b, m, s) = (self.bias.bytes().get(span.clone()), r.multipliers.bytes().get(span.clone()), r.shifts.bytes().get(span));
             if let (Some(b), Some(m), Some(s)) = (b, m, s) {
-                requant_n(acc, [b, m, s], r.output_zp, r.act_min, r.act_max, out);
+                requant_n(acc, [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out);
             }
             return;
         }
@@ -367,10 +408,10 @@ impl<'r> Requantizer<'r> {
     #[inline(always)]
     fn group(&self, acc: [i32; 4], g: usize, out: &mut [i8]) {
         let r = self.requant;
-        if self.fast {
+        if let Some(fast) = self.fast {
             let (b, m, s) = (self.bias.bytes().get(16 * g..16 * g + 16), r.multipliers.bytes().get(16 * g..16 * g + 16), r.shifts.bytes().get(16 * g..16 * g + 16));
             if let (Some(b), Some(m), Some(s), Some(o)) = (b, m, s, out.get_mut(4 * g..4 * g + 4)) {
-                return requant4(&acc, [b, m, s], r.output_zp, r.act_min, r.act_max, o);
+                return requant4(&acc, [b, m, s], r.output_zp, r.act_min, r.act_max, fast, o);
             }
         }
         for (j, &a) in acc.iter().enumerate() {
@@ -382,76 +423,95 @@ impl<'r> Requantizer<'r> {
     }
 }
 
-/// [`requant_smmulr`] of the channels of `out`: `acc[j] + bias[j]` with `multipliers[j]`,
-/// `shifts[j]` (`sections` = the channels' bias, multipliers, shifts; little-endian i32).
-#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
-    requant_n(acc, sections, zp, lo, hi, out)
+/// [`requant_n`] of one group of four channels.
+#[inline(always)]
+fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
+    requant_n(acc, sections, zp, lo, hi, fast, out)
 }
 
-/// [`requant_smmulr`] of the channels of `out` (portable).
+/// [`requant_smmulr`] (`Fast::Right`) or [`requant_smmulr_any`] (`Fast::Any`) of the channels of
+/// `out`: `acc[j] + bias[j]` with `multipliers[j]`, `shifts[j]` (`sections` = the channels' bias,
+/// multipliers, shifts; little-endian i32). Portable.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
     let [b, m, s] = sections;
     let (b, m, s) = (b.as_chunks::<4>().0, m.as_chunks::<4>().0, s.as_chunks::<4>().0);
+    let one = match fast {
+        Fast::Right => requant_smmulr,
+        Fast::Any => requant_smmulr_any,
+    };
     for ((((o, &a), b), m), s) in out.iter_mut().zip(acc).zip(b).zip(m).zip(s) {
-        *o = requant_smmulr(a + i32::from_le_bytes(*b), i32::from_le_bytes(*m), i32::from_le_bytes(*s), zp, lo as i32, hi as i32);
+        *o = one(a + i32::from_le_bytes(*b), i32::from_le_bytes(*m), i32::from_le_bytes(*s), zp, lo as i32, hi as i32);
     }
 }
 
-/// [`requant_smmulr`] of the channels of `out`, 16 instructions a channel with the loop (21 with
-/// a partial clamp). The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1` with
-/// `x' = x - [x < 0]`: `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)` for any
-/// integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the zero point
-/// (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is exact).
+/// [`requant_smmulr`] (`Fast::Right`: 16 instructions a channel with the loop, 21 with a partial
+/// clamp) or [`requant_smmulr_any`] (`Fast::Any`: 25) of the channels of `out`. The rounding
+/// shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1` with `x' = x - [x < 0]`:
+/// `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)` for any integer `y`, so this
+/// is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the zero point (`r - 1` is
+/// `!shift`; `2 zp` is even, so adding it before the last halving is exact).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
     let [b, m, s] = sections;
     let n = out.len();
     if n == 0 || acc.len() < n || b.len() < 4 * n || m.len() < 4 * n || s.len() < 4 * n {
         return;
     }
     // SAFETY: the lengths are checked above.
-    unsafe { requant_body(acc, [b, m, s], zp, lo, hi, out) }
+    unsafe { requant_body(acc, [b, m, s], zp, lo, hi, fast, out) }
 }
 
-/// [`requant_n`] of one group of four channels (the checks on constant lengths).
-#[cfg(all(target_arch = "arm", feature = "dsp"))]
-#[inline(never)]
-fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
-    let [b, m, s] = sections;
-    if out.len() != 4 || b.len() < 16 || m.len() < 16 || s.len() < 16 {
-        return;
-    }
-    // SAFETY: the lengths are checked above.
-    unsafe { requant_body(acc, [b, m, s], zp, lo, hi, out) }
-}
-
-/// [`requant_n`]'s loop.
+/// [`requant_n`]'s loops.
 ///
 /// # Safety
 /// `out` holds at least one channel, and `acc` and each section at least `out.len()` words.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, out: &mut [i8]) {
+unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
     let [b, m, s] = sections;
     let n = out.len();
     let zp = 2 * zp + 1;
+    // acc + bias, times the multiplier, shifted by the channel's shift: a = x' >> (r - 1).
+    macro_rules! right_scale { () => { concat!(
+        "lsl {a}, {a}, #1\n",
+        "ldr {t}, [{pm}], #4\n",
+        "smmulr {a}, {a}, {t}\n",
+        "ldr {t}, [{ps}], #4\n",
+        "mvn {t}, {t}\n",
+        "add {a}, {a}, {a}, asr #31\n",
+        "asr {a}, {a}, {t}\n",
+    ) } }
+    // The same for any shift (see requant_smmulr_any): the left shift, the 64-bit product
+    // rounded to its bits 31..62 (`2 hi + ((lo >> 1) + 2^29) >> 30`), then `x' >> (r - 1)` or `2x`.
+    // The flags of `cmp` live to the `ittte` (nothing between sets them).
+    macro_rules! any_scale { () => { concat!(
+        "ldr {t}, [{ps}], #4\n",
+        "cmp {t}, #0\n",
+        "it gt\n",
+        "lslgt {a}, {a}, {t}\n",
+        "ldr {t}, [{pm}], #4\n",
+        "smull {t}, {a}, {a}, {t}\n",
+        "lsr {t}, {t}, #1\n",
+        "add {t}, {t}, #0x20000000\n",
+        "lsl {a}, {a}, #1\n",
+        "add {a}, {a}, {t}, lsr #30\n",
+        "ldr {t}, [{ps}, #-4]\n",
+        "ittte lt\n",
+        "addlt {a}, {a}, {a}, asr #31\n",
+        "mvnlt {t}, {t}\n",
+        "asrlt {a}, {a}, {t}\n",
+        "lslge {a}, {a}, #1\n",
+    ) } }
     macro_rules! channel {
-        ($clamp:literal) => {
+        ($scale:ident, $clamp:literal) => {
             concat!(
                 "2:\n",
                 "ldr {a}, [{pa}], #4\n",
                 "ldr {t}, [{pb}], #4\n",
                 "add {a}, {a}, {t}\n",
-                "lsl {a}, {a}, #1\n",
-                "ldr {t}, [{pm}], #4\n",
-                "smmulr {a}, {a}, {t}\n",
-                "ldr {t}, [{ps}], #4\n",
-                "mvn {t}, {t}\n",
-                "add {a}, {a}, {a}, asr #31\n",
-                "asr {a}, {a}, {t}\n",
+                $scale!(),
                 "add {a}, {a}, {zp}\n",
                 "asr {a}, {a}, #1\n",
                 $clamp,
@@ -461,25 +521,34 @@ unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i
             )
         };
     }
-    // SAFETY: reads n words of each of `acc` and the three sections (the caller's guarantee; the
-    // sections are 4-byte aligned in the model) and writes the n bytes of `out`.
-    unsafe {
-        if lo == i8::MIN && hi == i8::MAX {
+    macro_rules! run {
+        ($scale:ident, full) => {
             core::arch::asm!(
-                channel!("ssat {a}, #8, {a}\n"),
+                channel!($scale, "ssat {a}, #8, {a}\n"),
                 pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
                 ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) n => _,
                 zp = in(reg) zp, a = out(reg) _, t = out(reg) _,
                 options(nostack),
-            );
-        } else {
+            )
+        };
+        ($scale:ident, partial) => {
             core::arch::asm!(
-                channel!("cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
+                channel!($scale, "cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
                 pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
                 ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) n => _,
                 zp = in(reg) zp, lo = in(reg) lo as i32, hi = in(reg) hi as i32, a = out(reg) _, t = out(reg) _,
                 options(nostack),
-            );
+            )
+        };
+    }
+    // SAFETY: reads n words of each of `acc` and the three sections (the caller's guarantee; the
+    // sections are 4-byte aligned in the model) and writes the n bytes of `out`.
+    unsafe {
+        match (fast, lo == i8::MIN && hi == i8::MAX) {
+            (Fast::Right, true) => run!(right_scale, full),
+            (Fast::Right, false) => run!(right_scale, partial),
+            (Fast::Any, true) => run!(any_scale, full),
+            (Fast::Any, false) => run!(any_scale, partial),
         }
     }
 }
@@ -528,44 +597,22 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patc
     }
 }
 
-/// Writes i16 values into a patch in the order the OC4 dot products read: per quad of taps
-/// `(x0, x2)` then `(x1, x3)`, as [`widen_quad`] makes them.
-struct PatchWriter<'a> {
-    words: &'a mut [u32],
-    at: usize,
-    quad: [i32; 4],
-    filled: usize,
+/// `n` bytes of `v` into `raw` at `*at`, which moves past them.
+#[inline(always)]
+fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
+    for b in raw.iter_mut().skip(*at).take(n) {
+        *b = v;
+    }
+    *at += n;
 }
 
-impl<'a> PatchWriter<'a> {
-    fn new(words: &'a mut [u32]) -> Self {
-        PatchWriter { words, at: 0, quad: [0; 4], filled: 0 }
+/// `src` into `raw` at `*at`, which moves past it.
+#[inline(always)]
+fn copy_bytes(raw: &mut [u8], at: &mut usize, src: &[i8]) {
+    for (b, &v) in raw.iter_mut().skip(*at).zip(src) {
+        *b = v as u8;
     }
-
-    #[inline(always)]
-    fn push(&mut self, v: i32) {
-        self.quad[self.filled % 4] = v; // filled < 4 always: `% 4` only says so to the compiler
-        self.filled += 1;
-        if self.filled == 4 {
-            let q = self.quad;
-            if let Some(w) = self.words.get_mut(self.at..self.at + 2) {
-                w[0] = pack16(q[0], q[2]);
-                w[1] = pack16(q[1], q[3]);
-            }
-            self.at += 2;
-            self.filled = 0;
-        }
-    }
-
-    /// Zeros up to the end of the patch.
-    fn finish(mut self) {
-        while self.filled != 0 {
-            self.push(0);
-        }
-        for w in self.words.iter_mut().skip(self.at) {
-            *w = 0;
-        }
-    }
+    *at += src.len();
 }
 
 /// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
@@ -589,24 +636,59 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u3
         }
         return;
     }
-    let mut writer = PatchWriter::new(patch);
-    let zp = p.input_zp;
-    for ky in 0..kh {
-        let iy = y0 + ky as isize;
-        for kx in 0..kw {
-            let ix = x0 + kx as isize;
-            if iy < 0 || ix < 0 || iy as usize >= ih || ix as usize >= iw {
-                for _ in 0..ic {
-                    writer.push(0);
-                }
-            } else {
-                for &x in sub(input, (iy as usize * iw + ix as usize) * ic, ic) {
-                    writer.push(x as i32 - zp);
-                }
+    // The raw int8 taps go to the patch's second half (padding taps are the zero point, which
+    // widens to 0), then widen forward in place: quad q is read from word half + q before words
+    // 2q and 2q + 1 are written, and 2q + 1 <= half + q for every quad (the patch has an even
+    // number of words: stored taps are a multiple of 4).
+    let first = (-x0).max(0).min(kw as isize) as usize;
+    let last = (iw as isize - x0).min(kw as isize).max(first as isize) as usize;
+    let half = patch.len() / 2;
+    let zp = p.input_zp as u8;
+    {
+        // SAFETY: a byte view of u32 words is always aligned, and any byte is valid.
+        let (_, bytes, _) = unsafe { patch.align_to_mut::<u8>() };
+        let raw = bytes.get_mut(4 * half..).unwrap_or(&mut []);
+        let mut at = 0;
+        for ky in 0..kh {
+            let iy = y0 + ky as isize;
+            if iy < 0 || iy as usize >= ih {
+                fill_bytes(raw, &mut at, zp, row);
+                continue;
             }
+            fill_bytes(raw, &mut at, zp, first * ic);
+            let start = (iy as usize * iw) as isize + x0 + first as isize;
+            copy_bytes(raw, &mut at, sub(input, start as usize * ic, (last - first) * ic));
+            fill_bytes(raw, &mut at, zp, (kw - last) * ic);
+        }
+        let rest = raw.len().saturating_sub(at);
+        fill_bytes(raw, &mut at, zp, rest);
+    }
+    for q in 0..patch.len() - half {
+        let word = patch.get(half + q).copied().unwrap_or(0);
+        let (lo, hi) = widen_quad(word, zp_pair);
+        if let Some(w) = patch.get_mut(2 * q..2 * q + 2) {
+            w[0] = lo;
+            w[1] = hi;
         }
     }
-    writer.finish();
+}
+
+/// A 1x1, stride-1 conv whose pixels are whole quads: its patch is the input pixel, widened.
+fn is_pointwise(p: &Conv2d) -> bool {
+    p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && p.input.c.is_multiple_of(4)
+}
+
+/// The widened patch of output pixel `q` (row-major). Out of line: both loops of
+/// [`conv2d_s8_fast_io`] share one copy.
+#[inline(never)]
+fn pixel_patch(p: &Conv2d, pointwise: bool, input: &[i8], q: usize, zp_pair: u32, patch: &mut [u32]) {
+    let ic = p.input.c as usize;
+    if pointwise {
+        widen(sub(input, q * ic, ic), zp_pair, patch);
+    } else {
+        let ow = (p.output.w as usize).max(1);
+        conv_patch_padded(p, input, q / ow, q % ow, zp_pair, patch);
+    }
 }
 
 fn check_conv(p: &Conv2d, input: &[i8]) -> Result<(), Error> {
@@ -669,6 +751,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let stored = p.layout.stored_taps(taps);
     let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
+    let pointwise = is_pointwise(p) && stored == taps;
     if !b.widen {
         // One pixel at a time: build its patch, then every group.
         let patch = b.patches.get_mut(..wpp).ok_or(Error::BufferSize { expected: wpp, found: 0 })?;
@@ -676,7 +759,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
         for k in 0..pixels {
             let q = io.pixel(k, pixels);
-            conv_patch_padded(p, io.input(), q / ow.max(1), q % ow.max(1), zp_pair, patch);
+            pixel_patch(p, pointwise, io.input(), q, zp_pair, patch);
             let out = io.output(q * oc, oc);
             // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
             for (chunk, groups) in weights.chunks((group * CHANNEL_GROUPS).max(1)).enumerate() {
@@ -697,7 +780,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let count = b.block.min(pixels - first);
         for (i, patch) in b.patches.chunks_exact_mut(wpp).take(count).enumerate() {
             let q = io.pixel(first + i, pixels);
-            conv_patch_padded(p, io.input(), q / ow.max(1), q % ow.max(1), zp_pair, patch);
+            pixel_patch(p, pointwise, io.input(), q, zp_pair, patch);
         }
         for (g, quads) in weights.chunks_exact(stored.max(1)).enumerate() {
             widen_group(quads, b.wide);
@@ -1589,6 +1672,39 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// xorshift32: a fixed stream of test words.
+    fn words(mut x: u32) -> impl FnMut() -> u32 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        }
+    }
+
+    /// The any-shift requantization equals TFLM's wherever [`Fast::Any`] admits a channel: shifts
+    /// -31..=30, `|acc << max(shift, 0)|` below 2^31 - 512 (2^30 - 256 without right shift).
+    #[test]
+    fn any_shift_requantization_is_tflms() {
+        let mut next = words(0x2545_F491);
+        for shift in -31..=30 {
+            let limit: i64 = if shift < 0 { (1 << 31) - 512 } else { (1 << 30) - 256 };
+            let limit = (limit >> shift.max(0)).max(1);
+            for k in 0..10_000 {
+                let m = (next() >> 1) as i32 | 1 << 30;
+                // Mostly uniform, and every 16th accumulator at the limit.
+                let acc = if k % 16 == 0 { (limit - 1) as i32 * if k % 32 == 0 { 1 } else { -1 } } else { (next() as i64 % limit) as i32 };
+                let zp = (next() % 256) as i32 - 128;
+                let (lo, hi) = if next() % 2 == 0 { (-128, 127) } else { (zp.max(-128) as i8, 127) };
+                let want = crate::fixedpoint::requantize(acc, m, shift, zp, lo, hi);
+                assert_eq!(requant_smmulr_any(acc, m, shift, zp, lo as i32, hi as i32), want, "acc {acc} m {m} shift {shift} zp {zp}");
+                // A dead channel (multiplier 0): any accumulator, wrapped or not, gives the zero point.
+                let acc = next() as i32;
+                assert_eq!(requant_smmulr_any(acc, 0, shift, zp, lo as i32, hi as i32), crate::fixedpoint::requantize(acc, 0, shift, zp, lo, hi));
+            }
+        }
+    }
 
     /// The SMMULR requantization equals TFLM's on accumulators below 2^30, for every right shift.
     #[test]
