@@ -44,7 +44,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         weights: lepton::lpk::Packing,
     },
-    /// Train the seed CNN (burn; CPU backend `flex` unless LEPTON_DEVICE says otherwise).
+    /// Train the seed CNN, or the network --arch describes (burn; CPU backend `flex` unless
+    /// LEPTON_DEVICE says otherwise).
     Train {
         /// Data directory (default: the cache used by `lepton data`).
         #[arg(long)]
@@ -67,6 +68,11 @@ enum Command {
         test_images: Option<usize>,
         #[arg(long, value_parser = positive, default_value_t = 64)]
         batch_size: usize,
+        /// Architecture file (JSON, or TOML by extension): a sequential CNN of conv, depthwise,
+        /// max_pool/avg_pool, global_avg_pool, flatten, dense, relu/relu6 layers (README,
+        /// "Architectures"). Default: the seed CNN. Saved beside the model as arch.json.
+        #[arg(long)]
+        arch: Option<PathBuf>,
     },
     /// Post-training int8 quantization of a trained float model into a Lepton model (.lpk).
     Quantize {
@@ -194,9 +200,6 @@ fn run(cli: Cli) -> Result<()> {
             for part in [Part::Train, Part::Test] {
                 let split = data::load(&dir, part)?;
                 eprintln!("{part:?}: {} images of {}, {} classes", split.len(), split.shape_name(), data::CLASSES);
-                if part == Part::Train && (split.rows, split.cols) != (data::ROWS, data::COLS) {
-                    eprintln!("note: `lepton train` (the seed CNN) needs {}x{} images; models imported for {} inputs can use this set", data::ROWS, data::COLS, split.shape_name());
-                }
             }
             println!("{}", dir.display());
             Ok(())
@@ -204,13 +207,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { model, out, weights, data, calibration, calibration_inputs } => {
             import(&model, &out, weights, &lepton::import::Calibration { data_dir: data, count: calibration, inputs: calibration_inputs })
         }
-        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size } => {
+        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size, arch } => {
+            let arch = match &arch {
+                Some(path) => lepton::train::arch::Arch::load(path)?,
+                None => lepton::train::arch::Arch::seed(),
+            };
             let dir = data::ensure(data.as_deref())?;
             let mut train = data::load(&dir, Part::Train)?;
             let mut test = data::load(&dir, Part::Test)?;
-            if (train.rows, train.cols) != (data::ROWS, data::COLS) {
-                bail!("the seed CNN trains on 28x28 images; the data set in {} has {}x{}", dir.display(), train.rows, train.cols);
-            }
             if let Some(n) = train_images {
                 train = train.truncated(n);
             }
@@ -222,7 +226,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate: 1e-3, train_images: train.len() };
             let device = lepton::train::device()?;
-            let state = lepton::train::trainer::train(&train, &test, config, &out, resume, &device)?;
+            let state = lepton::train::trainer::train(&train, &test, config, &arch, &out, resume, &device)?;
             if let Some(last) = state.epochs.last() {
                 println!("float test accuracy {:.4} after {} epochs; model in {}", last.test_accuracy, last.epoch, out.display());
             }

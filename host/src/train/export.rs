@@ -8,7 +8,7 @@ use lepton_nn::Padding;
 use super::model::Cnn;
 use crate::float_net::{Act, FloatNet, FloatOp};
 
-fn values<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
+pub(super) fn values<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
     p.val().into_data().try_to_vec::<f32>().expect("f32 parameters")
 }
 
@@ -27,7 +27,7 @@ fn conv(c: &burn::nn::conv::Conv2d) -> FloatOp {
     }
 }
 
-fn dense(l: &burn::nn::Linear, act: Act) -> FloatOp {
+pub(super) fn dense_op(l: &burn::nn::Linear, act: Act) -> FloatOp {
     let [inputs, outputs] = l.weight.val().dims(); // burn stores Linear weights as [in, out]
     let w = values(&l.weight);
     let w = &w;
@@ -47,8 +47,8 @@ pub fn float_net(model: &Cnn) -> FloatNet {
         ("pool2", pool()),
         ("relu3", conv(&model.conv3)),
         ("flat", FloatOp::Flatten),
-        ("fc1", dense(&model.fc1, Act::Relu)),
-        ("logits", dense(&model.fc2, Act::None)),
+        ("fc1", dense_op(&model.fc1, Act::Relu)),
+        ("logits", dense_op(&model.fc2, Act::None)),
         ("softmax", FloatOp::Softmax),
     ];
     FloatNet::chain((28, 28, 1), layers.into())

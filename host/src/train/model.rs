@@ -25,12 +25,12 @@ pub struct Cnn {
 }
 
 /// Glorot-uniform weights and zero biases: Keras' defaults, which the seed recipe uses.
-fn glorot() -> Initializer {
+pub(super) fn glorot() -> Initializer {
     Initializer::XavierUniform { gain: 1.0 }
 }
 
 /// A zero bias that still trains (`Param::map` with `zeros_like` would give a constant).
-fn zero_bias(b: Param<Tensor<1>>) -> Param<Tensor<1>> {
+pub(super) fn zero_bias(b: Param<Tensor<1>>) -> Param<Tensor<1>> {
     Param::from_tensor(b.val().zeros_like())
 }
 

@@ -13,8 +13,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use super::arch::Arch;
 use super::batch::batch;
 use super::model::Cnn;
+use super::seq::SeqNet;
+use super::Net;
 use crate::data::Split;
 
 pub const MODEL_FILE: &str = "model.bpk";
@@ -93,15 +96,37 @@ fn check_checkpoint(dir: &Path) -> Result<TrainState> {
     serde_json::from_str(&text).context("state.json is corrupt")
 }
 
-/// Train (or resume) into `out`. Returns the final state.
-pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resume: bool, device: &Device) -> Result<TrainState> {
+/// Train (or resume) the network `arch` describes into `out` (`arch.json` goes beside the
+/// model). Returns the final state.
+pub fn train(train: &Split, test: &Split, config: TrainConfig, arch: &Arch, out: &Path, resume: bool, device: &Device) -> Result<TrainState> {
     if train.is_empty() {
         bail!("the training set is empty");
     }
+    let input = (train.rows, train.cols, 1);
+    let arch = Arch { input: Some([input.0, input.1, input.2]), ..arch.clone() };
+    // Check the architecture against the data before touching `out`.
+    arch.resolve(input, crate::data::CLASSES).with_context(|| format!("architecture {:?} on {}x{} images", arch.name, train.rows, train.cols))?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let saved = out.join(super::arch::ARCH_FILE);
+    if resume && saved.is_file() {
+        let before = Arch::load(&saved)?;
+        if before.layers != arch.layers || before.input != arch.input {
+            bail!("the checkpoints in {} were made with the architecture in {}; resume with that one (--arch {})", out.display(), saved.display(), saved.display());
+        }
+    }
     let device = device.clone().autodiff();
     device.seed(config.seed);
-    let mut model = Cnn::new(&device);
+    if arch.is_seed() {
+        train_net(train, test, config, (Cnn::new(&device), &arch), out, resume, &device)
+    } else {
+        let model = SeqNet::new(&arch, input, crate::data::CLASSES, &device)?;
+        eprintln!("architecture {:?}: {} layers, {} parameters", arch.name, arch.layers.len(), arch.params(input, crate::data::CLASSES)?);
+        train_net(train, test, config, (model, &arch), out, resume, &device)
+    }
+}
+
+fn train_net<N: Net>(train: &Split, test: &Split, config: TrainConfig, (model, arch): (N, &Arch), out: &Path, resume: bool, device: &Device) -> Result<TrainState> {
+    let mut model = model;
     let mut optim: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-7).init();
     let mut state = TrainState { config: config.clone(), backend: format!("{device:?}"), epochs: Vec::new() };
 
@@ -125,8 +150,9 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resum
         ),
         (false, None) => {}
     }
+    arch.save(out)?;
 
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
     for epoch in state.epochs.len() + 1..=config.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.len()).collect();
@@ -135,8 +161,8 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resum
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let plain_every = (order.len() / config.batch_size / 10).max(1);
         for (step, chunk) in order.chunks(config.batch_size).enumerate() {
-            let (x, y) = batch(train, chunk, &device);
-            let logits = model.forward(x);
+            let (x, y) = batch(train, chunk, device);
+            let logits = model.logits(x);
             let loss = loss_fn.forward(logits.clone(), y.clone());
             let hits: i64 = logits.argmax(1).squeeze_dim::<1>(1).equal(y).int().sum().into_scalar();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -152,7 +178,7 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resum
         }
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
-        let (test_loss, test_accuracy) = evaluate(&model, test, &device);
+        let (test_loss, test_accuracy) = evaluate(&model, test, device);
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
@@ -173,7 +199,7 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, out: &Path, resum
 }
 
 /// Mean cross-entropy and accuracy on `split` (no gradients kept).
-fn evaluate(model: &Cnn, split: &Split, device: &Device) -> (f64, f64) {
+fn evaluate<N: Net>(model: &N, split: &Split, device: &Device) -> (f64, f64) {
     if split.is_empty() {
         return (f64::NAN, f64::NAN);
     }
@@ -182,7 +208,7 @@ fn evaluate(model: &Cnn, split: &Split, device: &Device) -> (f64, f64) {
     let (mut loss_sum, mut correct) = (0.0f64, 0i64);
     for chunk in indices.chunks(500) {
         let (x, y) = batch(split, chunk, device);
-        let logits = model.forward(x).detach();
+        let logits = model.logits(x).detach();
         let loss: f32 = loss_fn.forward(logits.clone(), y.clone()).into_scalar();
         loss_sum += loss as f64 * chunk.len() as f64;
         correct += logits.argmax(1).squeeze_dim::<1>(1).equal(y).int().sum().into_scalar::<i64>();
@@ -190,7 +216,7 @@ fn evaluate(model: &Cnn, split: &Split, device: &Device) -> (f64, f64) {
     (loss_sum / split.len() as f64, correct as f64 / split.len() as f64)
 }
 
-fn save_checkpoint(out: &Path, epoch: usize, model: &Cnn, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
+fn save_checkpoint<N: Net>(out: &Path, epoch: usize, model: &N, optim: &ModuleOptimizer, state: &TrainState) -> Result<()> {
     let dir = epoch_dir(out, epoch);
     fs::create_dir_all(&dir)?;
     model.clone().save_file(dir.join(MODEL_FILE)).map_err(|e| anyhow::anyhow!("{e:?}")).context("saving the model checkpoint")?;
@@ -210,7 +236,7 @@ fn save_checkpoint(out: &Path, epoch: usize, model: &Cnn, optim: &ModuleOptimize
     Ok(())
 }
 
-fn write_outputs(out: &Path, model: &Cnn, state: &TrainState) -> Result<()> {
+fn write_outputs<N: Net>(out: &Path, model: &N, state: &TrainState) -> Result<()> {
     let tmp = out.join(".model.bpk.tmp");
     model.clone().save_file(&tmp).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     fs::rename(&tmp, out.join(MODEL_FILE))?;
