@@ -69,7 +69,8 @@ pub struct Report {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TradePoint {
-    /// `i16` (every layer), `fast` (the per-layer choice of `--weights fast`) or `compact` (int8).
+    /// `i16` (every layer), `fast` (the per-layer choice of `--weights fast`), `compact` (int8)
+    /// or `int4`.
     pub weights: &'static str,
     pub model_bytes: usize,
     /// Whether this model is stored so.
@@ -116,12 +117,13 @@ fn op_cost(layer: &Layer, output: Shape) -> Result<(usize, u64)> {
 }
 
 /// [`Report::weight_trade`]: every layer stored in an OC4 or Winograd layout re-sized for each
-/// point: `i16` everywhere, `fast` (`lepton quantize --weights fast`'s per-layer choice) and
-/// `compact` (int8).
+/// point: `i16` everywhere, `fast` (`lepton quantize --weights fast`'s per-layer choice),
+/// `compact` (int8) and `int4` (two weights a byte: `lepton quantize --weights int4`, whose
+/// 4-bit weights are quantized anew from the float model).
 fn weight_trade(model: &Model) -> Result<Vec<TradePoint>> {
-    use lepton_nn::WeightLayout::{self, Oc4PairsI16, Oc4Quads, Winograd2x2};
+    use lepton_nn::WeightLayout::{self, Oc4Int4, Oc4PairsI16, Oc4Quads, Winograd2x2};
     let mut current = 0usize;
-    let mut points = [("i16", 0usize, true), ("fast", 0, true), ("compact", 0, true)];
+    let mut points = [("i16", 0usize, true), ("fast", 0, true), ("compact", 0, true), ("int4", 0, true)];
     let mut any = false;
     for i in 0..model.op_count() {
         let rec = model.op_record(i);
@@ -140,7 +142,7 @@ fn weight_trade(model: &Model) -> Result<Vec<TradePoint>> {
         };
         current += rec.weights.len as usize;
         any = true;
-        for (point, l) in points.iter_mut().zip([Oc4PairsI16, fast, Oc4Quads]) {
+        for (point, l) in points.iter_mut().zip([Oc4PairsI16, fast, Oc4Quads, Oc4Int4]) {
             point.1 += l.bytes(channels, taps).ok_or_else(|| anyhow!("layer {i}: weights too large"))?;
             point.2 &= layout == l;
         }
@@ -192,6 +194,7 @@ pub fn report(blob: &[u8]) -> Result<Report> {
             Some(lepton_nn::WeightLayout::Oc4Quads) => "int8",
             Some(lepton_nn::WeightLayout::Oc4PairsI16) => "i16",
             Some(lepton_nn::WeightLayout::Winograd2x2) => "winograd",
+            Some(lepton_nn::WeightLayout::Oc4Int4) => "int4",
             None => "?",
         })
         .collect();

@@ -16,6 +16,7 @@ pub mod float_net;
 pub mod float_reference;
 pub mod import;
 pub mod onnx;
+pub mod pareto_plot;
 pub mod quantize;
 pub mod train;
 

@@ -73,6 +73,15 @@ enum Command {
         /// "Architectures"). Default: the seed CNN. Saved beside the model as arch.json.
         #[arg(long)]
         arch: Option<PathBuf>,
+        /// Learning-rate schedule (the seed recipe: constant 1e-3).
+        #[arg(long, value_enum, default_value = "constant")]
+        schedule: lepton::train::trainer::Schedule,
+        /// Light augmentation: shift each training image by up to N pixels (the seed recipe: 0).
+        #[arg(long, default_value_t = 0)]
+        shift: usize,
+        /// Adam's learning rate.
+        #[arg(long, default_value_t = 1e-3)]
+        learning_rate: f64,
     },
     /// Post-training int8 quantization of a trained float model into a Lepton model (.lpk).
     Quantize {
@@ -84,7 +93,7 @@ enum Command {
         /// Training images used to calibrate activation ranges.
         #[arg(long, value_parser = positive, default_value_t = 1000)]
         calibration: usize,
-        /// Weight storage: fast (fewest instructions: Winograd where a 3x3 conv feeds a 2x2 max-pool, int8 for large FC layers, i16 elsewhere), compact or int8 (no flash cost), i16 (every layer pre-widened), canonical (TFLite order).
+        /// Weight storage: fast (fewest instructions: Winograd where a 3x3 conv feeds a 2x2 max-pool, int8 for large FC layers, i16 elsewhere), compact or int8 (no flash cost), i16 (every layer pre-widened), canonical (TFLite order), int4 (4-bit weights, two a byte, for convs and fully connected layers).
         #[arg(long, value_enum, default_value = "fast")]
         weights: lepton::lpk::Packing,
         #[arg(long)]
@@ -100,6 +109,15 @@ enum Command {
         bench: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Plot the cost-accuracy frontier that `cargo xtask pareto` wrote (pareto.json) as
+    /// pareto.svg and pareto.png.
+    PlotPareto {
+        #[arg(long, default_value = "models/pareto/pareto.json")]
+        json: PathBuf,
+        /// Output directory (default: beside the JSON).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Export the trained float model as ONNX (opset 13).
     ExportOnnx {
@@ -167,6 +185,10 @@ enum Command {
         /// Only the first N test images.
         #[arg(long, value_parser = positive)]
         images: Option<usize>,
+        /// Run the optimized kernels (bit-exact with the reference ones, which are the default
+        /// and the oracle; several times faster on the host).
+        #[arg(long)]
+        optimized: bool,
     },
 }
 
@@ -207,7 +229,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { model, out, weights, data, calibration, calibration_inputs } => {
             import(&model, &out, weights, &lepton::import::Calibration { data_dir: data, count: calibration, inputs: calibration_inputs })
         }
-        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size, arch } => {
+        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size, arch, schedule, shift, learning_rate } => {
             let arch = match &arch {
                 Some(path) => lepton::train::arch::Arch::load(path)?,
                 None => lepton::train::arch::Arch::seed(),
@@ -224,7 +246,7 @@ fn run(cli: Cli) -> Result<()> {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
-            let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate: 1e-3, train_images: train.len() };
+            let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate, train_images: train.len(), schedule, shift };
             let device = lepton::train::device()?;
             let state = lepton::train::trainer::train(&train, &test, config, &arch, &out, resume, &device)?;
             if let Some(last) = state.epochs.last() {
@@ -233,7 +255,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Quantize { float_dir, out, calibration, data, weights } => {
-            let blob = lepton::quantize::quantize(&float_dir, data.as_deref(), calibration)?.to_lpk_with(weights)?;
+            let bits = if weights == lepton::lpk::Packing::Int4 { lepton::quantize::ptq::WeightBits::Four } else { lepton::quantize::ptq::WeightBits::Eight };
+            let blob = lepton::quantize::quantize(&float_dir, data.as_deref(), calibration, bits)?.to_lpk_with(weights)?;
             write_atomically(&out, &blob)?;
             eprintln!("wrote {} ({} bytes)", out.display(), blob.len());
             Ok(())
@@ -251,6 +274,12 @@ fn run(cli: Cli) -> Result<()> {
                 None => lepton::flash::DEFAULT_ADDRESS,
             };
             lepton::flash::flash(&chip, address, &bytes, force_address)
+        }
+        Command::PlotPareto { json, out } => {
+            let dir = out.unwrap_or_else(|| json.parent().map(Path::to_path_buf).unwrap_or_default());
+            lepton::pareto_plot::plot(&json, &dir)?;
+            eprintln!("wrote {} and {}", dir.join("pareto.svg").display(), dir.join("pareto.png").display());
+            Ok(())
         }
         Command::Report { model, json, bench } => {
             let blob = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
@@ -270,8 +299,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { model, inputs, out, logits, reference, port, baud } => {
             run_model(&model, &inputs, &out, logits, !reference, port.as_deref().map(|p| (p, baud)))
         }
-        Command::Eval { model, float_model, data, json, logits, images } => {
-            evaluate(&model, float_model.as_deref(), data.as_deref(), json, logits.as_deref(), images)
+        Command::Eval { model, float_model, data, json, logits, images, optimized } => {
+            evaluate(&model, float_model.as_deref(), data.as_deref(), json, logits.as_deref(), images, optimized)
         }
     }
 }
@@ -335,6 +364,7 @@ fn evaluate(
     json: bool,
     logits_out: Option<&Path>,
     images: Option<usize>,
+    optimized: bool,
 ) -> Result<()> {
     let blob = fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     eval::parse_model(&blob, &model.display().to_string())?;
@@ -342,7 +372,7 @@ fn evaluate(
     if let Some(n) = images {
         test = test.truncated(n);
     }
-    let run = eval::run_int8(&blob, &test)?;
+    let run = eval::run_int8_with(&blob, &test, optimized)?;
     if let Some(path) = logits_out {
         write_atomically(path, serde_json::to_string(&run.logits)?.as_bytes())?;
     }

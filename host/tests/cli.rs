@@ -196,7 +196,7 @@ fn optimized_kernels_match_the_reference_on_all_test_images() {
 
 /// `--weights compact` is `int8` (which keeps working) and `--weights fast` is the per-layer
 /// choice (Winograd for conv2, int8 for fc1, i16 elsewhere): smaller than `i16`; `lepton report`
-/// on any of them states all three points' model bytes exactly.
+/// on any of them states all four points' model bytes exactly (int4 too: two weights a byte).
 #[test]
 fn fast_and_compact_name_the_points_of_the_weight_trade() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,13 +205,15 @@ fn fast_and_compact_name_the_points_of_the_weight_trade() {
         ok(lepton(&["quantize", "--float", "models/mnist-cnn", "--out", s(&path(weights)), "--calibration", "50", "--weights", weights]));
         std::fs::read(path(weights)).unwrap()
     };
-    let (i16, fast, compact) = (quantize("i16"), quantize("fast"), quantize("compact"));
+    let (i16, fast, compact, int4) = (quantize("i16"), quantize("fast"), quantize("compact"), quantize("int4"));
     assert_eq!(compact, quantize("int8"));
     assert!(fast.len() < i16.len() && compact.len() < i16.len() * 6 / 10, "i16 {} fast {} compact {}", i16.len(), fast.len(), compact.len());
-    let sizes = [i16.len(), fast.len(), compact.len()];
-    for (this, weights) in ["i16", "fast", "compact"].into_iter().enumerate() {
+    assert!(int4.len() < compact.len() * 6 / 10 && int4.len() <= 56_000, "int4 {} compact {}", int4.len(), compact.len());
+    let sizes = [i16.len(), fast.len(), compact.len(), int4.len()];
+    for (this, weights) in ["i16", "fast", "compact", "int4"].into_iter().enumerate() {
         let report: serde_json::Value = serde_json::from_str(&ok(lepton(&["report", "--model", s(&path(weights)), "--json"]))).unwrap();
         let trade = report["weight_trade"].as_array().unwrap();
+        assert_eq!(trade.len(), sizes.len(), "{weights}: {trade:?}");
         for (k, point) in trade.iter().enumerate() {
             assert_eq!(point["model_bytes"], sizes[k], "{weights}: {trade:?}");
             assert_eq!(point["this_model"], k == this, "{weights}: {trade:?}");

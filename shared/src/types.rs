@@ -201,6 +201,13 @@ pub enum WeightLayout {
     /// `p * ic4 + i` for block position `p = 4 r + s`, so each position's taps are contiguous.
     /// 16/9 of `Oc4PairsI16`'s flash; 16 multiplies per 2x2 outputs and input channel instead of 36.
     Winograd2x2 = 3,
+    /// int4 weights (values -8..=7), two per byte: groups of 4 output channels; within a group,
+    /// for each octet of 8 taps, one word per channel whose byte `k` holds tap `k` in its low
+    /// nibble and tap `k + 4` in its high one: `[out / 4][taps / 8][4 channels][4 bytes]`. Masked
+    /// to the high nibbles (shifted there for the low ones) a word gives two SXTB16 pairs of a
+    /// quad, `(t0, t2), (t1, t3)` and `(t4, t6), (t5, t7)`, each 16 times the weight; the kernels
+    /// divide the (exact, 16-fold) sums by 16. Half of `Oc4Quads`' flash.
+    Oc4Int4 = 4,
 }
 
 /// [`WeightLayout::Winograd2x2`]'s `G`: twice the textbook F(2x2, 3x3) filter transform.
@@ -265,6 +272,7 @@ impl WeightLayout {
             1 => Some(WeightLayout::Oc4Quads),
             2 => Some(WeightLayout::Oc4PairsI16),
             3 => Some(WeightLayout::Winograd2x2),
+            4 => Some(WeightLayout::Oc4Int4),
             _ => None,
         }
     }
@@ -275,6 +283,7 @@ impl WeightLayout {
         match self {
             WeightLayout::Canonical => taps,
             WeightLayout::Winograd2x2 => 16 * (taps / 9).div_ceil(4) * 4,
+            WeightLayout::Oc4Int4 => taps.div_ceil(8) * 8,
             _ => taps.div_ceil(4) * 4,
         }
     }
@@ -286,6 +295,15 @@ impl WeightLayout {
             WeightLayout::Canonical => channels.checked_mul(taps),
             WeightLayout::Oc4Quads => channels.div_ceil(4).checked_mul(4)?.checked_mul(taps),
             WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 => channels.div_ceil(4).checked_mul(8)?.checked_mul(taps),
+            WeightLayout::Oc4Int4 => channels.div_ceil(4).checked_mul(2)?.checked_mul(taps),
+        }
+    }
+
+    /// The range of the values a section of this layout holds.
+    pub fn value_range(self) -> core::ops::RangeInclusive<i32> {
+        match self {
+            WeightLayout::Oc4Int4 => -8..=7,
+            _ => -128..=127,
         }
     }
 
@@ -293,7 +311,11 @@ impl WeightLayout {
     /// [`WeightLayout::Winograd2x2`] section holds transforms, see [`WeightLayout::winograd_index`]).
     pub fn put(self, weights: &mut [i8], channel: usize, tap: usize, taps: usize, value: i8) {
         let at = self.index(channel, tap, taps);
-        if self == WeightLayout::Oc4PairsI16 {
+        if self == WeightLayout::Oc4Int4 {
+            let shift = Self::nibble_shift(tap);
+            let byte = weights[at] as u8 & !(0xF << shift) | ((value as u8 & 0xF) << shift);
+            weights[at] = byte as i8;
+        } else if self == WeightLayout::Oc4PairsI16 {
             let [lo, hi] = (value as i16).to_le_bytes();
             weights[at] = lo as i8;
             weights[at + 1] = hi as i8;
@@ -302,9 +324,19 @@ impl WeightLayout {
         }
     }
 
-    /// Whether this is one of the OC4 layouts the direct DSP kernels read.
+    /// Whether this is one of the OC4 layouts the DSP kernels read.
     pub fn is_oc4(self) -> bool {
-        matches!(self, WeightLayout::Oc4Quads | WeightLayout::Oc4PairsI16)
+        matches!(self, WeightLayout::Oc4Quads | WeightLayout::Oc4PairsI16 | WeightLayout::Oc4Int4)
+    }
+
+    /// Where tap `tap`'s nibble sits in its byte of an [`WeightLayout::Oc4Int4`] section.
+    #[inline(always)]
+    fn nibble_shift(tap: usize) -> u32 {
+        if tap % 8 >= 4 {
+            4
+        } else {
+            0
+        }
     }
 
     /// The i16 stored at byte `at` of an i16 section (0 past its end).
@@ -338,6 +370,10 @@ impl WeightLayout {
                 let u: [i32; 16] = core::array::from_fn(|p| i16_at(Self::winograd_index(channel, i, p, taps)));
                 winograd_kernel(&u).map_or(0, |g| g.get(k).copied().unwrap_or(0))
             }
+            WeightLayout::Oc4Int4 => {
+                let byte = weights.get(self.index(channel, tap, taps)).map_or(0, |&w| w as u8);
+                (((byte << (4 - Self::nibble_shift(tap))) as i8) >> 4) as i32
+            }
             _ => weights.get(self.index(channel, tap, taps)).map_or(0, |&w| w as i32),
         }
     }
@@ -349,10 +385,42 @@ impl WeightLayout {
         match self {
             WeightLayout::Canonical => channel * taps + tap,
             WeightLayout::Oc4Quads => (((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 4 + tap % 4,
+            WeightLayout::Oc4Int4 => (((channel / 4) * (taps / 8) + tap / 8) * 4 + channel % 4) * 4 + tap % 4,
             WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 => {
                 let j = tap % 4;
                 ((((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 2 + j % 2) * 4 + (j / 2) * 2
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every int4 value at every position of an octet and channel of a group reads back as
+    /// written, and writing one nibble leaves its neighbours alone.
+    #[test]
+    fn int4_weights_read_back_as_written() {
+        let (channels, taps) = (6, 13);
+        let layout = WeightLayout::Oc4Int4;
+        let mut section = [0i8; 64];
+        assert_eq!(layout.bytes(channels, taps), Some(64));
+        // Two groups of 4 channels, 16 stored taps, half a byte each.
+        let value = |c: usize, t: usize| ((c * 7 + t * 3) % 16) as i32 - 8;
+        for c in 0..channels {
+            for t in 0..taps {
+                layout.put(&mut section, c, t, taps, value(c, t) as i8);
+            }
+        }
+        for c in 0..channels {
+            for t in 0..taps {
+                assert_eq!(layout.weight(&section, c, t, taps), value(c, t), "channel {c} tap {t}");
+            }
+        }
+        // Byte k of channel c's first word: tap k low, tap k + 4 high.
+        let at = layout.index(1, 2, taps);
+        assert_eq!(at, 4 + 2);
+        assert_eq!(section[at] as u8, (value(1, 2) as u8 & 0xF) | ((value(1, 6) as u8 & 0xF) << 4));
     }
 }

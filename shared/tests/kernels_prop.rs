@@ -276,7 +276,7 @@ fn as_bytes(words: &[u32]) -> &[i8] {
 }
 
 fn oc4_layout() -> impl Strategy<Value = WeightLayout> {
-    prop_oneof![Just(WeightLayout::Oc4Quads), Just(WeightLayout::Oc4PairsI16)]
+    prop_oneof![Just(WeightLayout::Oc4Quads), Just(WeightLayout::Oc4PairsI16), Just(WeightLayout::Oc4Int4)]
 }
 
 #[derive(Debug, Clone)]
@@ -391,6 +391,8 @@ proptest! {
         let b = build(&f.conv, layout);
         let p = conv_params(&f.conv, &b, layout);
         let pool = pool_after(&p, f.pool, pool_act);
+        // int4 octets: the fused kernel takes taps in whole octets only.
+        prop_assume!(layout != WeightLayout::Oc4Int4 || (f.conv.k.0 * f.conv.k.1 * f.conv.ci) % 8 == 0);
         prop_assert!(conv2d_maxpool_s8_fast_supported(&p, &pool));
         let mut out = vec![0i8; pool.output.len().unwrap()];
         let mut scratch = vec![0u8; conv2d_maxpool_s8_fast_scratch_bytes(&p, &pool)];
@@ -476,6 +478,8 @@ proptest! {
         in_zp in -128i32..=127, out_zp in -128i32..=127, act in act_range(), layout in oc4_layout(),
     ) {
         let (b, mu, sh) = (le(&bias), le(&mult), le(&shift));
+        // Values the layout holds (int4: -8..=7).
+        let weights: Vec<i8> = weights.iter().map(|&w| (w as i32).clamp(*layout.value_range().start(), *layout.value_range().end()) as i8).collect();
         let words = aligned_layout(&weights, m, n, layout);
         let requant = Requant { multipliers: I32Le::new(&mu), shifts: I32Le::new(&sh), output_zp: out_zp, act_min: act.0, act_max: act.1 };
         let fast = FullyConnected { input_len: n, output_len: m, input_zp: in_zp, weights: as_bytes(&words), layout, bias: I32Le::new(&b), requant };

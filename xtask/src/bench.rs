@@ -68,7 +68,16 @@ fn write_cycle_profile(path: &Path, estimate: &Estimate, elf: &[u8], inferences:
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, as_json: bool, cycle_profile: Option<&Path>) -> Result<serde_json::Value> {
+/// What [`bench`] prints on stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+    /// Nothing (the caller reports): the JSON is returned and written beside the model.
+    Quiet,
+}
+
+pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, output: Output, cycle_profile: Option<&Path>) -> Result<serde_json::Value> {
     let blob = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let model = Model::parse(&blob).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
     let mut plan = Box::new(Plan::new());
@@ -143,11 +152,13 @@ pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, a
     // Beside the model, for `lepton report`.
     let sidecar = model_path.with_extension("lpk.bench.json");
     std::fs::write(&sidecar, serde_json::to_string_pretty(&report)?)?;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report, total);
-        eprintln!("(written to {})", sidecar.display());
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => {
+            print_table(&report, total);
+            eprintln!("(written to {})", sidecar.display());
+        }
+        Output::Quiet => {}
     }
     Ok(report)
 }

@@ -26,3 +26,14 @@ pub fn lepton(args: &[&str]) -> Result<()> {
     eprintln!("\n$ lepton {}", args.join(" "));
     status(Command::new(bin).current_dir(crate::root()).args(args))
 }
+
+/// Run `lepton ARGS` and return its standard output (its progress still goes to the terminal).
+pub fn lepton_output(args: &[&str]) -> Result<String> {
+    let bin = binary()?;
+    eprintln!("\n$ lepton {}", args.join(" "));
+    let out = Command::new(bin).current_dir(crate::root()).args(args).stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        anyhow::bail!("lepton {} failed ({})", args.join(" "), out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}

@@ -18,6 +18,7 @@ mod cli;
 mod demo;
 mod firmware;
 mod inputs;
+mod pareto;
 mod preflight;
 mod qemu;
 
@@ -95,6 +96,24 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Link::Semihosting)]
         link: Link,
     },
+    /// The cost-accuracy frontier: train a grid of networks, quantize each (compact and fast
+    /// weights), judge on the host, measure on the QEMU board; writes pareto.json and
+    /// pareto.svg/.png, and (full run) models/mnist-tiny.
+    Pareto {
+        /// Only these grid points (repeatable); their records replace those in an existing pareto.json.
+        #[arg(long)]
+        only: Vec<String>,
+        #[arg(long, default_value = "models/pareto")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// A quick run (CI): one epoch on 2,000 training images, 1,000 test images.
+        #[arg(long)]
+        quick: bool,
+        /// Inputs each bench run averages over.
+        #[arg(long, default_value_t = 5)]
+        images: usize,
+    },
     /// List every panic the firmware's inference call graph (model parse, planning, every kernel)
     /// can reach, with the callers that reach it; fails if there is any.
     NoPanic,
@@ -120,10 +139,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { model, inputs, images, json, cycle_profile } => {
             preflight::check(&preflight::DEVICE)?;
             let elf = firmware::build(&[])?;
-            bench::bench(&root().join(model), inputs.as_deref(), images, &elf, json, cycle_profile.as_deref()).map(|_| ())
+            bench::bench(&root().join(model), inputs.as_deref(), images, &elf, if json { bench::Output::Json } else { bench::Output::Table }, cycle_profile.as_deref()).map(|_| ())
         }
         Cmd::Demo { reuse_model, epochs, images } => demo::demo(reuse_model, epochs, images),
         Cmd::NoPanic => no_panic(),
+        Cmd::Pareto { only, out, json, quick, images } => pareto::pareto(&pareto::Options { only, out: root().join(out), json, quick, images }),
         Cmd::Qemu { model, inputs, images, json, skip_host_check, embedded, link } => {
             preflight::check(&preflight::DEVICE)?;
             let model = root().join(model);

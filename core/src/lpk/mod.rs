@@ -29,6 +29,10 @@ pub enum Packing {
     /// connected layer whose i16 weights would pass 32 KiB (one pixel: little to gain from i16,
     /// and it pays for Winograd's flash), i16 elsewhere.
     Fast,
+    /// int4 weights (-8..=7) two per byte for convolutions and fully connected layers (the
+    /// quantizer makes them: `lepton quantize --weights int4`); depthwise and one-channel
+    /// kernels stay int8. Half of `compact`'s weight flash.
+    Int4,
 }
 
 /// Fully connected layers with more i16 weight bytes than this are stored int8 by [`Packing::Fast`].
@@ -287,7 +291,11 @@ fn set_weights(
         Some(Packing::Int8) => WeightLayout::Oc4Quads,
         Some(Packing::I16) => WeightLayout::Oc4PairsI16,
         Some(Packing::Fast) => WeightLayout::Winograd2x2,
+        Some(Packing::Int4) => WeightLayout::Oc4Int4,
     };
+    if let Some(&w) = weights.values.iter().find(|&&w| !layout.value_range().contains(&(w as i32))) {
+        bail!("weight {w} does not fit the {layout:?} layout (int4 weights come from `lepton quantize --weights int4`)");
+    }
     r.weight_layout = layout as u8;
     let values = if packing.is_some() { relayout(&weights.values, channels, taps, layout) } else { weights.values.clone() };
     r.weights = push_section(data, tables, values.into_iter().map(|w| w as u8));

@@ -15,16 +15,21 @@ use crate::lpk::QModel;
 
 /// Calibrate `net` on `count` images of `train` and quantize it.
 pub fn quantize_net(net: &FloatNet, train: &Split, count: usize) -> Result<QModel> {
+    quantize_net_with(net, train, count, ptq::WeightBits::Eight)
+}
+
+/// [`quantize_net`] with weights of `bits` (see [`ptq::quantize_net_with`]).
+pub fn quantize_net_with(net: &FloatNet, train: &Split, count: usize, bits: ptq::WeightBits) -> Result<QModel> {
     let indices = calibrate::calibration_indices(train.len(), count);
     eprintln!("calibrating on {} training images (f64 reference forward pass) ...", indices.len());
     let ranges = calibrate::activation_ranges(net, train, &indices)?;
-    ptq::quantize_net(net, &ranges)
+    ptq::quantize_net_with(net, &ranges, bits)
 }
 
 /// `lepton quantize`: load the float model in `float_dir` (a `lepton train` directory),
-/// calibrate on `calibration` training images, and quantize.
-pub fn quantize(float_dir: &Path, data_dir: Option<&Path>, calibration: usize) -> Result<QModel> {
+/// calibrate on `calibration` training images, and quantize (int4 weights for `--weights int4`).
+pub fn quantize(float_dir: &Path, data_dir: Option<&Path>, calibration: usize, bits: ptq::WeightBits) -> Result<QModel> {
     let net = crate::train::load_float_net(float_dir)?;
     let train = data::load_part(data_dir, Part::Train)?;
-    quantize_net(&net, &train, calibration)
+    quantize_net_with(&net, &train, calibration, bits)
 }

@@ -16,15 +16,40 @@ pub fn activation_qparams(min: f32, max: f32) -> QParams {
     QParams { scale, zero_point }
 }
 
+/// Weight precision: TFLite's int8, or int4 (TFLM's int4-weight semantics: the same arithmetic
+/// with values in -8..=7, here symmetric in -7..=7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightBits {
+    #[default]
+    Eight,
+    Four,
+}
+
+impl WeightBits {
+    /// The largest magnitude a weight takes.
+    fn max_q(self) -> f32 {
+        match self {
+            WeightBits::Eight => 127.0,
+            WeightBits::Four => 7.0,
+        }
+    }
+}
+
 /// Symmetric per-channel int8 weights: `scale_c = max|w_c| / 127`.
 fn quantize_channels(weights: &[f32], channels: usize, bias: &[f32], input_scale: f32) -> Weights {
+    quantize_channels_to(weights, channels, bias, input_scale, WeightBits::Eight)
+}
+
+/// Symmetric per-channel weights of `bits`: `scale_c = max|w_c| / max_q`.
+fn quantize_channels_to(weights: &[f32], channels: usize, bias: &[f32], input_scale: f32, bits: WeightBits) -> Weights {
+    let max_q = bits.max_q();
     let per = weights.len() / channels;
     let mut values = Vec::with_capacity(weights.len());
     let mut scales = Vec::with_capacity(channels);
     for w in weights.chunks(per) {
         let max = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        values.extend(w.iter().map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8));
+        let scale = if max > 0.0 { max / max_q } else { 1.0 };
+        values.extend(w.iter().map(|x| (x / scale).round().clamp(-max_q, max_q) as i8));
         scales.push(scale);
     }
     let bias = bias
@@ -89,6 +114,13 @@ fn depthwise_weights(weights_oihw: &[f32], out_c: usize, taps: usize, bias: &[f3
 /// them, other pools, pads and flattens keep their input's (as TFLite does), a softmax outputs scale 1/256, zero point
 /// -128.
 pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
+    quantize_net_with(net, ranges, WeightBits::Eight)
+}
+
+/// [`quantize_net`] with `bits` for the weights of convolutions over more than one input
+/// channel and of fully connected layers (the layers stored in the int4 layout); depthwise and
+/// one-channel convolutions keep int8.
+pub fn quantize_net_with(net: &FloatNet, ranges: &[(f32, f32)], bits: WeightBits) -> Result<QModel> {
     ensure!(ranges.len() == net.layers.len() + 1, "{} calibration ranges for {} tensors", ranges.len(), net.layers.len() + 1);
     let shapes = net.shapes()?;
     let mut tensors = vec![QTensor { shape: shape(net.input)?, q: activation_qparams(ranges[0].0, ranges[0].1) }];
@@ -99,7 +131,8 @@ pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
         let (op, out_q) = match &layer.op {
             FloatOp::Conv { weights_oihw, bias, in_c, out_c, groups, kernel, stride, padding, act } if *groups == 1 => {
                 let w = oihw_to_ohwi(weights_oihw, *out_c, *in_c, kernel.0, kernel.1);
-                let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels(&w, *out_c, bias, q.scale), activation: activation(*act) };
+                let bits = if *in_c > 1 { bits } else { WeightBits::Eight };
+                let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels_to(&w, *out_c, bias, q.scale, bits), activation: activation(*act) };
                 (op, activation_qparams(range.0, range.1))
             }
             FloatOp::Conv { weights_oihw, bias, in_c, out_c, kernel, stride, padding, act, .. } => {
@@ -125,7 +158,7 @@ pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
             FloatOp::Add { act } => (QOp::Add { activation: activation(*act) }, activation_qparams(range.0, range.1)),
             FloatOp::Flatten => (QOp::Reshape, q),
             FloatOp::Dense { weights_out_in, bias, outputs, act, .. } => {
-                let op = QOp::FullyConnected { weights: quantize_channels(weights_out_in, *outputs, bias, q.scale), activation: activation(*act) };
+                let op = QOp::FullyConnected { weights: quantize_channels_to(weights_out_in, *outputs, bias, q.scale, bits), activation: activation(*act) };
                 (op, activation_qparams(range.0, range.1))
             }
             FloatOp::Softmax => (QOp::Softmax { beta: 1.0 }, QParams { scale: 1.0 / 256.0, zero_point: -128 }),

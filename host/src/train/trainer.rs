@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::arch::Arch;
-use super::batch::batch;
+use super::batch::{batch, shifted_batch};
 use super::model::Cnn;
 use super::seq::SeqNet;
 use super::Net;
@@ -32,6 +32,34 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Training images used (all of them unless limited, e.g. for a quick CI run).
     pub train_images: usize,
+    /// The learning-rate schedule over all steps (the seed recipe: constant).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Random shifts of every training image by up to this many pixels each way, new each
+    /// epoch (the seed recipe: 0, none).
+    #[serde(default)]
+    pub shift: usize,
+}
+
+/// How the learning rate moves over training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// The seed recipe's fixed rate.
+    #[default]
+    Constant,
+    /// Cosine decay from the rate to 0 over all steps of all epochs.
+    Cosine,
+}
+
+impl TrainConfig {
+    /// The learning rate of step `step` (0-based) of `steps` in all.
+    pub fn rate(&self, step: usize, steps: usize) -> f64 {
+        match self.schedule {
+            Schedule::Constant => self.learning_rate,
+            Schedule::Cosine => self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / steps.max(1) as f64).cos()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -160,13 +188,16 @@ fn train_net<N: Net>(train: &Split, test: &Split, config: TrainConfig, (model, a
         let bar = crate::progress::bar(order.len() as u64, &format!("epoch {epoch}/{}", config.epochs));
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         let plain_every = (order.len() / config.batch_size / 10).max(1);
+        let steps_per_epoch = order.len().div_ceil(config.batch_size);
+        let mut shifts = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5348_4946_54 ^ epoch as u64);
         for (step, chunk) in order.chunks(config.batch_size).enumerate() {
-            let (x, y) = batch(train, chunk, device);
+            let (x, y) = if config.shift > 0 { shifted_batch(train, chunk, config.shift, &mut shifts, device) } else { batch(train, chunk, device) };
             let logits = model.logits(x);
             let loss = loss_fn.forward(logits.clone(), y.clone());
             let hits: i64 = logits.argmax(1).squeeze_dim::<1>(1).equal(y).int().sum().into_scalar();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(config.learning_rate, model, grads);
+            let rate = config.rate((epoch - 1) * steps_per_epoch + step, config.epochs * steps_per_epoch);
+            model = optim.step(rate, model, grads);
             loss_sum += loss.into_scalar::<f32>() as f64 * chunk.len() as f64;
             correct += hits as usize;
             seen += chunk.len();

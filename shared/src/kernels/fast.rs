@@ -78,6 +78,51 @@ fn widen_group(quads: &[u32], wide: &mut [u32]) {
     }
 }
 
+/// One group of four channels' [`WeightLayout::Oc4Int4`] words widened into [`dot_oc4_i16`]'s
+/// order, 16 times the weights (see [`int4_sums`]): per octet, quad `2q` from the low nibbles,
+/// quad `2q + 1` from the high ones.
+#[inline(never)]
+fn widen_group_int4(octets: &[u32], wide: &mut [u32]) {
+    for (words, pairs) in octets.chunks_exact(4).zip(wide.as_chunks_mut::<2>().0.chunks_exact_mut(8)) {
+        let (low, high) = pairs.split_at_mut(4);
+        for ((&w, l), h) in words.iter().zip(low).zip(high) {
+            let (lo, hi) = ((w << 4) & 0xF0F0_F0F0, w & 0xF0F0_F0F0);
+            *l = [sxtb16(lo), sxtb16_ror8(lo)];
+            *h = [sxtb16(hi), sxtb16_ror8(hi)];
+        }
+    }
+}
+
+/// A group's weights widened for [`dot_oc4_i16`], whichever compact layout holds them.
+#[inline(always)]
+fn widen_any(layout: WeightLayout, group: &[u32], wide: &mut [u32]) {
+    if layout == WeightLayout::Oc4Int4 {
+        widen_group_int4(group, wide)
+    } else {
+        widen_group(group, wide)
+    }
+}
+
+/// The accumulators from dot products with widened weights of `layout`: int4 weights are
+/// widened at 16 times their value, so the sums are exactly 16 times (the shift is exact).
+#[inline(always)]
+fn int4_sums(layout: WeightLayout, acc: [i32; 4]) -> [i32; 4] {
+    if layout == WeightLayout::Oc4Int4 {
+        acc.map(|a| a >> 4)
+    } else {
+        acc
+    }
+}
+
+/// Words of one group of four channels' weights of `stored` taps, as stored.
+fn group_words_stored(layout: WeightLayout, stored: usize) -> usize {
+    if layout == WeightLayout::Oc4Int4 {
+        stored / 2
+    } else {
+        stored
+    }
+}
+
 /// [`widen_group`]'s bulk, two words per LDRD and two STRD per word pair: 4 instructions a word
 /// where the compiled loop takes 7. Returns the words done (a multiple of 4).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
@@ -379,7 +424,7 @@ impl<'r> Requantizer<'r> {
     #[inline(never)]
     fn apply(&self, acc: i32, c: usize) -> i8 {
         let r = self.requant;
-        let acc = acc + self.bias.get(c);
+        let acc = acc.wrapping_add(self.bias.get(c));
         let (m, s, zp, lo, hi) = (r.multipliers.get(c), r.shifts.get(c), r.output_zp, r.act_min as i32, r.act_max as i32);
         match self.fast {
             Some(Fast::Right) => requant_smmulr(acc, m, s, zp, lo, hi),
@@ -441,7 +486,7 @@ fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: F
         Fast::Any => requant_smmulr_any,
     };
     for ((((o, &a), b), m), s) in out.iter_mut().zip(acc).zip(b).zip(m).zip(s) {
-        *o = one(a + i32::from_le_bytes(*b), i32::from_le_bytes(*m), i32::from_le_bytes(*s), zp, lo as i32, hi as i32);
+        *o = one(a.wrapping_add(i32::from_le_bytes(*b)), i32::from_le_bytes(*m), i32::from_le_bytes(*s), zp, lo as i32, hi as i32);
     }
 }
 
@@ -559,10 +604,10 @@ unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i
 /// Words per group of 4 channels for `taps` taps in an OC4 layout.
 fn group_words(layout: WeightLayout, taps: usize) -> usize {
     let taps = layout.stored_taps(taps);
-    if layout == WeightLayout::Oc4PairsI16 {
-        2 * taps
-    } else {
-        taps
+    match layout {
+        WeightLayout::Oc4PairsI16 => 2 * taps,
+        WeightLayout::Oc4Int4 => taps / 2,
+        _ => taps,
     }
 }
 
@@ -574,7 +619,11 @@ pub fn conv2d_s8_fast_supported(p: &Conv2d) -> bool {
 pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
     let taps = p.layout.stored_taps(p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize);
     let pixels = p.output.h as usize * p.output.w as usize;
-    let blocked = if p.layout == WeightLayout::Oc4Quads { blocked_scratch_bytes(patch_words(taps), pixels, taps, 2) } else { None };
+    let blocked = match p.layout {
+        WeightLayout::Oc4Quads => blocked_scratch_bytes(patch_words(taps), pixels, taps, 2),
+        WeightLayout::Oc4Int4 => blocked_scratch_bytes(patch_words(taps), pixels, taps, 1),
+        _ => None,
+    };
     blocked.unwrap_or(4 * patch_words(taps) + 3)
 }
 
@@ -723,7 +772,12 @@ impl<'s> Blocks<'s> {
         let available = all.len();
         let wide_words = 2 * stored_taps;
         let widened = block_units(available.saturating_sub(wide_words), unit_words, units);
-        let widen = layout == WeightLayout::Oc4Quads && widened >= min_block;
+        // int4 weights are always widened (no kernel reads them as stored).
+        let min_block = if layout == WeightLayout::Oc4Int4 { 1 } else { min_block };
+        let widen = matches!(layout, WeightLayout::Oc4Quads | WeightLayout::Oc4Int4) && widened >= min_block;
+        if layout == WeightLayout::Oc4Int4 && !widen {
+            return Err(Error::BufferSize { expected: unit_words + wide_words, found: available });
+        }
         let block = if widen { widened } else { block_units(available, unit_words, units) };
         if block == 0 && units > 0 {
             return Err(Error::BufferSize { expected: unit_words, found: available });
@@ -753,6 +807,9 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
     let pointwise = is_pointwise(p) && stored == taps;
     if !b.widen {
+        if p.layout == WeightLayout::Oc4Int4 {
+            return Err(Error::BufferSize { expected: wpp + 2 * stored, found: 0 });
+        }
         // One pixel at a time: build its patch, then every group.
         let patch = b.patches.get_mut(..wpp).ok_or(Error::BufferSize { expected: wpp, found: 0 })?;
         let group = group_words(p.layout, taps).max(1);
@@ -782,11 +839,11 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
             let q = io.pixel(first + i, pixels);
             pixel_patch(p, pointwise, io.input(), q, zp_pair, patch);
         }
-        for (g, quads) in weights.chunks_exact(stored.max(1)).enumerate() {
-            widen_group(quads, b.wide);
+        for (g, group) in weights.chunks_exact(group_words_stored(p.layout, stored).max(1)).enumerate() {
+            widen_any(p.layout, group, b.wide);
             for (i, patch) in b.patches.chunks_exact(wpp).take(count).enumerate() {
                 let q = io.pixel(first + i, pixels);
-                rq.group(dot_oc4_i16(patch, b.wide), g, io.output(q * oc, oc));
+                rq.group(int4_sums(p.layout, dot_oc4_i16(patch, b.wide)), g, io.output(q * oc, oc));
             }
         }
         first += count;
@@ -800,8 +857,9 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
 /// A conv as [`conv2d_s8_fast_supported`] followed by a VALID max-pool over its output, with
 /// right shifts only (so requantization is monotonic in the accumulator).
 pub fn conv2d_maxpool_s8_fast_supported(conv: &Conv2d, pool: &Pool) -> bool {
+    let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
     conv_rows_in_quads(conv)
-        && (conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize).is_multiple_of(4)
+        && taps.is_multiple_of(if conv.layout == WeightLayout::Oc4Int4 { 8 } else { 4 })
         && pool.padding == Padding::Valid
         && all_shifts_non_positive(&conv.requant)
 }
@@ -810,7 +868,11 @@ pub fn conv2d_maxpool_s8_fast_scratch_bytes(conv: &Conv2d, pool: &Pool) -> usize
     let window = pool.kernel_h as usize * pool.kernel_w as usize;
     let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
     let outputs = pool.output.h as usize * pool.output.w as usize;
-    let blocked = if conv.layout == WeightLayout::Oc4Quads && window >= 2 { blocked_scratch_bytes(window * patch_words(taps), outputs, taps, 1) } else { None };
+    let blocked = match conv.layout {
+        WeightLayout::Oc4Quads if window >= 2 => blocked_scratch_bytes(window * patch_words(taps), outputs, taps, 1),
+        WeightLayout::Oc4Int4 => blocked_scratch_bytes(window * patch_words(conv.layout.stored_taps(taps)), outputs, conv.layout.stored_taps(taps), 1),
+        _ => None,
+    };
     blocked.unwrap_or(4 * window * patch_words(taps) + 3)
 }
 
@@ -848,12 +910,12 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
             let (py, px) = (o / pw.max(1), o % pw.max(1));
             conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
         }
-        for (g, quads) in weights.chunks_exact(taps.max(1)).enumerate() {
-            widen_group(quads, b.wide);
+        for (g, stored_group) in weights.chunks_exact(group_words_stored(conv.layout, taps).max(1)).enumerate() {
+            widen_any(conv.layout, stored_group, b.wide);
             for (i, group) in b.patches.chunks_exact((window * wpp).max(1)).take(count).enumerate() {
                 let mut max = [i32::MIN; 4];
                 for patch in group.chunks_exact(wpp) {
-                    let acc = dot_oc4_i16(patch, b.wide);
+                    let acc = int4_sums(conv.layout, dot_oc4_i16(patch, b.wide));
                     for j in 0..4 {
                         max[j] = max[j].max(acc[j]);
                     }
@@ -1651,7 +1713,7 @@ pub fn fully_connected_s8_fast_supported(p: &FullyConnected) -> bool {
 }
 
 pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
-    4 * patch_words(p.input_len) + 3
+    4 * patch_words(p.layout.stored_taps(p.input_len)) + 3
 }
 
 pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
@@ -1660,13 +1722,39 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
     expect_len(p.weights.len(), p.layout.bytes(p.output_len, p.input_len).unwrap_or(usize::MAX))?;
     expect_len(p.bias.len(), p.output_len)?;
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
-    let patch = scratch_words(scratch, patch_words(p.input_len))?;
+    let stored = p.layout.stored_taps(p.input_len);
+    let patch = scratch_words(scratch, patch_words(stored))?;
     let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
     widen(input, pack16(p.input_zp, p.input_zp), patch);
+    for w in patch.iter_mut().skip(p.input_len / 2) {
+        *w = 0; // the stored taps beyond the inputs (int4 octets)
+    }
     for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len).max(1)).enumerate() {
-        rq.group(dot_oc4(patch, w, p.layout), g, output);
+        let acc = if p.layout == WeightLayout::Oc4Int4 { dot_oc4_int4(patch, w) } else { dot_oc4(patch, w, p.layout) };
+        rq.group(acc, g, output);
     }
     Ok(())
+}
+
+/// Words of int4 weights [`dot_oc4_int4`] widens at a time (8 octets of 4 channels).
+const INT4_CHUNK_WORDS: usize = 32;
+
+/// Four channels' dot products with one patch from their [`WeightLayout::Oc4Int4`] words,
+/// widened a chunk at a time on the stack (no scratch: a fully connected layer reads each
+/// group once).
+fn dot_oc4_int4(patch: &[u32], group: &[u32]) -> [i32; 4] {
+    let mut wide = [0u32; 4 * INT4_CHUNK_WORDS];
+    let mut sums = [0i32; 4];
+    // A chunk of 32 words holds 64 taps of 4 channels: 32 patch words.
+    for (chunk, patch) in group.chunks(INT4_CHUNK_WORDS).zip(patch.chunks(INT4_CHUNK_WORDS)) {
+        let wide = wide.get_mut(..4 * chunk.len()).unwrap_or(&mut []);
+        widen_group_int4(chunk, wide);
+        let acc = dot_oc4_i16(patch, wide);
+        for (s, a) in sums.iter_mut().zip(acc) {
+            *s = s.wrapping_add(a);
+        }
+    }
+    int4_sums(WeightLayout::Oc4Int4, sums)
 }
 
 #[cfg(test)]
