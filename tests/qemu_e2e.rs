@@ -50,12 +50,14 @@ fn device_is_bit_exact_with_the_host_on_all_test_images() {
 }
 
 /// The committed `compact` model (int8 weights, the blocked kernels that widen each group once per
-/// block) on 2,000 test images: every logit bit-exact with the host's reference kernels. (The
-/// default `int8.lpk`, `fast`, runs all 10,000 above.)
+/// block), the `int4` model (4-bit weights widened by the same kernels) and the tiny model of the
+/// frontier (`models/mnist-tiny`, another architecture) on 2,000 test images: every logit
+/// bit-exact with the host's reference kernels. (The default `int8.lpk`, `fast`, runs all 10,000
+/// above.)
 #[test]
-fn the_compact_model_is_bit_exact_with_the_host() {
-    for name in ["compact"] {
-        let model = format!("models/mnist-cnn/{name}.lpk");
+fn the_compact_int4_and_tiny_models_are_bit_exact_with_the_host() {
+    for name in ["mnist-cnn/compact", "mnist-cnn/int4", "mnist-tiny/int8"] {
+        let model = format!("models/{name}.lpk");
         let r = report_of_success(xtask_qemu(["--model", model.as_str(), "--images", "2000", "--json"]), name);
         assert_eq!(r["images"], 2000);
         assert_eq!(r["mismatches"], 0, "{name}: {r}");

@@ -52,7 +52,17 @@ where
             .y_label_area_size(60)
             .build_cartesian_2d((lo..hi).log_scale(), min_acc..1.0)
             .map_err(err)?;
-        chart.configure_mesh().x_desc(label).y_desc("accuracy").label_style(("sans-serif", 13)).draw().map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(label)
+            .y_desc("accuracy")
+            .x_labels(6)
+            .x_label_formatter(&|v| human(*v))
+            .y_label_formatter(&|v| format!("{:.1}%", 100.0 * v))
+            .light_line_style(WHITE.mix(0.0))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
         let mut front: Vec<(f64, f64)> = points.iter().filter(|p| on_front(p)).map(|p| (x(p), p.int8_accuracy)).collect();
         front.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart.draw_series(LineSeries::new(front, RED.stroke_width(2))).map_err(err)?;
@@ -64,4 +74,15 @@ where
     }
     root.present().map_err(err)?;
     Ok(())
+}
+
+/// 1.2M, 34k, 512: a tick label.
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
 }

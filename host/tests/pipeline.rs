@@ -29,14 +29,65 @@ fn committed_int8_model_matches_the_float_model() {
     assert!(f("float_accuracy") >= 0.985, "float accuracy {}", f("float_accuracy"));
 }
 
-/// The committed int8 models (`int8.lpk`: the default `fast` weights; `compact.lpk`) are what
+/// The committed int4 model (the seed CNN with 4-bit weights) on the full test set: within
+/// 0.2 pp of the int8 model's accuracy, at most 56,000 bytes, and its optimized kernels
+/// bit-exact with the reference ones.
+#[test]
+fn committed_int4_model_keeps_the_int8_accuracy_at_half_the_bytes() {
+    let accuracy = |model: &str, optimized: bool| -> (f64, String) {
+        let mut args = vec!["eval", "--model", model, "--json", "--logits"];
+        let logits = tempfile::NamedTempFile::new().unwrap();
+        let path = logits.path().to_str().unwrap().to_string();
+        args.push(&path);
+        if optimized {
+            args.push("--optimized");
+        }
+        let r: serde_json::Value = serde_json::from_str(&ok(lepton(&args))).unwrap();
+        assert_eq!(r["images"], 10_000);
+        (r["int8_accuracy"].as_f64().unwrap(), std::fs::read_to_string(logits.path()).unwrap())
+    };
+    let (int8, _) = accuracy("models/mnist-cnn/int8.lpk", true);
+    let (int4, reference) = accuracy("models/mnist-cnn/int4.lpk", false);
+    let (int4_optimized, optimized) = accuracy("models/mnist-cnn/int4.lpk", true);
+    assert!(int4 >= int8 - 0.002, "int4 {int4} vs int8 {int8}");
+    assert_eq!(int4, int4_optimized);
+    assert!(reference == optimized, "the optimized int4 kernels' logits differ from the reference kernels'");
+    let bytes = std::fs::metadata(root().join("models/mnist-cnn/int4.lpk")).unwrap().len();
+    assert!(bytes <= 56_000, "int4.lpk is {bytes} bytes");
+    let report: serde_json::Value = serde_json::from_str(&ok(lepton(&["report", "--model", "models/mnist-cnn/int4.lpk", "--json"]))).unwrap();
+    assert!(report["weight_layouts"].as_array().unwrap().contains(&serde_json::json!("int4")), "{}", report["weight_layouts"]);
+}
+
+/// The committed tiny model (the smallest point of the frontier with at least 99.0%): its
+/// accuracy on all 10,000 test images, its file within 16 KiB, its architecture read back.
+#[test]
+fn committed_tiny_model_meets_its_targets() {
+    let r: serde_json::Value = serde_json::from_str(&ok(lepton(&["eval", "--model", "models/mnist-tiny/int8.lpk", "--float", "models/mnist-tiny", "--json"]))).unwrap();
+    assert_eq!(r["images"], 10_000);
+    assert!(r["int8_accuracy"].as_f64().unwrap() >= 0.99, "{r}");
+    assert!(r["agreement"].as_f64().unwrap() >= 0.99, "{r}");
+    let bytes = std::fs::metadata(root().join("models/mnist-tiny/int8.lpk")).unwrap().len();
+    assert!(bytes <= 16 * 1024, "mnist-tiny/int8.lpk is {bytes} bytes");
+    let point: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("models/mnist-tiny/point.json")).unwrap()).unwrap();
+    assert_eq!(point["model_bytes"], bytes, "point.json describes the committed file");
+    assert_eq!(point["int8_accuracy"], r["int8_accuracy"], "point.json's accuracy is the committed model's");
+    // Re-quantizing the committed float model gives the committed file, byte for byte.
+    let dir = tempfile::tempdir().unwrap();
+    let lpk = dir.path().join("tiny.lpk");
+    let weights = point["weights"].as_str().unwrap();
+    ok(lepton(&["quantize", "--float", "models/mnist-tiny", "--out", s(&lpk), "--weights", weights]));
+    assert_eq!(std::fs::read(&lpk).unwrap(), std::fs::read(root().join("models/mnist-tiny/int8.lpk")).unwrap());
+}
+
+/// The committed integer models (`int8.lpk`: the default `fast` weights; `compact.lpk`;
+/// `int4.lpk`, 4-bit weights) are what
 /// `lepton quantize` makes of the committed float model, byte for byte: calibration runs in f64
 /// with a fixed summation order, so the same float model gives the same `.lpk` on every machine
 /// (whatever the CPU's vector width).
 #[test]
 fn requantizing_the_committed_float_model_gives_the_committed_int8_model() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, weights) in [("int8.lpk", "fast"), ("compact.lpk", "compact")] {
+    for (name, weights) in [("int8.lpk", "fast"), ("compact.lpk", "compact"), ("int4.lpk", "int4")] {
         let lpk = dir.path().join(name);
         ok(lepton(&["quantize", "--float", "models/mnist-cnn", "--out", s(&lpk), "--weights", weights]));
         let made = std::fs::read(&lpk).unwrap();

@@ -186,7 +186,8 @@ fn measure(v: &Variant, float_dir: &Path, layout: &str, elf: &Path, opts: &Optio
         "int8_accuracy": eval["int8_accuracy"],
         "test_images": eval["images"],
         "device_check": { "images": device_images, "mismatches": device.mismatches },
-        "float_dir": float_dir.display().to_string(),
+        // Relative to the workspace where it can be (the default cache: target/pareto/).
+        "float_dir": float_dir.strip_prefix(root()).unwrap_or(float_dir).display().to_string(),
     }))
 }
 
@@ -230,7 +231,7 @@ fn promote_tiny(points: &[Value], dir: &Path) -> Result<()> {
         return Ok(());
     };
     std::fs::create_dir_all(dir)?;
-    let float_dir = PathBuf::from(best["float_dir"].as_str().unwrap_or_default());
+    let float_dir = root().join(best["float_dir"].as_str().unwrap_or_default());
     let layout = best["weights"].as_str().unwrap_or("compact");
     std::fs::copy(float_dir.join(format!("{layout}.lpk")), dir.join("int8.lpk"))?;
     for f in ["arch.json", "metrics.json", "model.bpk", "training.svg", "training.png"] {

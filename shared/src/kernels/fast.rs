@@ -646,8 +646,8 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patc
     }
 }
 
-/// `n` bytes of `v` into `raw` at `*at`, which moves past them.
-#[inline(always)]
+/// `n` bytes of `v` into `raw` at `*at`, which moves past them (out of line: code size).
+#[inline(never)]
 fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
     for b in raw.iter_mut().skip(*at).take(n) {
         *b = v;
@@ -655,8 +655,8 @@ fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
     *at += n;
 }
 
-/// `src` into `raw` at `*at`, which moves past it.
-#[inline(always)]
+/// `src` into `raw` at `*at`, which moves past it (out of line: code size).
+#[inline(never)]
 fn copy_bytes(raw: &mut [u8], at: &mut usize, src: &[i8]) {
     for (b, &v) in raw.iter_mut().skip(*at).zip(src) {
         *b = v as u8;
@@ -915,11 +915,13 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
             for (i, group) in b.patches.chunks_exact((window * wpp).max(1)).take(count).enumerate() {
                 let mut max = [i32::MIN; 4];
                 for patch in group.chunks_exact(wpp) {
-                    let acc = int4_sums(conv.layout, dot_oc4_i16(patch, b.wide));
+                    let acc = dot_oc4_i16(patch, b.wide);
                     for j in 0..4 {
                         max[j] = max[j].max(acc[j]);
                     }
                 }
+                // int4's 16-fold sums: the maximum of 16 a is 16 times the maximum of a.
+                let max = int4_sums(conv.layout, max);
                 let out = sub_mut(output, (first + i) * oc, oc);
                 for (j, &m) in max.iter().enumerate() {
                     let c = 4 * g + j;
@@ -1713,7 +1715,9 @@ pub fn fully_connected_s8_fast_supported(p: &FullyConnected) -> bool {
 }
 
 pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
-    4 * patch_words(p.layout.stored_taps(p.input_len)) + 3
+    let stored = p.layout.stored_taps(p.input_len);
+    let wide = if p.layout == WeightLayout::Oc4Int4 { 2 * stored } else { 0 };
+    4 * (patch_words(stored) + wide) + 3
 }
 
 pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
@@ -1723,38 +1727,25 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
     expect_len(p.bias.len(), p.output_len)?;
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
     let stored = p.layout.stored_taps(p.input_len);
-    let patch = scratch_words(scratch, patch_words(stored))?;
+    let int4 = p.layout == WeightLayout::Oc4Int4;
+    // The patch, then (int4) one group's widened weights.
+    let all = scratch_words(scratch, patch_words(stored) + if int4 { 2 * stored } else { 0 })?;
+    let (patch, wide) = all.split_at_mut_checked(patch_words(stored)).ok_or(Error::BufferSize { expected: patch_words(stored), found: 0 })?;
     let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
     widen(input, pack16(p.input_zp, p.input_zp), patch);
     for w in patch.iter_mut().skip(p.input_len / 2) {
         *w = 0; // the stored taps beyond the inputs (int4 octets)
     }
     for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len).max(1)).enumerate() {
-        let acc = if p.layout == WeightLayout::Oc4Int4 { dot_oc4_int4(patch, w) } else { dot_oc4(patch, w, p.layout) };
+        let acc = if int4 {
+            widen_group_int4(w, wide);
+            int4_sums(p.layout, dot_oc4_i16(patch, wide))
+        } else {
+            dot_oc4(patch, w, p.layout)
+        };
         rq.group(acc, g, output);
     }
     Ok(())
-}
-
-/// Words of int4 weights [`dot_oc4_int4`] widens at a time (8 octets of 4 channels).
-const INT4_CHUNK_WORDS: usize = 32;
-
-/// Four channels' dot products with one patch from their [`WeightLayout::Oc4Int4`] words,
-/// widened a chunk at a time on the stack (no scratch: a fully connected layer reads each
-/// group once).
-fn dot_oc4_int4(patch: &[u32], group: &[u32]) -> [i32; 4] {
-    let mut wide = [0u32; 4 * INT4_CHUNK_WORDS];
-    let mut sums = [0i32; 4];
-    // A chunk of 32 words holds 64 taps of 4 channels: 32 patch words.
-    for (chunk, patch) in group.chunks(INT4_CHUNK_WORDS).zip(patch.chunks(INT4_CHUNK_WORDS)) {
-        let wide = wide.get_mut(..4 * chunk.len()).unwrap_or(&mut []);
-        widen_group_int4(chunk, wide);
-        let acc = dot_oc4_i16(patch, wide);
-        for (s, a) in sums.iter_mut().zip(acc) {
-            *s = s.wrapping_add(a);
-        }
-    }
-    int4_sums(WeightLayout::Oc4Int4, sums)
 }
 
 #[cfg(test)]
