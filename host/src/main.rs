@@ -82,6 +82,44 @@ enum Command {
         /// Adam's learning rate.
         #[arg(long, default_value_t = 1e-3)]
         learning_rate: f64,
+        /// Quantization-aware training: fake-quantized weights and activations in the forward
+        /// pass, straight-through gradients; `lepton quantize` then uses the ranges it tracked.
+        #[arg(long)]
+        qat: bool,
+        /// Weight bits quantization-aware training simulates (4: for `--weights int4`).
+        #[arg(long, default_value_t = 8, value_parser = weight_bits)]
+        qat_bits: u32,
+    },
+    /// Fine-tune a trained float model with quantization-aware training into a new directory.
+    Finetune {
+        /// The float model directory written by `lepton train`.
+        #[arg(long = "float")]
+        float_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Required: the fine-tuning is quantization-aware.
+        #[arg(long)]
+        qat: bool,
+        #[arg(long, default_value_t = 8, value_parser = weight_bits)]
+        qat_bits: u32,
+        #[arg(long, value_parser = positive, default_value_t = 2)]
+        epochs: usize,
+        #[arg(long, default_value_t = 1e-4)]
+        learning_rate: f64,
+        #[arg(long, value_enum, default_value = "cosine")]
+        schedule: lepton::train::trainer::Schedule,
+        #[arg(long, default_value_t = 0)]
+        shift: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, value_parser = positive, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, value_parser = positive)]
+        train_images: Option<usize>,
+        #[arg(long, value_parser = positive)]
+        test_images: Option<usize>,
     },
     /// Post-training int8 quantization of a trained float model into a Lepton model (.lpk).
     Quantize {
@@ -192,6 +230,15 @@ enum Command {
     },
 }
 
+/// Weight bits of quantization-aware training: 8 or 4.
+fn weight_bits(s: &str) -> Result<u32, String> {
+    match s {
+        "8" => Ok(8),
+        "4" => Ok(4),
+        _ => Err(format!("{s}: weight bits are 8 or 4")),
+    }
+}
+
 /// A count that must be at least 1 (`--epochs 0` would do nothing and say nothing).
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -229,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { model, out, weights, data, calibration, calibration_inputs } => {
             import(&model, &out, weights, &lepton::import::Calibration { data_dir: data, count: calibration, inputs: calibration_inputs })
         }
-        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size, arch, schedule, shift, learning_rate } => {
+        Command::Train { data, epochs, seed, out, resume, train_images, test_images, batch_size, arch, schedule, shift, learning_rate, qat, qat_bits } => {
             let arch = match &arch {
                 Some(path) => lepton::train::arch::Arch::load(path)?,
                 None => lepton::train::arch::Arch::seed(),
@@ -246,11 +293,32 @@ fn run(cli: Cli) -> Result<()> {
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
-            let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate, train_images: train.len(), schedule, shift };
+            let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate, train_images: train.len(), schedule, shift, qat: qat.then_some(qat_bits) };
             let device = lepton::train::device()?;
             let state = lepton::train::trainer::train(&train, &test, config, &arch, &out, resume, &device)?;
             if let Some(last) = state.epochs.last() {
                 println!("float test accuracy {:.4} after {} epochs; model in {}", last.test_accuracy, last.epoch, out.display());
+            }
+            Ok(())
+        }
+        Command::Finetune { float_dir, out, qat, qat_bits, epochs, learning_rate, schedule, shift, seed, batch_size, data, train_images, test_images } => {
+            if !qat {
+                bail!("lepton finetune fine-tunes with quantization-aware training: pass --qat");
+            }
+            let dir = data::ensure(data.as_deref())?;
+            let mut train = data::load(&dir, Part::Train)?;
+            let mut test = data::load(&dir, Part::Test)?;
+            if let Some(n) = train_images {
+                train = train.truncated(n);
+            }
+            if let Some(n) = test_images {
+                test = test.truncated(n);
+            }
+            let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate, train_images: train.len(), schedule, shift, qat: Some(qat_bits) };
+            let device = lepton::train::device()?;
+            let state = lepton::train::trainer::finetune(&train, &test, config, &float_dir, &out, &device)?;
+            if let Some(last) = state.epochs.last() {
+                println!("quantization-aware test accuracy {:.4} after {} epochs; model in {}", last.test_accuracy, last.epoch, out.display());
             }
             Ok(())
         }

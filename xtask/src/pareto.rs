@@ -22,6 +22,28 @@ struct Variant {
     epochs: usize,
     /// Extra `lepton train` flags of the recipe, and its name.
     recipe: (&'static [&'static str], &'static str),
+    /// Quantization-aware fine-tuning of another grid point's float model: its name and the
+    /// weight bits (`epochs` is then the fine-tuning's).
+    qat: Option<(&'static str, u32)>,
+}
+
+impl Variant {
+    fn trained(name: &'static str, arch: Option<Value>, epochs: usize, recipe: (&'static [&'static str], &'static str)) -> Variant {
+        Variant { name, arch, epochs, recipe, qat: None }
+    }
+
+    fn qat(name: &'static str, base: &'static str, bits: u32) -> Variant {
+        Variant { name, arch: None, epochs: 2, recipe: (&[], "QAT fine-tune, 2 epochs, cosine from 1e-4"), qat: Some((base, bits)) }
+    }
+
+    /// The weight layouts this point is quantized with (`int4`: 4-bit weights).
+    fn layouts(&self) -> &'static [&'static str] {
+        match self.qat {
+            Some((_, 4)) => &["int4"],
+            Some(_) => &["compact", "fast"],
+            None => &["compact", "fast", "int4"],
+        }
+    }
 }
 
 const SEED_RECIPE: (&[&str], &str) = (&[], "seed (Adam 1e-3 constant)");
@@ -46,28 +68,24 @@ fn seed_at(name: &str, width: f64) -> Value {
 }
 
 fn grid() -> Vec<Variant> {
+    let tiny = json!({ "name": "tiny-3conv", "layers": [conv(8), pool(), conv(16), pool(), conv(32), { "type": "flatten" }, dense(10, false)] });
+    let two = json!({ "name": "two-conv", "layers": [conv(8), pool(), conv(16), pool(), { "type": "flatten" }, dense(10, false)] });
     vec![
-        Variant { name: "seed-w1", arch: None, epochs: 5, recipe: SEED_RECIPE },
-        Variant { name: "seed-w1-long", arch: Some(seed_at("seed-w1-long", 1.0)), epochs: 15, recipe: LONG_RECIPE },
-        Variant { name: "seed-w0.5", arch: Some(seed_at("seed-w0.5", 0.5)), epochs: 20, recipe: LONG_RECIPE },
-        Variant { name: "seed-w0.25", arch: Some(seed_at("seed-w0.25", 0.25)), epochs: 20, recipe: LONG_RECIPE },
-        Variant {
-            name: "tiny-3conv",
-            arch: Some(json!({ "name": "tiny-3conv", "layers": [conv(8), pool(), conv(16), pool(), conv(32), { "type": "flatten" }, dense(10, false)] })),
-            epochs: 20,
-            recipe: LONG_RECIPE,
-        },
-        Variant {
-            name: "two-conv",
-            arch: Some(json!({ "name": "two-conv", "layers": [conv(8), pool(), conv(16), pool(), { "type": "flatten" }, dense(10, false)] })),
-            epochs: 20,
-            recipe: LONG_RECIPE,
-        },
+        Variant::trained("seed-w1", None, 5, SEED_RECIPE),
+        Variant::trained("seed-w1-long", Some(seed_at("seed-w1-long", 1.0)), 15, LONG_RECIPE),
+        Variant::trained("seed-w0.5", Some(seed_at("seed-w0.5", 0.5)), 20, LONG_RECIPE),
+        Variant::trained("seed-w0.25", Some(seed_at("seed-w0.25", 0.25)), 20, LONG_RECIPE),
+        Variant::trained("tiny-3conv", Some(tiny), 20, LONG_RECIPE),
+        Variant::trained("two-conv", Some(two), 20, LONG_RECIPE),
+        Variant::qat("seed-w1-qat4", "seed-w1", 4),
+        Variant::qat("seed-w1-long-qat4", "seed-w1-long", 4),
+        Variant::qat("seed-w0.5-qat4", "seed-w0.5", 4),
+        Variant::qat("seed-w0.25-qat4", "seed-w0.25", 4),
+        Variant::qat("tiny-3conv-qat8", "tiny-3conv", 8),
+        Variant::qat("tiny-3conv-qat4", "tiny-3conv", 4),
+        Variant::qat("two-conv-qat4", "two-conv", 4),
     ]
 }
-
-/// The weight layouts each network is quantized with (`int4`: 4-bit weights).
-const LAYOUTS: [&str; 3] = ["compact", "fast", "int4"];
 
 pub struct Options {
     pub only: Vec<String>,
@@ -88,22 +106,30 @@ pub fn pareto(opts: &Options) -> Result<()> {
     lepton_output(&["data"])?;
     let elf = firmware::build(&[])?;
     let cache = crate::target_dir().join("pareto");
-    let total = grid.len() * LAYOUTS.len();
+    let total: usize = grid.iter().map(|v| v.layouts().len()).sum();
     let mut records = Vec::new();
     for (i, v) in grid.iter().enumerate() {
         eprintln!("\nxtask pareto: [{}/{}] {} ({} epochs, {})", i + 1, grid.len(), v.name, if opts.quick { 1 } else { v.epochs }, v.recipe.1);
-        let float_dir = train(v, &cache, opts.quick)?;
-        for (j, layout) in LAYOUTS.iter().enumerate() {
-            eprintln!("xtask pareto: point {}/{total}: {}/{layout}", i * LAYOUTS.len() + j + 1, v.name);
+        let float_dir = match v.qat {
+            None => train(v, &cache, opts.quick)?,
+            Some((base, bits)) => {
+                let base = self::grid().into_iter().find(|b| b.name == base).context("a QAT point's base is in the grid")?;
+                let base_dir = train(&base, &cache, opts.quick)?;
+                finetune(v, &base_dir, bits, &cache, opts.quick)?
+            }
+        };
+        for layout in v.layouts() {
+            eprintln!("xtask pareto: point {}/{total}: {}/{layout}", records.len() + 1, v.name);
             records.push(measure(v, &float_dir, layout, &elf, opts)?);
         }
     }
     let mut all = merge_with_existing(&opts.out.join("pareto.json"), records, opts.only.is_empty())?;
+    let complete = self::grid().iter().all(|v| v.layouts().iter().all(|l| all.iter().any(|p| p["name"] == json!(format!("{}/{l}", v.name)))));
     mark_fronts(&mut all);
     let path = opts.out.join("pareto.json");
     lepton_core::files::write_atomically(&path, serde_json::to_string_pretty(&all)?.as_bytes())?;
     lepton(&["plot-pareto", "--json", path_str(&path)?])?;
-    if opts.only.is_empty() && !opts.quick {
+    if complete && !opts.quick {
         promote_tiny(&all, &root().join("models/mnist-tiny"))?;
     }
     if opts.json {
@@ -137,6 +163,27 @@ fn train(v: &Variant, cache: &Path, quick: bool) -> Result<PathBuf> {
         std::fs::write(&spec, text)?;
         cmd.extend(["--arch".into(), path_str(&spec)?.into()]);
     }
+    cmd.extend(args);
+    lepton_output(&cmd.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(dir)
+}
+
+/// Fine-tune the float model in `base_dir` with `bits`-bit quantization-aware training (or reuse
+/// a finished run of the same base, bits and epochs).
+fn finetune(v: &Variant, base_dir: &Path, bits: u32, cache: &Path, quick: bool) -> Result<PathBuf> {
+    let epochs = if quick { 1 } else { v.epochs };
+    let mut args: Vec<String> = ["--epochs".to_string(), epochs.to_string(), "--qat-bits".into(), bits.to_string()].into();
+    if quick {
+        args.extend(["--train-images", "2000", "--test-images", "1000"].map(String::from));
+    }
+    let key = lepton_core::data::sha256_hex(format!("{}|{args:?}", base_dir.display()).as_bytes());
+    let dir = cache.join(format!("{}-{}", v.name, &key[..12]));
+    if finished(&dir, epochs) {
+        eprintln!("xtask pareto: reusing the fine-tuning run in {}", dir.display());
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd: Vec<String> = vec!["finetune".into(), "--qat".into(), "--float".into(), path_str(base_dir)?.into(), "--out".into(), path_str(&dir)?.into()];
     cmd.extend(args);
     lepton_output(&cmd.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(dir)
@@ -176,7 +223,7 @@ fn measure(v: &Variant, float_dir: &Path, layout: &str, elf: &Path, opts: &Optio
         "epochs": training["epochs"].as_array().map_or(0, Vec::len),
         "weights": layout,
         "weight_bits": if layout == "int4" { 4 } else { 8 },
-        "qat": false,
+        "qat": v.qat.is_some(),
         "params": report["parameters"],
         "model_bytes": bench["model_bytes"],
         "instructions_per_inference": bench["instructions_per_inference"],

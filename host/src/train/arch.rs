@@ -100,7 +100,7 @@ pub enum LayerSpec {
 }
 
 /// An architecture: a name and its layers in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Arch {
     #[serde(default)]
@@ -109,6 +109,19 @@ pub struct Arch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<[usize; 3]>,
     pub layers: Vec<LayerSpec>,
+    /// Quantization-aware training's state: written by `lepton train --qat` / `lepton finetune
+    /// --qat`, read by `lepton quantize` (its ranges replace calibration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qat: Option<Qat>,
+}
+
+/// What quantization-aware training tracked: the weight precision it simulated and, per layer
+/// (in [`Arch::resolve`]'s order), the `(min, max)` of its output where the integer model gives
+/// that output its own quantization (conv, depthwise, dense, global average pool).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Qat {
+    pub weight_bits: u32,
+    pub ranges: Vec<Option<(f32, f32)>>,
 }
 
 /// A layer with its activation fused and its input and output shapes `(h, w, c)` resolved.
@@ -137,6 +150,7 @@ impl Arch {
         Arch {
             name: "seed-cnn".into(),
             input: Some([28, 28, 1]),
+            qat: None,
             layers: vec![
                 conv(32),
                 pool(),
@@ -150,10 +164,10 @@ impl Arch {
         }
     }
 
-    /// Whether this is the seed CNN on 28x28x1 images (whatever its name): it trains with the
-    /// seed's own model and file layout.
+    /// Whether this is the seed CNN on 28x28x1 images (whatever its name) without quantization-
+    /// aware training: it trains with the seed's own model and file layout.
     pub fn is_seed(&self) -> bool {
-        self.layers == Arch::seed().layers && self.input.is_none_or(|i| i == [28, 28, 1])
+        self.layers == Arch::seed().layers && self.input.is_none_or(|i| i == [28, 28, 1]) && self.qat.is_none()
     }
 
     /// The input shape `(h, w, c)`, if recorded.
@@ -333,7 +347,7 @@ mod tests {
 
     #[test]
     fn misfits_are_errors_that_name_the_layer() {
-        let arch = |layers| Arch { name: String::new(), input: None, layers };
+        let arch = |layers| Arch { name: String::new(), input: None, layers, qat: None };
         let err = |a: Arch| format!("{:#}", a.resolve((28, 28, 1), 10).unwrap_err());
         let e = err(arch(vec![LayerSpec::Conv { channels: 4, kernel: 3, stride: 1, padding: PaddingSpec::Valid, activation: Activation::None }, LayerSpec::Dense { units: 10, activation: Activation::None }]));
         assert!(e.contains("layer 1 (dense)") && e.contains("flatten"), "{e}");

@@ -25,7 +25,13 @@ pub fn load(dir: &std::path::Path, device: &Device) -> Result<FloatModel> {
     }
     let input = arch.input_shape().with_context(|| format!("{} names no input shape (write it as \"input\": [h, w, c])", dir.join(super::arch::ARCH_FILE).display()))?;
     let net = SeqNet::new(&arch, input, crate::data::CLASSES, device)?;
-    Ok(FloatModel::Seq(net.try_load_file(&path).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(loading)?))
+    let net = net.try_load_file(&path).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(loading)?;
+    // A quantization-aware model runs as it trained: fake-quantized with its tracked ranges.
+    let net = match &arch.qat {
+        Some(q) => net.with_qat(q.weight_bits, Some(q.ranges.clone())),
+        None => net,
+    };
+    Ok(FloatModel::Seq(net))
 }
 
 /// Logits `[n][classes]` for every image of `split`, in order.

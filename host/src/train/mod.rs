@@ -25,6 +25,12 @@ use seq::SeqNet;
 /// A network `lepton train` trains: logits `[batch, classes]` from images `[batch, c, h, w]`.
 pub trait Net: burn::module::Module + 'static {
     fn logits(&self, x: Tensor<4>) -> Tensor<2>;
+    /// Quantization-aware training: track activation ranges in the coming forward passes.
+    fn track_ranges(&self, _on: bool) {}
+    /// Quantization-aware training's state to save beside the model, if it trains so.
+    fn qat(&self) -> Option<arch::Qat> {
+        None
+    }
 }
 
 impl Net for Cnn {
@@ -36,6 +42,12 @@ impl Net for Cnn {
 impl Net for SeqNet {
     fn logits(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward(x)
+    }
+    fn track_ranges(&self, on: bool) {
+        SeqNet::track_ranges(self, on)
+    }
+    fn qat(&self) -> Option<arch::Qat> {
+        SeqNet::qat(self)
     }
 }
 

@@ -25,6 +25,48 @@ pub struct SeqNet {
     layers: Vec<Resolved>,
     #[module(skip)]
     input: (usize, usize, usize),
+    #[module(skip)]
+    qat: Option<QatState>,
+}
+
+/// Quantization-aware training: fake quantization in the forward pass with straight-through
+/// gradients, as the integer engine will compute. Weights: per output channel, symmetric, the
+/// scale `max |w| / 127` (or `/ 7` for 4-bit) that `lepton quantize` gives them. Activations:
+/// per tensor, asymmetric, TFLite's parameters of a range tracked (exponential moving average
+/// of each batch's min and max) while `tracking` is on; pools keep their input's parameters and a
+/// max pool of quantized values needs none. The network input (pixels / 255) is exactly int8.
+#[derive(Clone, Debug)]
+pub struct QatState {
+    pub weight_bits: u32,
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<(f32, f32)>>>>,
+    tracking: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How much of each new batch's range moves the tracked one.
+const RANGE_MOMENTUM: f32 = 0.99;
+
+/// `x` quantized to int8 with TFLite's parameters for `(min, max)` and back, gradients straight through.
+fn fake_quant<const D: usize>(x: Tensor<D>, (min, max): (f32, f32)) -> Tensor<D> {
+    let q = crate::quantize::ptq::activation_qparams(min, max);
+    let zp = q.zero_point as f32;
+    let y = x.clone().div_scalar(q.scale).round().add_scalar(zp).clamp(-128.0, 127.0).sub_scalar(zp).mul_scalar(q.scale);
+    x.clone() + (y - x).detach()
+}
+
+/// Weights `[out, ...]` (channel `dim` = 0) or `[in, out]` (`dim` = 1) quantized per output
+/// channel, symmetric, to `bits`, and back, gradients straight through.
+fn fake_quant_weights<const D: usize>(w: Tensor<D>, bits: u32, out_dim: usize) -> Tensor<D> {
+    let max_q = if bits == 4 { 7.0 } else { 127.0 };
+    let dims = w.dims();
+    let outputs = dims[out_dim];
+    let per: usize = dims.iter().product::<usize>() / outputs.max(1);
+    // Channel-major 2-D view: [outputs, per].
+    let flat: Tensor<2> = if out_dim == 0 { w.clone().reshape([outputs, per]) } else { w.clone().reshape([per, outputs]).transpose() };
+    let max = flat.clone().abs().max_dim(1).detach();
+    let scale = max.clone().div_scalar(max_q) + max.equal_elem(0.0).float(); // 1 where a channel is all zero
+    let q = (flat.clone() / scale.clone()).round().clamp(-max_q, max_q) * scale;
+    let q: Tensor<D> = if out_dim == 0 { q.reshape(dims) } else { q.transpose().reshape(dims) };
+    w.clone() + (q - w).detach()
 }
 
 fn conv_module(r: &Resolved, device: &Device) -> Conv2d {
@@ -106,13 +148,119 @@ impl SeqNet {
                 _ => {}
             }
         }
-        Ok(SeqNet { convs, dense, layers, input })
+        Ok(SeqNet { convs, dense, layers, input, qat: None })
+    }
+
+    /// This network with quantization-aware training of `weight_bits` weights, from `ranges`
+    /// (per layer, see [`super::arch::Qat`]) or none tracked yet.
+    pub fn with_qat(mut self, weight_bits: u32, ranges: Option<Vec<Option<(f32, f32)>>>) -> Self {
+        let ranges = ranges.unwrap_or_else(|| vec![None; self.layers.len()]);
+        self.qat = Some(QatState { weight_bits, ranges: std::sync::Arc::new(std::sync::Mutex::new(ranges)), tracking: Default::default() });
+        self
+    }
+
+    /// The seed CNN's parameters in the sequential network of [`Arch::seed`] (to fine-tune it).
+    pub fn from_seed(seed: &super::model::Cnn, device: &Device) -> anyhow::Result<Self> {
+        let mut net = SeqNet::new(&Arch::seed(), (28, 28, 1), 10, device)?;
+        for (to, from) in net.convs.iter_mut().zip([&seed.conv1, &seed.conv2, &seed.conv3]) {
+            to.weight = from.weight.clone();
+            to.bias = from.bias.clone();
+        }
+        for (to, from) in net.dense.iter_mut().zip([&seed.fc1, &seed.fc2]) {
+            to.weight = from.weight.clone();
+            to.bias = from.bias.clone();
+        }
+        Ok(net)
+    }
+
+    /// Track activation ranges in the forward passes from now on (training) or not (evaluation).
+    pub fn track_ranges(&self, on: bool) {
+        if let Some(q) = &self.qat {
+            q.tracking.store(on, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The quantization-aware training state to save, if this network trains so.
+    pub fn qat(&self) -> Option<super::arch::Qat> {
+        let q = self.qat.as_ref()?;
+        let ranges = q.ranges.lock().map(|r| r.clone()).unwrap_or_default();
+        Some(super::arch::Qat { weight_bits: q.weight_bits, ranges })
     }
 
     /// `[batch, c, h, w]` in [0, 1] to `[batch, classes]` logits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        if let Some(q) = &self.qat {
+            return self.run_qat(x, q);
+        }
         let fused = uses_cnn_ops(&x.device());
         self.run(x, fused)
+    }
+
+    /// The forward pass with fake quantization (burn's layers, so that weights can be replaced).
+    fn run_qat(&self, x: Tensor<4>, qat: &QatState) -> Tensor<2> {
+        let tracking = qat.tracking.load(std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut ranges) = qat.ranges.lock() else { return self.run(x, false) };
+        let mut quantize = |i: usize, y: Flow| -> (Flow, Option<(f32, f32)>) {
+            let t = match y {
+                Flow::Flat(t) => Flow::Flat(t),
+                other => Flow::Nchw(other.nchw()),
+            };
+            let stats = |lo: f32, hi: f32, slot: &mut Option<(f32, f32)>| {
+                *slot = Some(match *slot {
+                    Some((a, b)) => (RANGE_MOMENTUM * a + (1.0 - RANGE_MOMENTUM) * lo, RANGE_MOMENTUM * b + (1.0 - RANGE_MOMENTUM) * hi),
+                    None => (lo, hi),
+                });
+            };
+            match t {
+                Flow::Flat(y) => {
+                    if tracking {
+                        let d = y.clone().detach();
+                        stats(d.clone().min().into_scalar::<f32>(), d.max().into_scalar::<f32>(), &mut ranges[i]);
+                    }
+                    let r = ranges[i];
+                    (Flow::Flat(r.map_or(y.clone(), |r| fake_quant(y, r))), r)
+                }
+                Flow::Nchw(y) | Flow::Nhwc(y) => {
+                    if tracking {
+                        let d = y.clone().detach();
+                        stats(d.clone().min().into_scalar::<f32>(), d.max().into_scalar::<f32>(), &mut ranges[i]);
+                    }
+                    let r = ranges[i];
+                    (Flow::Nchw(r.map_or(y.clone(), |r| fake_quant(y, r))), r)
+                }
+            }
+        };
+        let bits = qat.weight_bits;
+        let mut x = Flow::Nchw(x);
+        // The input: pixels / 255, exactly int8 at scale 1/255 and zero point -128.
+        let mut current = Some((0.0f32, 1.0f32));
+        let (mut convs, mut dense) = (self.convs.iter(), self.dense.iter());
+        for (i, r) in self.layers.iter().enumerate() {
+            let (next, range) = match r.layer {
+                Layer::Conv { act, groups, .. } => {
+                    let mut conv = convs.next().expect("one module per conv layer").clone();
+                    // Depthwise and one-channel kernels stay int8 (as `lepton quantize` keeps them).
+                    let b = if groups == 1 && r.input.2 > 1 { bits } else { 8 };
+                    conv.weight = burn::module::Param::initialized(burn::module::ParamId::new(), fake_quant_weights(conv.weight.val(), b, 0));
+                    quantize(i, Flow::Nchw(activate(conv.forward(x.nchw()), act)))
+                }
+                Layer::Dense { act, .. } => {
+                    let mut l = dense.next().expect("one module per dense layer").clone();
+                    l.weight = burn::module::Param::initialized(burn::module::ParamId::new(), fake_quant_weights(l.weight.val(), bits, 1));
+                    quantize(i, Flow::Flat(activate(l.forward(x.flat()), act)))
+                }
+                Layer::GlobalAvgPool => quantize(i, Flow::Nchw(x.nchw().mean_dim(3).mean_dim(2))),
+                Layer::Pool { max: true, size, stride } => (Flow::Nchw(MaxPool2dConfig::new([size, size]).with_strides([stride, stride]).init().forward(x.nchw())), current),
+                Layer::Pool { max: false, size, stride } => {
+                    let y = AvgPool2dConfig::new([size, size]).with_strides([stride, stride]).init().forward(x.nchw());
+                    (Flow::Nchw(current.map_or(y.clone(), |r| fake_quant(y, r))), current)
+                }
+                Layer::Flatten => (Flow::Flat(x.flat()), current),
+            };
+            x = next;
+            current = range;
+        }
+        x.flat()
     }
 
     /// The forward pass with burn's own layers, on any backend.
@@ -203,6 +351,7 @@ mod tests {
         Arch {
             name: "mixed".into(),
             input: None,
+            qat: None,
             layers: vec![
                 conv(4, 3, 1, PaddingSpec::Valid, Activation::Relu),
                 LayerSpec::MaxPool { size: 2, stride: None },

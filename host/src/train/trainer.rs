@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
@@ -39,6 +39,9 @@ pub struct TrainConfig {
     /// epoch (the seed recipe: 0, none).
     #[serde(default)]
     pub shift: usize,
+    /// Quantization-aware training with weights of this many bits (8 or 4), or none.
+    #[serde(default)]
+    pub qat: Option<u32>,
 }
 
 /// How the learning rate moves over training.
@@ -144,7 +147,13 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, arch: &Arch, out:
     }
     let device = device.clone().autodiff();
     device.seed(config.seed);
-    if arch.is_seed() {
+    if let Some(bits) = config.qat {
+        // Resume with the ranges tracked so far.
+        let ranges = if resume { Arch::load(&saved).ok().and_then(|a| a.qat).map(|q| q.ranges) } else { None };
+        let model = SeqNet::new(&arch, input, crate::data::CLASSES, &device)?.with_qat(bits, ranges);
+        eprintln!("quantization-aware training: {bits}-bit weights, int8 activations");
+        train_net(train, test, config, (model, &arch), out, resume, &device)
+    } else if arch.is_seed() {
         train_net(train, test, config, (Cnn::new(&device), &arch), out, resume, &device)
     } else {
         let model = SeqNet::new(&arch, input, crate::data::CLASSES, &device)?;
@@ -153,7 +162,26 @@ pub fn train(train: &Split, test: &Split, config: TrainConfig, arch: &Arch, out:
     }
 }
 
+/// `lepton finetune --qat`: the float model in `float_dir` trained on with quantization-aware
+/// training of `bits`-bit weights into `out` (`config.epochs` epochs).
+pub fn finetune(train: &Split, test: &Split, config: TrainConfig, float_dir: &Path, out: &Path, device: &Device) -> Result<TrainState> {
+    let bits = config.qat.context("fine-tuning needs --qat")?;
+    let device = device.clone().autodiff();
+    device.seed(config.seed);
+    let (arch, net) = match super::infer::load(float_dir, &device)? {
+        super::FloatModel::Seed(cnn) => (Arch::seed(), SeqNet::from_seed(&cnn, &device)?),
+        super::FloatModel::Seq(net) => (Arch::of_model(float_dir)?, net),
+    };
+    ensure!(arch.qat.is_none(), "{} already holds a quantization-aware model", float_dir.display());
+    let input = (train.rows, train.cols, 1);
+    ensure!(arch.input_shape().is_none_or(|i| i == input), "{} was trained on {:?} inputs; the data set has {input:?}", float_dir.display(), arch.input_shape());
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    eprintln!("fine-tuning {} with quantization-aware training: {bits}-bit weights, int8 activations, {} epochs", float_dir.display(), config.epochs);
+    train_net(train, test, config, (net.with_qat(bits, None), &arch), out, false, &device)
+}
+
 fn train_net<N: Net>(train: &Split, test: &Split, config: TrainConfig, (model, arch): (N, &Arch), out: &Path, resume: bool, device: &Device) -> Result<TrainState> {
+    let mut arch = arch.clone();
     let mut model = model;
     let mut optim: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-7).init();
     let mut state = TrainState { config: config.clone(), backend: format!("{device:?}"), epochs: Vec::new() };
@@ -190,6 +218,7 @@ fn train_net<N: Net>(train: &Split, test: &Split, config: TrainConfig, (model, a
         let plain_every = (order.len() / config.batch_size / 10).max(1);
         let steps_per_epoch = order.len().div_ceil(config.batch_size);
         let mut shifts = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed ^ 0x5348_4946_54 ^ epoch as u64);
+        model.track_ranges(true);
         for (step, chunk) in order.chunks(config.batch_size).enumerate() {
             let (x, y) = if config.shift > 0 { shifted_batch(train, chunk, config.shift, &mut shifts, device) } else { batch(train, chunk, device) };
             let logits = model.logits(x);
@@ -210,6 +239,10 @@ fn train_net<N: Net>(train: &Split, test: &Split, config: TrainConfig, (model, a
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
         let (test_loss, test_accuracy) = evaluate(&model, test, device);
+        if let Some(qat) = model.qat() {
+            arch.qat = Some(qat);
+            arch.save(out)?;
+        }
         let metrics = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,
@@ -231,6 +264,7 @@ fn train_net<N: Net>(train: &Split, test: &Split, config: TrainConfig, (model, a
 
 /// Mean cross-entropy and accuracy on `split` (no gradients kept).
 fn evaluate<N: Net>(model: &N, split: &Split, device: &Device) -> (f64, f64) {
+    model.track_ranges(false);
     if split.is_empty() {
         return (f64::NAN, f64::NAN);
     }
