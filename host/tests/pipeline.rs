@@ -86,6 +86,36 @@ fn quantization_aware_training_predicts_the_integer_accuracy() {
     assert!((int8 - qat_eval).abs() <= 0.0005, "integer {int8} vs quantization-aware evaluation {qat_eval}");
 }
 
+/// The same commands on another IDX data set, unchanged: Fashion-MNIST (Debian's
+/// `dataset-fashion-mnist`, which `.ci/run` installs): train a small network with `--arch`,
+/// quantize it to int4 and int8, evaluate both against the float model. Skipped, saying so,
+/// where the package is absent (CI fails instead).
+#[test]
+fn the_same_commands_work_on_fashion_mnist() {
+    let data = std::path::Path::new("/usr/share/datasets/fashion-mnist");
+    if !data.is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "CI must have Fashion-MNIST ({} is missing)", data.display());
+        eprintln!("skipped: {} is absent (apt-get install dataset-fashion-mnist)", data.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("arch.json");
+    std::fs::write(&spec, r#"{ "layers": [ {"type": "conv", "channels": 8, "kernel": 3, "activation": "relu"}, {"type": "max_pool", "size": 2},
+        {"type": "depthwise", "kernel": 3, "padding": "same", "activation": "relu"}, {"type": "global_avg_pool"}, {"type": "dense", "units": 10} ] }"#).unwrap();
+    let out = dir.path().join("fashion");
+    let d = data.to_str().unwrap();
+    ok(lepton(&["train", "--data", d, "--arch", s(&spec), "--epochs", "1", "--train-images", "6000", "--out", s(&out)]));
+    for weights in ["compact", "int4"] {
+        let lpk = dir.path().join(format!("{weights}.lpk"));
+        ok(lepton(&["quantize", "--data", d, "--float", s(&out), "--out", s(&lpk), "--weights", weights]));
+        let r: serde_json::Value = serde_json::from_str(&ok(lepton(&["eval", "--data", d, "--model", s(&lpk), "--float", s(&out), "--json", "--optimized"]))).unwrap();
+        assert_eq!(r["images"], 10_000);
+        let (float, int) = (r["float_accuracy"].as_f64().unwrap(), r["int8_accuracy"].as_f64().unwrap());
+        // One epoch of a small network on clothing images: well above chance, and the integer model follows the float one.
+        assert!(float > 0.3 && int > float - 0.1, "{weights}: {r}");
+    }
+}
+
 /// The committed tiny model (the smallest point of the frontier with at least 99.0%): its
 /// accuracy on all 10,000 test images, its file within 16 KiB, its architecture read back.
 #[test]

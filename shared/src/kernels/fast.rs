@@ -10,6 +10,10 @@
 //!   drop are never computed, and the conv tensor is never stored.
 //! - A convolution with one input channel (MNIST's first layer) gets its own path: its weights
 //!   are widened into scratch once per call.
+//! - Weights in [`WeightLayout::Oc4Int4`] (two a byte) are widened like int8 quads, a group at a
+//!   time, to 16 times their value; the exact sums are divided by 16.
+//! - Requantization with SMMULR where it is provably TFLM's (see [`Fast`]), TFLM's general
+//!   arithmetic elsewhere.
 //!
 //! Each `*_supported` function says when a kernel applies; the engine falls back to the
 //! reference kernels otherwise.
@@ -646,8 +650,8 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patc
     }
 }
 
-/// `n` bytes of `v` into `raw` at `*at`, which moves past them (out of line: code size).
-#[inline(never)]
+/// `n` bytes of `v` into `raw` at `*at`, which moves past them.
+#[inline(always)]
 fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
     for b in raw.iter_mut().skip(*at).take(n) {
         *b = v;
@@ -655,8 +659,8 @@ fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
     *at += n;
 }
 
-/// `src` into `raw` at `*at`, which moves past it (out of line: code size).
-#[inline(never)]
+/// `src` into `raw` at `*at`, which moves past it.
+#[inline(always)]
 fn copy_bytes(raw: &mut [u8], at: &mut usize, src: &[i8]) {
     for (b, &v) in raw.iter_mut().skip(*at).zip(src) {
         *b = v as u8;
