@@ -281,15 +281,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(path) => lepton::train::arch::Arch::load(path)?,
                 None => lepton::train::arch::Arch::seed(),
             };
-            let dir = data::ensure(data.as_deref())?;
-            let mut train = data::load(&dir, Part::Train)?;
-            let mut test = data::load(&dir, Part::Test)?;
-            if let Some(n) = train_images {
-                train = train.truncated(n);
-            }
-            if let Some(n) = test_images {
-                test = test.truncated(n);
-            }
+            let (train, test) = training_splits(data.as_deref(), train_images, test_images)?;
             if batch_size == 0 {
                 bail!("--batch-size must be at least 1");
             }
@@ -305,15 +297,7 @@ fn run(cli: Cli) -> Result<()> {
             if !qat {
                 bail!("lepton finetune fine-tunes with quantization-aware training: pass --qat");
             }
-            let dir = data::ensure(data.as_deref())?;
-            let mut train = data::load(&dir, Part::Train)?;
-            let mut test = data::load(&dir, Part::Test)?;
-            if let Some(n) = train_images {
-                train = train.truncated(n);
-            }
-            if let Some(n) = test_images {
-                test = test.truncated(n);
-            }
+            let (train, test) = training_splits(data.as_deref(), train_images, test_images)?;
             let config = lepton::train::trainer::TrainConfig { epochs, seed, batch_size, learning_rate, train_images: train.len(), schedule, shift, qat: Some(qat_bits) };
             let device = lepton::train::device()?;
             let state = lepton::train::trainer::finetune(&train, &test, config, &float_dir, &out, &device)?;
@@ -371,6 +355,20 @@ fn run(cli: Cli) -> Result<()> {
             evaluate(&model, float_model.as_deref(), data.as_deref(), json, logits.as_deref(), images, optimized)
         }
     }
+}
+
+/// The training and test splits of the data set in `data` (or the default cache), each limited
+/// to its first images where asked.
+fn training_splits(data: Option<&Path>, train_images: Option<usize>, test_images: Option<usize>) -> Result<(data::Split, data::Split)> {
+    let dir = data::ensure(data)?;
+    let (mut train, mut test) = (data::load(&dir, Part::Train)?, data::load(&dir, Part::Test)?);
+    if let Some(n) = train_images {
+        train = train.truncated(n);
+    }
+    if let Some(n) = test_images {
+        test = test.truncated(n);
+    }
+    Ok((train, test))
 }
 
 fn import(model: &Path, out: &Path, weights: lepton::lpk::Packing, calibration: &lepton::import::Calibration) -> Result<()> {
