@@ -45,11 +45,17 @@ pub struct QatState {
 /// How much of each new batch's range moves the tracked one.
 const RANGE_MOMENTUM: f32 = 0.99;
 
+/// Round half away from zero, as the engine's requantization and `lepton quantize` round
+/// (burn's `round` takes ties to even).
+fn round_away<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone().abs().add_scalar(0.5).floor() * x.sign()
+}
+
 /// `x` quantized to int8 with TFLite's parameters for `(min, max)` and back, gradients straight through.
 fn fake_quant<const D: usize>(x: Tensor<D>, (min, max): (f32, f32)) -> Tensor<D> {
     let q = crate::quantize::ptq::activation_qparams(min, max);
     let zp = q.zero_point as f32;
-    let y = x.clone().div_scalar(q.scale).round().add_scalar(zp).clamp(-128.0, 127.0).sub_scalar(zp).mul_scalar(q.scale);
+    let y = round_away(x.clone().div_scalar(q.scale)).add_scalar(zp).clamp(-128.0, 127.0).sub_scalar(zp).mul_scalar(q.scale);
     x.clone() + (y - x).detach()
 }
 
@@ -64,7 +70,7 @@ fn fake_quant_weights<const D: usize>(w: Tensor<D>, bits: u32, out_dim: usize) -
     let flat: Tensor<2> = if out_dim == 0 { w.clone().reshape([outputs, per]) } else { w.clone().reshape([per, outputs]).transpose() };
     let max = flat.clone().abs().max_dim(1).detach();
     let scale = max.clone().div_scalar(max_q) + max.equal_elem(0.0).float(); // 1 where a channel is all zero
-    let q = (flat.clone() / scale.clone()).round().clamp(-max_q, max_q) * scale;
+    let q = round_away(flat.clone() / scale.clone()).clamp(-max_q, max_q) * scale;
     let q: Tensor<D> = if out_dim == 0 { q.reshape(dims) } else { q.transpose().reshape(dims) };
     w.clone() + (q - w).detach()
 }
