@@ -374,6 +374,7 @@ enum Fast {
     Any,
 }
 
+#[inline(never)]
 fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
     // The common case first, in one cheap pass per section (this runs at every kernel call).
     let max_bias = bias.iter().map(i32::unsigned_abs).max().unwrap_or(0);
@@ -405,6 +406,7 @@ fn requant_smmulr(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8
 /// [`requant_n`]'s halving form `((x' >> (r - 1)) + 2 zp + 1) >> 1` (`x' = x - [x < 0]`); with no
 /// right shift TFLM adds the zero point to `x`, which is `(2x + 2 zp + 1) >> 1`.
 #[inline(always)]
+#[cfg_attr(all(target_arch = "arm", feature = "dsp"), allow(dead_code))] // the M4 runs its asm form (requant_body)
 fn requant_smmulr_any(acc: i32, m: i32, shift: i32, zp: i32, lo: i32, hi: i32) -> i8 {
     let v = acc << shift.bounded(0, 30);
     let x = ((v as i64 * m as i64 + (1 << 30)) >> 31) as i32;
@@ -424,17 +426,11 @@ impl<'r> Requantizer<'r> {
         Requantizer { requant, bias, fast: fast_requant(requant, bias, taps) }
     }
 
-    /// One channel (the paths that are not per group): out of line, for code size.
+    /// One channel, TFLM's general arithmetic (the fast forms run a group or more at a time;
+    /// this serves layers without one and sections the fast forms could not slice).
     #[inline(never)]
     fn apply(&self, acc: i32, c: usize) -> i8 {
-        let r = self.requant;
-        let acc = acc.wrapping_add(self.bias.get(c));
-        let (m, s, zp, lo, hi) = (r.multipliers.get(c), r.shifts.get(c), r.output_zp, r.act_min as i32, r.act_max as i32);
-        match self.fast {
-            Some(Fast::Right) => requant_smmulr(acc, m, s, zp, lo, hi),
-            Some(Fast::Any) => requant_smmulr_any(acc, m, s, zp, lo, hi),
-            None => r.apply(acc, c),
-        }
+        self.requant.apply(acc.wrapping_add(self.bias.get(c)), c)
     }
 
     /// Channels `first..first + out.len()` from their accumulators.
@@ -1258,6 +1254,9 @@ pub fn conv2d_c1_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], outpu
     }
     let (sy, sx) = (conv.stride_h as usize, conv.stride_w as usize);
     let zp = conv.input_zp;
+    // The SMMULR form where it is exact (one clamp to both the conv's and the pool's range:
+    // clamping twice to two ranges is clamping once to their intersection).
+    let right = fast_requant(&conv.requant, conv.bias, taps) == Some(Fast::Right) && conv.requant.act_min.max(pool.act_min) <= conv.requant.act_max.min(pool.act_max);
     for py in 0..ph {
         // The patches of every conv pixel under every pooling window of this row.
         for (n, patch) in patches.chunks_exact_mut(pairs).enumerate() {
@@ -1287,9 +1286,13 @@ pub fn conv2d_c1_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], outpu
             let (bias, multiplier, shift) = (conv.bias.get(c), conv.requant.multipliers.get(c), conv.requant.shifts.get(c));
             let r = &conv.requant;
             let row = output.get_mut(py * pw * oc + c..).unwrap_or(&mut []);
+            let (lo, hi) = (r.act_min.max(pool.act_min) as i32, r.act_max.min(pool.act_max) as i32);
             for (o, &m) in row.iter_mut().step_by(oc.max(1)).zip(maxes.iter()) {
-                let v = crate::fixedpoint::requantize(m as i32 + bias, multiplier, shift, r.output_zp, r.act_min, r.act_max);
-                *o = v.bounded(pool.act_min, pool.act_max);
+                *o = if right {
+                    requant_smmulr(m as i32 + bias, multiplier, shift, r.output_zp, lo, hi)
+                } else {
+                    r.apply(m as i32 + bias, c).bounded(pool.act_min, pool.act_max)
+                };
             }
         }
     }
