@@ -101,18 +101,18 @@ fn the_same_commands_work_on_fashion_mnist() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("arch.json");
     std::fs::write(&spec, r#"{ "layers": [ {"type": "conv", "channels": 8, "kernel": 3, "activation": "relu"}, {"type": "max_pool", "size": 2},
-        {"type": "depthwise", "kernel": 3, "padding": "same", "activation": "relu"}, {"type": "global_avg_pool"}, {"type": "dense", "units": 10} ] }"#).unwrap();
+        {"type": "conv", "channels": 16, "kernel": 3, "activation": "relu"}, {"type": "max_pool", "size": 2}, {"type": "flatten"}, {"type": "dense", "units": 10} ] }"#).unwrap();
     let out = dir.path().join("fashion");
     let d = data.to_str().unwrap();
-    ok(lepton(&["train", "--data", d, "--arch", s(&spec), "--epochs", "1", "--train-images", "6000", "--out", s(&out)]));
+    ok(lepton(&["train", "--data", d, "--arch", s(&spec), "--epochs", "1", "--train-images", "10000", "--out", s(&out)]));
     for weights in ["compact", "int4"] {
         let lpk = dir.path().join(format!("{weights}.lpk"));
         ok(lepton(&["quantize", "--data", d, "--float", s(&out), "--out", s(&lpk), "--weights", weights]));
         let r: serde_json::Value = serde_json::from_str(&ok(lepton(&["eval", "--data", d, "--model", s(&lpk), "--float", s(&out), "--json", "--optimized"]))).unwrap();
         assert_eq!(r["images"], 10_000);
         let (float, int) = (r["float_accuracy"].as_f64().unwrap(), r["int8_accuracy"].as_f64().unwrap());
-        // One epoch of a small network on clothing images: well above chance, and the integer model follows the float one.
-        assert!(float > 0.3 && int > float - 0.1, "{weights}: {r}");
+        // One epoch of a small network on clothing images: well above chance (10%), and the integer model follows the float one.
+        assert!(float > 0.5 && int > float - 0.1, "{weights}: {r}");
     }
 }
 

@@ -18,7 +18,7 @@ pub fn load(dir: &std::path::Path, device: &Device) -> Result<FloatModel> {
         anyhow::bail!("{} not found: is {} a float model directory made by `lepton train`?", path.display(), dir.display());
     }
     let arch = Arch::of_model(dir)?;
-    let loading = || format!("loading {} (corrupt, or not made with the architecture in {}?)", path.display(), dir.join(super::arch::ARCH_FILE).display());
+    let loading = || format!("loading {} (corrupt or not a Lepton float model? it must have been made with the architecture in {})", path.display(), dir.join(super::arch::ARCH_FILE).display());
     if arch.is_seed() {
         let model = Cnn::new(device).try_load_file(&path).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(loading)?;
         return Ok(FloatModel::Seed(model));
