@@ -35,6 +35,13 @@ impl WeightBits {
     }
 }
 
+/// Whether a convolution's weights are stored in the int4 layout by `--weights int4` (and so
+/// quantized to 4 bits): all but the one-channel kernels of at most 9 taps that are not whole
+/// quads, which the `.lpk` writer keeps canonical int8 for the one-channel kernel.
+pub fn int4_stored(in_c: usize, kernel_taps: usize) -> bool {
+    !(in_c == 1 && kernel_taps <= 9 && !kernel_taps.is_multiple_of(4))
+}
+
 /// Symmetric per-channel int8 weights: `scale_c = max|w_c| / 127`.
 fn quantize_channels(weights: &[f32], channels: usize, bias: &[f32], input_scale: f32) -> Weights {
     quantize_channels_to(weights, channels, bias, input_scale, WeightBits::Eight)
@@ -117,9 +124,9 @@ pub fn quantize_net(net: &FloatNet, ranges: &[(f32, f32)]) -> Result<QModel> {
     quantize_net_with(net, ranges, WeightBits::Eight)
 }
 
-/// [`quantize_net`] with `bits` for the weights of convolutions over more than one input
-/// channel and of fully connected layers (the layers stored in the int4 layout); depthwise and
-/// one-channel convolutions keep int8.
+/// [`quantize_net`] with `bits` for the weights of the convolutions and fully connected layers
+/// stored in the int4 layout ([`int4_stored`]); depthwise and small one-channel convolutions keep
+/// int8.
 pub fn quantize_net_with(net: &FloatNet, ranges: &[(f32, f32)], bits: WeightBits) -> Result<QModel> {
     ensure!(ranges.len() == net.layers.len() + 1, "{} calibration ranges for {} tensors", ranges.len(), net.layers.len() + 1);
     let shapes = net.shapes()?;
@@ -131,7 +138,7 @@ pub fn quantize_net_with(net: &FloatNet, ranges: &[(f32, f32)], bits: WeightBits
         let (op, out_q) = match &layer.op {
             FloatOp::Conv { weights_oihw, bias, in_c, out_c, groups, kernel, stride, padding, act } if *groups == 1 => {
                 let w = oihw_to_ohwi(weights_oihw, *out_c, *in_c, kernel.0, kernel.1);
-                let bits = if *in_c > 1 { bits } else { WeightBits::Eight };
+                let bits = if int4_stored(*in_c, kernel.0 * kernel.1) { bits } else { WeightBits::Eight };
                 let op = QOp::Conv2d { window: window(*kernel, *stride, *padding)?, weights: quantize_channels_to(&w, *out_c, bias, q.scale, bits), activation: activation(*act) };
                 (op, activation_qparams(range.0, range.1))
             }

@@ -243,10 +243,10 @@ impl SeqNet {
         let (mut convs, mut dense) = (self.convs.iter(), self.dense.iter());
         for (i, r) in self.layers.iter().enumerate() {
             let (next, range) = match r.layer {
-                Layer::Conv { act, groups, .. } => {
+                Layer::Conv { act, groups, kernel, .. } => {
                     let mut conv = convs.next().expect("one module per conv layer").clone();
-                    // Depthwise and one-channel kernels stay int8 (as `lepton quantize` keeps them).
-                    let b = if groups == 1 && r.input.2 > 1 { bits } else { 8 };
+                    // Depthwise and small one-channel kernels stay int8 (as `lepton quantize` keeps them).
+                    let b = if groups == 1 && crate::quantize::ptq::int4_stored(r.input.2, kernel * kernel) { bits } else { 8 };
                     conv.weight = burn::module::Param::initialized(burn::module::ParamId::new(), fake_quant_weights(conv.weight.val(), b, 0));
                     quantize(i, Flow::Nchw(activate(conv.forward(x.nchw()), act)))
                 }
@@ -257,6 +257,10 @@ impl SeqNet {
                 }
                 Layer::GlobalAvgPool => quantize(i, Flow::Nchw(x.nchw().mean_dim(3).mean_dim(2))),
                 Layer::Pool { max: true, size, stride } => (Flow::Nchw(MaxPool2dConfig::new([size, size]).with_strides([stride, stride]).init().forward(x.nchw())), current),
+                // An average pool over the whole map is MEAN in the integer model, with its own range.
+                Layer::Pool { max: false, size, .. } if r.output.0 == 1 && r.output.1 == 1 && (r.input.0, r.input.1) == (size, size) => {
+                    quantize(i, Flow::Nchw(x.nchw().mean_dim(3).mean_dim(2)))
+                }
                 Layer::Pool { max: false, size, stride } => {
                     let y = AvgPool2dConfig::new([size, size]).with_strides([stride, stride]).init().forward(x.nchw());
                     (Flow::Nchw(current.map_or(y.clone(), |r| fake_quant(y, r))), current)

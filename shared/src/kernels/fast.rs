@@ -383,7 +383,7 @@ fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
     }
     let any = r.shifts.iter().zip(bias.iter()).zip(r.multipliers.iter()).all(|((s, b), m)| {
         let limit = if s < 0 { (1i64 << 31) - 512 } else { (1i64 << 30) - 256 };
-        (-31..=30).contains(&s) && (m == 0 || accumulator_bound(b as i64, taps) << s.max(0) < limit)
+        (-31..=30).contains(&s) && (m == 0 || accumulator_bound(b as i64, taps) < limit >> s.max(0))
     });
     any.then_some(Fast::Any)
 }
