@@ -11,6 +11,11 @@ pub fn batch(split: &Split, indices: &[usize], device: &Device) -> (Tensor<4>, T
     for &i in indices {
         pixels.extend(split.image(i).iter().map(|&p| p as f32 / 255.0));
     }
+    tensors(split, indices, pixels, device)
+}
+
+/// `pixels` (`indices.len()` images of `split`'s size) and the images' labels as tensors.
+fn tensors(split: &Split, indices: &[usize], pixels: Vec<f32>, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
     let images = Tensor::from_data(TensorData::new(pixels, [indices.len(), 1, split.rows, split.cols]), device);
     let labels = Tensor::from_data(TensorData::new(labels, [indices.len()]), device);
@@ -35,8 +40,5 @@ pub fn shifted_batch(split: &Split, indices: &[usize], max: usize, rng: &mut imp
             }
         }
     }
-    let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
-    let images = Tensor::from_data(TensorData::new(pixels, [indices.len(), 1, rows, cols]), device);
-    let labels = Tensor::from_data(TensorData::new(labels, [indices.len()]), device);
-    (images, labels)
+    tensors(split, indices, pixels, device)
 }

@@ -59,6 +59,21 @@ fn fake_quant<const D: usize>(x: Tensor<D>, (min, max): (f32, f32)) -> Tensor<D>
     x.clone() + (y - x).detach()
 }
 
+/// `y` fake-quantized with the range in `slot`, which first takes in `y`'s own min and max
+/// (a moving average) when `tracking`; with the range it used (none before any was tracked).
+fn track_and_quantize<const D: usize>(y: Tensor<D>, slot: &mut Option<(f32, f32)>, tracking: bool) -> (Tensor<D>, Option<(f32, f32)>) {
+    if tracking {
+        let d = y.clone().detach();
+        let (lo, hi) = (d.clone().min().into_scalar::<f32>(), d.max().into_scalar::<f32>());
+        *slot = Some(match *slot {
+            Some((a, b)) => (RANGE_MOMENTUM * a + (1.0 - RANGE_MOMENTUM) * lo, RANGE_MOMENTUM * b + (1.0 - RANGE_MOMENTUM) * hi),
+            None => (lo, hi),
+        });
+    }
+    let r = *slot;
+    (r.map_or(y.clone(), |r| fake_quant(y, r)), r)
+}
+
 /// Weights `[out, ...]` (channel `dim` = 0) or `[in, out]` (`dim` = 1) quantized per output
 /// channel, symmetric, to `bits`, and back, gradients straight through.
 fn fake_quant_weights<const D: usize>(w: Tensor<D>, bits: u32, out_dim: usize) -> Tensor<D> {
@@ -207,32 +222,15 @@ impl SeqNet {
         let tracking = qat.tracking.load(std::sync::atomic::Ordering::Relaxed);
         let Ok(mut ranges) = qat.ranges.lock() else { return self.run(x, false) };
         let mut quantize = |i: usize, y: Flow| -> (Flow, Option<(f32, f32)>) {
-            let t = match y {
-                Flow::Flat(t) => Flow::Flat(t),
-                other => Flow::Nchw(other.nchw()),
-            };
-            let stats = |lo: f32, hi: f32, slot: &mut Option<(f32, f32)>| {
-                *slot = Some(match *slot {
-                    Some((a, b)) => (RANGE_MOMENTUM * a + (1.0 - RANGE_MOMENTUM) * lo, RANGE_MOMENTUM * b + (1.0 - RANGE_MOMENTUM) * hi),
-                    None => (lo, hi),
-                });
-            };
-            match t {
-                Flow::Flat(y) => {
-                    if tracking {
-                        let d = y.clone().detach();
-                        stats(d.clone().min().into_scalar::<f32>(), d.max().into_scalar::<f32>(), &mut ranges[i]);
-                    }
-                    let r = ranges[i];
-                    (Flow::Flat(r.map_or(y.clone(), |r| fake_quant(y, r))), r)
+            let slot = &mut ranges[i];
+            match y {
+                Flow::Flat(t) => {
+                    let (t, r) = track_and_quantize(t, slot, tracking);
+                    (Flow::Flat(t), r)
                 }
-                Flow::Nchw(y) | Flow::Nhwc(y) => {
-                    if tracking {
-                        let d = y.clone().detach();
-                        stats(d.clone().min().into_scalar::<f32>(), d.max().into_scalar::<f32>(), &mut ranges[i]);
-                    }
-                    let r = ranges[i];
-                    (Flow::Nchw(r.map_or(y.clone(), |r| fake_quant(y, r))), r)
+                other => {
+                    let (t, r) = track_and_quantize(other.nchw(), slot, tracking);
+                    (Flow::Nchw(t), r)
                 }
             }
         };

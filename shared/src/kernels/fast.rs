@@ -118,14 +118,6 @@ fn int4_sums(layout: WeightLayout, acc: [i32; 4]) -> [i32; 4] {
     }
 }
 
-/// Words of one group of four channels' weights of `stored` taps, as stored.
-fn group_words_stored(layout: WeightLayout, stored: usize) -> usize {
-    if layout == WeightLayout::Oc4Int4 {
-        stored / 2
-    } else {
-        stored
-    }
-}
 
 /// [`widen_group`]'s bulk, two words per LDRD and two STRD per word pair: 4 instructions a word
 /// where the compiled loop takes 7. Returns the words done (a multiple of 4).
@@ -839,7 +831,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
             let q = io.pixel(first + i, pixels);
             pixel_patch(p, pointwise, io.input(), q, zp_pair, patch);
         }
-        for (g, group) in weights.chunks_exact(group_words_stored(p.layout, stored).max(1)).enumerate() {
+        for (g, group) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
             widen_any(p.layout, group, b.wide);
             for (i, patch) in b.patches.chunks_exact(wpp).take(count).enumerate() {
                 let q = io.pixel(first + i, pixels);
@@ -910,7 +902,7 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
             let (py, px) = (o / pw.max(1), o % pw.max(1));
             conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
         }
-        for (g, stored_group) in weights.chunks_exact(group_words_stored(conv.layout, taps).max(1)).enumerate() {
+        for (g, stored_group) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
             widen_any(conv.layout, stored_group, b.wide);
             for (i, group) in b.patches.chunks_exact((window * wpp).max(1)).take(count).enumerate() {
                 let mut max = [i32::MIN; 4];
