@@ -10,10 +10,10 @@
 
 use core::ops::Range;
 
-use crate::format::{Layer, Model, MAX_OPS, MAX_TENSORS, NO_TENSOR};
+use crate::format::{Layer, Model, Op, MAX_OPS, MAX_TENSORS, NO_TENSOR};
 use crate::kernels::fast;
 use crate::kernels::{self, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
-use crate::types::{as_i8, as_i8_mut, expect_len};
+use crate::types::{as_i8, as_i8_mut, expect_len, Padding, Shape};
 use crate::Error;
 
 /// One step of the plan as hooks see it: its position in the plan and the ops it runs.
@@ -94,6 +94,11 @@ enum Kernel<'a> {
     Add(Add),
     Conv1ChannelMaxPool(Conv2d<'a>, Pool),
     FullyConnected(FullyConnected<'a>),
+    /// A residual block: conv A, conv B on A's output, ADD of B's output and A's input X
+    /// (`x_first`: X is the ADD's first input), row by row over X. Conv B and the ADD are kept
+    /// as the kernels of plan slots `aux` and `aux + 1`, two of the slots the fusion left
+    /// unused (counted from the end), which keeps every step of the plan small.
+    Residual { a: Conv2d<'a>, aux: u8, x_first: bool },
     /// A reinterpretation of the buffer: nothing runs.
     View,
 }
@@ -196,6 +201,9 @@ pub struct Engine<'m, 'p> {
     step_count: usize,
     arena_bytes: usize,
     optimized: bool,
+    /// The logits and output tensors, found once (the search reads op records).
+    logits: u16,
+    output: u16,
 }
 
 impl<'m, 'p> Engine<'m, 'p> {
@@ -215,7 +223,8 @@ impl<'m, 'p> Engine<'m, 'p> {
         plan_lifetimes(&model, step_count, plan);
         plan_in_place(&model, step_count, plan);
         let arena_bytes = place_buffers(&model, step_count, plan);
-        Ok(Engine { model, plan, step_count, arena_bytes, optimized })
+        let (logits, output) = (model.logits_tensor() as u16, model.output_tensor() as u16);
+        Ok(Engine { model, plan, step_count, arena_bytes, optimized, logits, output })
     }
 
     /// Whether this engine uses the optimized kernels.
@@ -308,19 +317,18 @@ impl<'m, 'p> Engine<'m, 'p> {
             hook.before_step(span);
             let output = self.tensor_range(step.output as usize).ok_or(Error::ArenaTooSmall { needed: self.arena_bytes, available: arena.len() })?;
             if let (Some((_, reverse)), Some(input)) = (step.in_place, self.input_of(step, 0)) {
-                run_in_place_kernel(&step.kernel, arena, input, output.clone(), step.scratch.range(), reverse)?;
+                run_in_place_kernel(self.plan, &step.kernel, arena, input, output.clone(), step.scratch.range(), reverse)?;
             } else if !matches!(step.kernel, Kernel::View) {
                 let ins = [self.input_of(step, 0), self.input_of(step, 1)];
                 let (out, scratch, inputs) = regions(arena, output.clone(), step.scratch.range(), ins)?;
-                run_kernel(&step.kernel, inputs, as_i8_mut(out), scratch)?;
+                run_kernel(self.plan, &step.kernel, inputs, as_i8_mut(out), scratch)?;
             }
             hook.after_step(span, arena.get(output).map_or(&[], as_i8));
         }
         let arena: &'a [u8] = arena;
         let slice = |t: usize| self.tensor_range(t).and_then(|r| arena.get(r)).map(as_i8);
-        let logits = slice(self.model.logits_tensor()).unwrap_or(&[]);
-        let output = self.model.output_tensor();
-        Ok(Inference { logits, probabilities: (output != self.model.logits_tensor()).then(|| slice(output)).flatten() })
+        let (logits, output) = (self.logits as usize, self.output as usize);
+        Ok(Inference { logits: slice(logits).unwrap_or(&[]), probabilities: (output != logits).then(|| slice(output)).flatten() })
     }
 
     fn check_arena(&self, arena: &[u8]) -> Result<(), Error> {
@@ -348,22 +356,39 @@ fn tix(t: impl Into<usize>) -> usize {
 }
 
 /// Decide the steps: fusions and kernels. Returns the step count.
+#[inline(never)]
 fn plan_steps<'m>(model: &Model<'m>, optimized: bool, plan: &mut Plan<'m>) -> Result<usize, Error> {
-    let (mut i, mut count) = (0, 0);
+    let (mut i, mut count, mut aux) = (0, 0, MAX_OPS);
+    let too_small = Error::PlanTooSmall { needed: model.op_count(), available: MAX_OPS };
     while i < model.op_count() {
-        let step = step_at(model, i, optimized)?;
+        let (mut step, parts) = step_at(model, i, optimized)?;
+        // Slots for a residual block's conv B and ADD, from the end: a block is one step for
+        // three ops, so steps and these slots together never outnumber the ops.
+        if let (Kernel::Residual { aux: at, .. }, Some((b, add))) = (&mut step.kernel, parts) {
+            aux = aux.checked_sub(2).filter(|&a| a > count).ok_or(too_small)?;
+            *at = aux as u8;
+            plan.steps[aux % MAX_OPS].kernel = Kernel::Conv(b);
+            plan.steps[(aux + 1) % MAX_OPS].kernel = Kernel::Add(add);
+        }
         // At most one step per op: the plan storage always has room for a parsed model.
-        *plan.steps.get_mut(count).ok_or(Error::PlanTooSmall { needed: model.op_count(), available: MAX_OPS })? = step;
+        *plan.steps.get_mut(count).filter(|_| count < aux).ok_or(too_small)? = step;
         count += 1;
         i = step.last as usize + 1;
     }
     Ok(count)
 }
 
-/// The step of the plan that starts at op `i`: which ops it fuses and which kernel runs them.
-fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>, Error> {
+/// The step of the plan that starts at op `i`: which ops it fuses and which kernel runs them;
+/// for a residual block, also its conv B and ADD.
+fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>, Option<(Conv2d<'m>, Add)>), Error> {
     let layer = model.op(i)?;
     let rec = model.op_record(i);
+    if let Some((a, b, add, x_first)) = optimized.then(|| residual_at(model, i)).flatten() {
+        let scratch = Buffer { len: fast::residual_block_s8_fast_scratch_bytes(&a, &b) as u32, ..Buffer::NONE };
+        let (op, output) = (i as u8, model.op_record(i + 2).output);
+        let kernel = Kernel::Residual { a, aux: 0, x_first };
+        return Ok((Step { first: op, last: op + 2, kernel, inputs: rec.inputs, output, scratch, in_place: None }, Some((b, add))));
+    }
     let next = if optimized && i + 1 < model.op_count() && fusable(model, i) { Some(model.op(i + 1)?) } else { None };
     let (last, kernel) = match (layer, next) {
         (Layer::Reshape { .. }, _) => (i, Kernel::View),
@@ -381,7 +406,25 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<Step<'m>,
     };
     let output = model.op_record(last).output;
     let scratch = Buffer { len: step_scratch_bytes(&kernel) as u32, ..Buffer::NONE };
-    Ok(Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch, in_place: None })
+    Ok((Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch, in_place: None }, None))
+}
+
+/// Ops `i..=i + 2` as one residual block (conv A on X, conv B on A's output only, ADD of B's
+/// output and X, and no other reader of X or of either conv's output), if the fused kernel
+/// runs it: conv A, conv B, the ADD and whether X is the ADD's first input.
+fn residual_at<'m>(model: &Model<'m>, i: usize) -> Option<(Conv2d<'m>, Conv2d<'m>, Add, bool)> {
+    // Op codes first: nothing is decoded (and no stack spent) for other ops.
+    let code = |k: usize| model.op_record(k).op;
+    if i + 2 >= model.op_count() || [code(i), code(i + 1), code(i + 2)] != [Op::Conv2d as u8, Op::Conv2d as u8, Op::Add as u8] || !fusable(model, i) {
+        return None;
+    }
+    let (Ok(Layer::Conv2d(a)), Ok(Layer::Conv2d(b)), Ok(Layer::Add(add))) = (model.op(i), model.op(i + 1), model.op(i + 2)) else { return None };
+    let (x, y) = (model.op_record(i).inputs[0], model.op_record(i + 1).output);
+    let sum = model.op_record(i + 2).inputs;
+    let x_first = sum == [x, y];
+    let y_once = model.consumers(y as usize).count() == 1 && ![model.logits_tensor(), model.output_tensor()].contains(&(y as usize));
+    let joined = (x_first || sum == [y, x]) && y_once && model.consumers(x as usize).count() == 2;
+    (joined && fast::residual_block_s8_fast_supported(&a, &b, &add)).then_some((a, b, add, x_first))
 }
 
 /// Whether op `i` may be fused into op `i + 1`: `i + 1` reads `i`'s output, and nothing else
@@ -397,6 +440,7 @@ fn fusable(model: &Model, i: usize) -> bool {
 }
 
 /// Every stored tensor's lifetime, on its root buffer.
+#[inline(never)]
 fn plan_lifetimes(model: &Model, step_count: usize, plan: &mut Plan) {
     for t in 0..model.tensor_count() {
         plan.root[t] = t as u16;
@@ -431,49 +475,49 @@ fn plan_lifetimes(model: &Model, step_count: usize, plan: &mut Plan) {
 /// [`fast::Io::Shared`]) running forward and running backward, if it can write in place at all.
 fn in_place_deltas(kernel: &Kernel) -> Option<[i64; 2]> {
     match kernel {
-        Kernel::Conv(c) if fast::conv2d_s8_fast_in_place_supported(c) => {
-            // Pixel p is read (into the patch) before it is written. Forward, writes must stay
-            // behind the reads: a larger output ends with the input, a smaller one starts with
-            // it. Backward, the mirror image.
-            let pixels = c.input.h as i64 * c.input.w as i64;
-            let (ic, oc) = (c.input.c as i64, c.output.c as i64);
-            let shift = pixels * (ic - oc);
-            Some(if oc >= ic { [shift, 0] } else { [0, shift] })
-        }
-        Kernel::Depthwise(d) => {
-            // Forward, output pixel q may take the bytes of input pixel `q + delta` if no later
-            // output pixel reads it: later windows start at or after the window of q + 1, so
-            // `delta <= first(q + 1) - 1 - q`. Backward, `delta >= last(q - 1) + 1 - q`.
-            let (ih, iw) = (d.input.h as usize, d.input.w as usize);
-            let (oh, ow) = (d.output.h as usize, d.output.w as usize);
-            let (kh, kw, sh, sw) = (d.kernel_h as usize, d.kernel_w as usize, d.stride_h as usize, d.stride_w as usize);
-            let top = d.padding.leading(ih, kh, sh, oh);
-            let left = d.padding.leading(iw, kw, sw, ow);
-            let (mut forward, mut backward) = (0i64, 0i64);
-            for q in 0..oh * ow {
-                let (oy, ox) = (q / ow.max(1), q % ow.max(1));
-                let (ky0, ky1, y0) = crate::kernels::window(oy, sh, top, kh, ih);
-                let (kx0, kx1, x0) = crate::kernels::window(ox, sw, left, kw, iw);
-                if ky0 == ky1 || kx0 == kx1 {
-                    continue;
-                }
-                let first = (y0 + ky0 as isize) as i64 * iw as i64 + (x0 + kx0 as isize) as i64;
-                let last = (y0 + ky1 as isize - 1) as i64 * iw as i64 + (x0 + kx1 as isize - 1) as i64;
-                if q > 0 {
-                    forward = forward.min(first - q as i64);
-                }
-                if q + 1 < oh * ow {
-                    backward = backward.max(last - q as i64);
-                }
-            }
-            let c = d.input.c as i64;
-            Some([forward * c, backward * c])
-        }
+        Kernel::Conv(c) => Some(window_deltas(c.input, c.output, [c.kernel_h, c.kernel_w, c.stride_h, c.stride_w], c.padding)),
+        Kernel::Depthwise(d) => Some(window_deltas(d.input, d.output, [d.kernel_h, d.kernel_w, d.stride_h, d.stride_w], d.padding)),
+        // Row r of the block's output is written after the last read of input row r.
+        Kernel::Residual { .. } => Some([0, 0]),
         _ => None,
     }
 }
 
+/// For a kernel that reads each output pixel's whole window before writing that pixel, in pixel
+/// order: how far (bytes) its output may start from its input, forward and backward. Forward,
+/// output pixel q's bytes must end at or before the first input byte a later pixel reads,
+/// the start of window q + 1: `delta <= first(q + 1) * ic - (q + 1) * oc`. Backward, pixel q's
+/// bytes must start after the last byte of window q - 1:
+/// `delta >= (last(q - 1) + 1) * ic - q * oc`.
+fn window_deltas(input: Shape, output: Shape, [kh, kw, sh, sw]: [u8; 4], padding: Padding) -> [i64; 2] {
+    let (ih, iw, ic) = (input.h as usize, input.w as usize, input.c as i64);
+    let (oh, ow, oc) = (output.h as usize, output.w as usize, output.c as i64);
+    let (kh, kw, sh, sw) = (kh as usize, kw as usize, sh as usize, sw as usize);
+    let top = padding.leading(ih, kh, sh, oh);
+    let left = padding.leading(iw, kw, sw, ow);
+    let (mut forward, mut backward) = (0i64, 0i64);
+    for q in 0..oh * ow {
+        let (oy, ox) = (q / ow.max(1), q % ow.max(1));
+        let (ky0, ky1, y0) = crate::kernels::window(oy, sh, top, kh, ih);
+        let (kx0, kx1, x0) = crate::kernels::window(ox, sw, left, kw, iw);
+        if ky0 == ky1 || kx0 == kx1 {
+            continue;
+        }
+        let first = (y0 + ky0 as isize) as i64 * iw as i64 + (x0 + kx0 as isize) as i64;
+        let last = (y0 + ky1 as isize - 1) as i64 * iw as i64 + (x0 + kx1 as isize - 1) as i64;
+        let q = q as i64;
+        if q > 0 {
+            forward = forward.min(first * ic - q * oc);
+        }
+        if q + 1 < (oh * ow) as i64 {
+            backward = backward.max((last + 1) * ic - (q + 1) * oc);
+        }
+    }
+    [forward, backward]
+}
+
 /// Steps that write over their input: the input's last reader, neither logits nor output.
+#[inline(never)]
 fn plan_in_place(model: &Model, step_count: usize, plan: &mut Plan) {
     for t in 0..model.tensor_count() {
         plan.group[t] = t as u16;
@@ -564,6 +608,7 @@ impl Buffers<'_, '_> {
     }
 }
 
+#[inline(never)]
 fn place_in_order(model: &Model, step_count: usize, plan: &mut Plan, by_time: bool) -> usize {
     let tensors = model.tensor_count();
     let mut order = [0u16; MAX_TENSORS + MAX_OPS];
@@ -656,7 +701,7 @@ fn step_scratch_bytes(kernel: &Kernel) -> usize {
         Kernel::FullyConnected(f) => fast::fully_connected_s8_fast_scratch_bytes(f),
         Kernel::Depthwise(d) => fast::depthwise_conv2d_s8_fast_scratch_bytes(d),
         Kernel::Add(a) => fast::add_s8_fast_scratch_bytes(a),
-        Kernel::View => 0,
+        Kernel::View | Kernel::Residual { .. } => 0,
     }
 }
 
@@ -693,7 +738,7 @@ fn pick<'a>(segments: &[(usize, &'a [u8]); 3], r: &Option<Range<usize>>, arena_l
 }
 
 /// Run an in-place step: its input and output in one span of the arena, its scratch apart.
-fn run_in_place_kernel(kernel: &Kernel, arena: &mut [u8], input: Range<usize>, output: Range<usize>, scratch: Range<usize>, reverse: bool) -> Result<(), Error> {
+fn run_in_place_kernel(plan: &Plan, kernel: &Kernel, arena: &mut [u8], input: Range<usize>, output: Range<usize>, scratch: Range<usize>, reverse: bool) -> Result<(), Error> {
     let span = input.start.min(output.start)..input.end.max(output.end);
     let (io, scratch, _) = regions(arena, span.clone(), scratch, [None, None])?;
     let shift = |r: &Range<usize>| r.start - span.start..r.end - span.start;
@@ -701,12 +746,23 @@ fn run_in_place_kernel(kernel: &Kernel, arena: &mut [u8], input: Range<usize>, o
     match kernel {
         Kernel::Conv(c) => fast::conv2d_s8_fast_io(c, &mut io, scratch),
         Kernel::Depthwise(d) => fast::depthwise_conv2d_s8_fast_io(d, &mut io, scratch),
+        Kernel::Residual { a, aux, x_first } => run_residual(plan, a, *aux, *x_first, &mut io, scratch),
         _ => Err(Error::BadParameter { layer: 0, what: "kernel cannot run in place" }),
     }
 }
 
+/// Run a residual block on `io` (X in, the ADD's output out), its conv B and ADD from plan
+/// slots `aux` and `aux + 1`.
+fn run_residual(plan: &Plan, a: &Conv2d, aux: u8, x_first: bool, io: &mut fast::Io, scratch: &mut [u8]) -> Result<(), Error> {
+    let part = |k: usize| plan.steps.get(aux as usize + k).map(|s| &s.kernel);
+    let (Some(Kernel::Conv(b)), Some(Kernel::Add(add))) = (part(0), part(1)) else {
+        return Err(Error::BadParameter { layer: 0, what: "residual block without its parts" });
+    };
+    fast::residual_block_s8_fast_io(a, b, add, x_first, io, scratch)
+}
+
 /// Run one step's kernel.
-fn run_kernel(kernel: &Kernel, inputs: [&[i8]; 2], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
+fn run_kernel(plan: &Plan, kernel: &Kernel, inputs: [&[i8]; 2], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     let [input, input2] = inputs;
     let layer = match kernel {
         Kernel::Reference(layer) => layer,
@@ -717,6 +773,7 @@ fn run_kernel(kernel: &Kernel, inputs: [&[i8]; 2], output: &mut [i8], scratch: &
         Kernel::FullyConnected(f) => return fast::fully_connected_s8_fast(f, input, output, scratch),
         Kernel::Depthwise(d) => return fast::depthwise_conv2d_s8_fast(d, input, output, scratch),
         Kernel::Add(a) => return fast::add_s8_fast(a, input, input2, output, scratch),
+        Kernel::Residual { a, aux, x_first } => return run_residual(plan, a, *aux, *x_first, &mut fast::Io::Apart { input, output }, scratch),
         Kernel::View => return Ok(()),
     };
     match layer {

@@ -424,8 +424,9 @@ proptest! {
     }
 
     /// Winograd F(2x2, 3x3) conv + 2x2 max-pool: the reference's outputs bit for bit, with the
-    /// canonical weights and with the Winograd ones read back by the reference kernel; any
-    /// channel counts (padding channels included), any size (odd ones drop a row and a column).
+    /// canonical weights and with the Winograd ones read back by the reference kernel; input
+    /// channels in whole quads (the fast kernel's), any output channels (padding channels
+    /// included), any size (odd ones drop a row and a column).
     #[test]
     fn winograd_conv_maxpool_matches_reference(
         c in (4usize..=11, 4usize..=11, 1usize..=9, 1usize..=9)
@@ -438,12 +439,16 @@ proptest! {
         let want = reference_conv_pool(&reference, Some(&pool), &c.input);
         let b = build(&c, WeightLayout::Winograd2x2);
         let p = conv_params(&c, &b, WeightLayout::Winograd2x2);
-        prop_assert!(conv2d_maxpool_s8_winograd_supported(&p, &pool));
+        // The fast kernel takes whole channel quads; the reference reads the weights of any.
+        prop_assert_eq!(reference_conv_pool(&p, Some(&pool), &c.input), want.clone());
+        prop_assert_eq!(conv2d_maxpool_s8_winograd_supported(&p, &pool), c.ci % 4 == 0);
+        if c.ci % 4 != 0 {
+            return Ok(());
+        }
         let mut out = vec![0i8; pool.output.len().unwrap()];
         let mut scratch = vec![0u8; conv2d_maxpool_s8_winograd_scratch_bytes(&p, &pool)];
         conv2d_maxpool_s8_winograd(&p, &pool, &c.input, &mut out, &mut scratch).unwrap();
         prop_assert_eq!(&out, &want);
-        prop_assert_eq!(reference_conv_pool(&p, Some(&pool), &c.input), want);
     }
 
     #[test]
@@ -663,17 +668,70 @@ proptest! {
     ) {
         // As TFLM's Prepare makes them: the larger-scale input at exactly one half (or neither).
         let (mut mults, mut shifts) = (mults, shifts);
-        match half { 0 => { mults.0 = 1 << 30; shifts.0 = 0 } 1 => { mults.1 = 1 << 30; shifts.1 = 0 } _ => {} }
+        match half { 0 => { mults.0 = 1 << 30; shifts.0 = 0 } 1 => { mults.1 = 1 << 30; shifts.1 = 0 } _ => { mults.0 = mults.0.min((1 << 30) - 1); mults.1 = mults.1.min((1 << 30) - 1) } }
         let p = Add {
             len: a.len(), input1_zp: zps.0, input2_zp: zps.1, output_zp: zps.2, left_shift,
             input1_multiplier: mults.0, input1_shift: shifts.0, input2_multiplier: mults.1, input2_shift: shifts.1,
             output_multiplier: mults.2, output_shift: shifts.2, act_min: act.0, act_max: act.1,
         };
-        prop_assert!(add_s8_fast_supported(&p));
+        // The fast kernel takes the ADDs with a half input whose output zero point folds into
+        // the nudge; the others run the reference kernel.
+        let folds = (-22..=-1).contains(&shifts.2) && left_shift >= 1;
+        prop_assert_eq!(add_s8_fast_supported(&p), half < 2 && folds);
+        if !add_s8_fast_supported(&p) {
+            return Ok(());
+        }
         let (mut got, mut want) = (vec![0i8; a.len()], vec![0i8; a.len()]);
         let mut scratch = vec![0u8; add_s8_fast_scratch_bytes(&p)];
         add_s8_fast(&p, &a, &b, &mut got, &mut scratch).unwrap();
         add_s8(&p, &a, &b, &mut want, &mut []).unwrap();
         prop_assert_eq!(got, want);
+    }
+}
+
+/// A residual block's two convs (SAME, stride 1, `c` channels in and out, kernels of 1 or 3
+/// rows such that the fused kernel takes them) and an ADD as TFLM's Prepare makes it.
+fn residual_case() -> impl Strategy<Value = (ConvCase, ConvCase, Add, bool)> {
+    (1usize..=7, 1usize..=7, prop_oneof![Just(4usize), Just(8)], prop_oneof![Just(1usize), Just(3)], prop_oneof![Just(1usize), Just(3)])
+        .prop_filter("B's window ends below A's", |&(_, _, _, ka, kb)| kb > (ka - 1) / 2 + (kb - 1) / 2)
+        .prop_flat_map(|(h, w, c, ka, kb)| {
+            let conv = |k| conv_values((h, w, c, c, (k, k), (1, 1), true), 0..=i32::MAX, -20..=0);
+            let add = ((-128i32..=127, -128i32..=127, -128i32..=127), (1i32 << 30)..=i32::MAX, -4i32..=0, (1i32 << 30)..=i32::MAX, -22i32..=-1, act_range(), any::<bool>());
+            (conv(ka), conv(kb), add, any::<bool>()).prop_map(move |(a, b, (zps, m, s, mo, so, act, half_first), x_first)| {
+                let (m1, s1, m2, s2) = if half_first { (1 << 30, 0, m, s) } else { (m, s, 1 << 30, 0) };
+                let add = Add {
+                    len: h * w * c, input1_zp: zps.0, input2_zp: zps.1, output_zp: zps.2, left_shift: 20,
+                    input1_multiplier: m1, input1_shift: s1, input2_multiplier: m2, input2_shift: s2,
+                    output_multiplier: mo, output_shift: so, act_min: act.0, act_max: act.1,
+                };
+                (a, b, add, x_first)
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The fused residual block (conv, conv, ADD over the block's input, row by row) against
+    /// the three reference kernels, with its output apart and written over its input.
+    #[test]
+    fn fused_residual_block_matches_reference((ca, cb, add, x_first) in residual_case(), layout in oc4_layout()) {
+        let (ba, bb) = (build(&ca, layout), build(&cb, layout));
+        let (a, b) = (conv_params(&ca, &ba, layout), conv_params(&cb, &bb, layout));
+        prop_assert!(residual_block_s8_fast_supported(&a, &b, &add));
+        let x = &ca.input;
+        let y = reference_conv_pool(&a, None, x);
+        let z = reference_conv_pool(&b, None, &y);
+        let mut want = vec![0i8; x.len()];
+        let (in1, in2) = if x_first { (x.as_slice(), z.as_slice()) } else { (z.as_slice(), x.as_slice()) };
+        add_s8(&add, in1, in2, &mut want, &mut []).unwrap();
+        let mut scratch = vec![0u8; residual_block_s8_fast_scratch_bytes(&a, &b)];
+        let mut apart = vec![0i8; x.len()];
+        residual_block_s8_fast_io(&a, &b, &add, x_first, &mut Io::Apart { input: x, output: &mut apart }, &mut scratch).unwrap();
+        prop_assert_eq!(&apart, &want);
+        let mut shared = x.clone();
+        let n = shared.len();
+        residual_block_s8_fast_io(&a, &b, &add, x_first, &mut Io::Shared { io: &mut shared, input: 0..n, output: 0..n, reverse: false }, &mut scratch).unwrap();
+        prop_assert_eq!(&shared, &want);
     }
 }

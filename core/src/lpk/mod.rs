@@ -205,7 +205,8 @@ impl QModel {
         let readers: Vec<&QNode> = self.nodes.iter().filter(|n| n.inputs.contains(&node.output)).collect();
         let pooled = matches!(readers.as_slice(), [n] if matches!(&n.op, QOp::MaxPool2d { window: p, .. }
             if (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.padding) == (2, 2, 2, 2, Padding::Valid)));
-        (w.kernel_h, w.kernel_w, w.stride_h, w.stride_w, w.padding) == (3, 3, 1, 1, Padding::Valid) && pooled && node.output != self.output
+        let quads = node.inputs.first().is_some_and(|&t| self.tensors[t].shape.c.is_multiple_of(4));
+        (w.kernel_h, w.kernel_w, w.stride_h, w.stride_w, w.padding) == (3, 3, 1, 1, Padding::Valid) && pooled && quads && node.output != self.output
     }
 
     fn op_record(&self, node: &QNode, packing: Packing, tables: usize, data: &mut Vec<u8>) -> Result<OpRecord> {

@@ -22,7 +22,7 @@ use super::{window, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 use crate::dsp::{smlabb, smlatt};
 use crate::dsp::{pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
-use crate::types::{expect_len, sub, sub_mut, I32Le, Padding, Requant, WeightLayout};
+use crate::types::{as_i8_mut, expect_len, sub, sub_mut, I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::types::Bounded;
 use crate::Error;
 
@@ -317,6 +317,7 @@ impl Io<'_> {
         }
     }
 
+    #[inline(never)]
     fn input(&self) -> &[i8] {
         match self {
             Io::Apart { input, .. } => input,
@@ -743,12 +744,6 @@ pub fn conv2d_s8_fast(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut
     conv2d_s8_fast_io(p, &mut Io::Apart { input, output }, scratch)
 }
 
-/// A pointwise conv (1x1, stride 1) reads only pixel `p` for output pixel `p`: it can write over
-/// its input (see [`Io::Shared`]).
-pub fn conv2d_s8_fast_in_place_supported(p: &Conv2d) -> bool {
-    conv2d_s8_fast_supported(p) && p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w
-}
-
 /// How a blocked kernel splits its scratch: patches for `block` units of `unit_words` words,
 /// then (int8 quads with a block of at least `min_block` units) one group's widened weights.
 struct Blocks<'s> {
@@ -841,6 +836,114 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         first += count;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Residual block: conv, conv, ADD over the block's input, a row at a time
+
+/// Conv A and conv B of a residual block keep the map's size (stride 1, SAME or a 1-row
+/// kernel), B maps A's output back to A's input shape, the ADD is one [`add_s8_fast`] runs,
+/// and B's window reaches at most one row below its output row beyond what A's window above
+/// it needs, so output row `r` may be written over input row `r`:
+/// `kernel_h(B) >= top_pad(A) + top_pad(B) + 1`.
+pub fn residual_block_s8_fast_supported(a: &Conv2d, b: &Conv2d, add: &Add) -> bool {
+    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && conv2d_s8_fast_supported(p);
+    let h = a.input.h as usize;
+    let (ta, tb) = (a.padding.leading(h, a.kernel_h as usize, 1, h), b.padding.leading(h, b.kernel_h as usize, 1, h));
+    keeps_size(a) && keeps_size(b) && b.input == a.output && b.output == a.input && add_s8_fast_supported(add) && a.input.len() == Ok(add.len) && b.kernel_h as usize > ta + tb
+}
+
+/// The conv that computes one output row of `p` (which keeps the map's size) from a window of
+/// `kernel_h` input rows; padding rows are materialized as the input's zero point, which
+/// contributes exactly what a skipped tap does (nothing).
+fn row_conv<'a>(p: &Conv2d<'a>) -> Conv2d<'a> {
+    let mut row = *p;
+    row.input.h = p.kernel_h as u16;
+    row.output.h = 1;
+    row
+}
+
+fn row_bytes(s: Shape) -> usize {
+    s.w as usize * s.c as usize
+}
+
+/// The ADD's table, B's window of input rows, A's window (used at the borders), B's output
+/// row, the sum row, and the convs' scratch (last: the convs take what is left).
+pub fn residual_block_s8_fast_scratch_bytes(a: &Conv2d, b: &Conv2d) -> usize {
+    let conv = conv2d_s8_fast_scratch_bytes(&row_conv(a)).max(conv2d_s8_fast_scratch_bytes(&row_conv(b)));
+    ADD_TABLE_BYTES + b.kernel_h as usize * row_bytes(b.input) + (a.kernel_h as usize + 2) * row_bytes(a.input) + conv
+}
+
+/// Ops conv A, conv B, ADD(X, B) as one step over X (the input of A), row by row: B's input rows
+/// live in a window of `kernel_h(B)` rows; each output row is written once its input row has
+/// been read for the last time, so on [`Io::Shared`] with the output on the input (offset 0)
+/// the block needs X plus a few rows. `x_first`: X is the ADD's first input. For a block that
+/// [`residual_block_s8_fast_supported`] accepts (the plan checks; on others the results are
+/// wrong, never out of bounds).
+pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: bool, io: &mut Io, scratch: &mut [u8]) -> Result<(), Error> {
+    let h = a.input.h as usize;
+    let (row_x, row_y) = (row_bytes(a.input), row_bytes(b.input));
+    expect_len(io.input().len(), h * row_x)?;
+    expect_len(io.output_len(), h * row_x)?;
+    let (ra, rb) = (row_conv(a), row_conv(b));
+    let (kb, tb) = (b.kernel_h as usize, b.padding.leading(h, b.kernel_h as usize, 1, h));
+    let rows = kb * row_y + (a.kernel_h as usize + 2) * row_x;
+    let short = Error::BufferSize { expected: ADD_TABLE_BYTES + rows, found: scratch.len() };
+    let (table, rest) = scratch.split_at_mut_checked(ADD_TABLE_BYTES).ok_or(short)?;
+    let (rows, conv_scratch) = rest.split_at_mut_checked(rows).ok_or(short)?;
+    let (window_b, rest) = as_i8_mut(rows).split_at_mut_checked(kb * row_y).ok_or(short)?;
+    let (window_a, rest) = rest.split_at_mut_checked(a.kernel_h as usize * row_x).ok_or(short)?;
+    let (conv_row, sum_row) = rest.split_at_mut_checked(row_x).ok_or(short)?;
+    // Window row i holds B's input row r - tb + i (A's output row, or B's zero point outside).
+    for (i, slot) in window_b.chunks_exact_mut(row_y.max(1)).enumerate() {
+        conv_a_row(&ra, io.input(), i as isize - tb as isize, h, window_a, slot, b.input_zp, conv_scratch)?;
+    }
+    for r in 0..h {
+        if r > 0 {
+            // Each row up by one (row-sized copies that do not overlap), A's next row last.
+            for i in 1..kb {
+                let Some((upper, lower)) = window_b.split_at_mut_checked(i * row_y) else { break };
+                copy_over(sub_mut(upper, (i - 1) * row_y, row_y), lower);
+            }
+            let last = sub_mut(window_b, (kb - 1) * row_y, row_y);
+            conv_a_row(&ra, io.input(), (r + kb - 1 - tb) as isize, h, window_a, last, b.input_zp, conv_scratch)?;
+        }
+        conv2d_s8_fast(&rb, window_b, conv_row, conv_scratch)?;
+        let x_row = sub(io.input(), r * row_x, row_x);
+        let (in1, in2) = if x_first { (x_row, &*conv_row) } else { (&*conv_row, x_row) };
+        add_elements(add, in1, in2, sum_row, table, r == 0)?;
+        copy_over(io.output(r * row_x, row_x), sum_row);
+    }
+    Ok(())
+}
+
+/// The first bytes of `src` over `dst` (as many as both have).
+fn copy_over(dst: &mut [i8], src: &[i8]) {
+    let n = dst.len().min(src.len());
+    if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+        d.copy_from_slice(s);
+    }
+}
+
+/// Output row `y` of conv A into `out` (`pad` when `y` is outside the map), from its window of
+/// input rows copied into `window`, with zero-point rows at the borders.
+#[allow(clippy::too_many_arguments)]
+fn conv_a_row(ra: &Conv2d, x: &[i8], y: isize, h: usize, window: &mut [i8], out: &mut [i8], pad: i32, scratch: &mut [u8]) -> Result<(), Error> {
+    if y < 0 || y >= h as isize {
+        out.fill(pad as i8);
+        return Ok(());
+    }
+    let row = row_bytes(ra.input);
+    let first = y - ra.padding.leading(h, ra.kernel_h as usize, 1, h) as isize;
+    for (k, slot) in window.chunks_exact_mut(row.max(1)).enumerate() {
+        let iy = first + k as isize;
+        if iy >= 0 && (iy as usize) < h {
+            copy_over(slot, sub(x, iy as usize * row, row));
+        } else {
+            slot.fill(ra.input_zp as i8);
+        }
+    }
+    conv2d_s8_fast(ra, window, out, scratch)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -978,6 +1081,7 @@ pub fn conv2d_maxpool_s8_winograd_supported(conv: &Conv2d, pool: &Pool) -> bool 
         && pool.padding == Padding::Valid
         && all_shifts_non_positive(&conv.requant)
         && words(conv.weights).is_some()
+        && conv.input.c.is_multiple_of(4)
         && 4 * 9 * (conv.input.c as i64) * 128 * 255 < 1 << 31
 }
 
@@ -1079,51 +1183,10 @@ fn winograd_tile_max(m: &[[i32; 4]; 16], j: usize) -> i32 {
 }
 
 /// `V = B^T d B` of the 4x4 input tile at `(y0, x0)`, minus the zero point, for every input
-/// channel: position `p`'s values in `v[p * ic4 / 2..]`, in the patch order of [`dot_oc4_i16`]
-/// (per channel quad `(x0, x2), (x1, x3)`), padding channels 0.
+/// channel (whole channel quads): position `p`'s values in `v[p * ic / 2..]`, in the patch order
+/// of [`dot_oc4_i16`] (per channel quad `(x0, x2), (x1, x3)`, as [`widen`]); two channels per
+/// instruction with 16-bit lane adds (every value stays within 4 x 255).
 fn winograd_input(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), zp: i32, v: &mut [u32]) {
-    let ic4 = ic.div_ceil(4) * 4;
-    let per_position = ic4 / 2;
-    if ic.is_multiple_of(4) {
-        return winograd_input_quads(input, iw, ic, (y0, x0), zp, v);
-    }
-    for q in 0..ic4 / 4 {
-        let mut tiles = [[0i32; 16]; 4];
-        for (lane, tile) in tiles.iter_mut().enumerate() {
-            let c = 4 * q + lane;
-            if c >= ic {
-                continue;
-            }
-            let d = |r: usize, s: usize| input.get(((y0 + r) * iw + x0 + s) * ic + c).map_or(0, |&x| x as i32 - zp);
-            // B^T d: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3; then the same on the columns.
-            let mut t = [[0i32; 4]; 4];
-            for s in 0..4 {
-                let (d0, d1, d2, d3) = (d(0, s), d(1, s), d(2, s), d(3, s));
-                t[0][s] = d0 - d2;
-                t[1][s] = d1 + d2;
-                t[2][s] = d2 - d1;
-                t[3][s] = d1 - d3;
-            }
-            for (r, row) in t.iter().enumerate() {
-                tile[4 * r] = row[0] - row[2];
-                tile[4 * r + 1] = row[1] + row[2];
-                tile[4 * r + 2] = row[2] - row[1];
-                tile[4 * r + 3] = row[1] - row[3];
-            }
-        }
-        for p in 0..16 {
-            if let Some(w) = v.get_mut(p * per_position + 2 * q..p * per_position + 2 * q + 2) {
-                w[0] = pack16(tiles[0][p], tiles[2][p]);
-                w[1] = pack16(tiles[1][p], tiles[3][p]);
-            }
-        }
-    }
-}
-
-/// [`winograd_input`] for whole channel quads, two channels per instruction: each pixel's quad
-/// widened minus the zero point into the patch order `(x0, x2), (x1, x3)` (as [`widen`]), then
-/// `B^T d B` with 16-bit lane adds (every value stays within 4 x 255).
-fn winograd_input_quads(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), zp: i32, v: &mut [u32]) {
     let (per_position, quads) = (ic / 2, ic / 4);
     let zp_pair = pack16(zp, zp);
     let (pixels, _) = input.as_chunks::<4>();
@@ -1553,9 +1616,17 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
 
 /// Right shifts only (TFLM's Prepare always gives them), headroom of at most 20 bits: every
 /// value reaching a multiply is below 2^29, so [`smmulr`] computes TFLM's
-/// `SaturatingRoundingDoublingHighMul` exactly.
+/// `SaturatingRoundingDoublingHighMul` exactly. The half input must exist (TFLM's Prepare always makes one: the input of the larger scale)
+/// and the output's zero point fold into its nudge ([`folds_output_zp`]); other ADDs run the
+/// reference kernel.
 pub fn add_s8_fast_supported(p: &Add) -> bool {
-    p.left_shift <= 20 && [p.input1_shift, p.input2_shift, p.output_shift].iter().all(|s| (-31..=0).contains(s))
+    p.left_shift <= 20 && [p.input1_shift, p.input2_shift, p.output_shift].iter().all(|s| (-31..=0).contains(s)) && half_input(p).is_some() && folds_output_zp(p)
+}
+
+/// The output's zero point folded into its nudge, when that cannot overflow (|sum| < 2^29),
+/// and a right shift of at least 1 (TFLM's output multiplier is about 2^-19).
+fn folds_output_zp(p: &Add) -> bool {
+    (-22..=-1).contains(&p.output_shift) && p.left_shift >= 1
 }
 
 /// `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, m), right)` for `|x| < 2^30` and
@@ -1582,9 +1653,11 @@ impl Scale {
     }
 }
 
+/// One input's 256 scaled values, as i32.
+const ADD_TABLE_BYTES: usize = 4 * 256 + 3;
+
 pub fn add_s8_fast_scratch_bytes(_p: &Add) -> usize {
-    // One input's 256 scaled values, as i32.
-    4 * 256 + 3
+    ADD_TABLE_BYTES
 }
 
 /// Which input TFLM's Prepare brought to exactly half its value (multiplier 2^30, shift 0: the
@@ -1606,28 +1679,30 @@ pub fn add_s8_fast(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scr
     expect_len(input1.len(), p.len)?;
     expect_len(input2.len(), p.len)?;
     expect_len(output.len(), p.len)?;
-    let (s1, s2, so) = (Scale::new(p.input1_multiplier, p.input1_shift), Scale::new(p.input2_multiplier, p.input2_shift), Scale::new(p.output_multiplier, p.output_shift));
-    let (z1, z2, zo, shift) = (p.input1_zp, p.input2_zp, p.output_zp, p.left_shift);
-    let (lo, hi) = (p.act_min as i32, p.act_max as i32);
-    // The output's zero point folded into its nudge, when that cannot overflow: |sum| < 2^29.
-    let folded = so.1 <= 22 && shift >= 1;
-    match half_input(p) {
-        Some(h) if folded => {
-            let (half, other, zh, zt, st) = if h == 0 { (input1, input2, z1, z2, s2) } else { (input2, input1, z2, z1, s1) };
-            let table = scratch_words(scratch, 256)?;
-            for (v, t) in table.iter_mut().enumerate() {
-                *t = st.apply(((v as u8 as i8) as i32 - zt) << shift) as u32;
-            }
-            let out_scale = Scale(so.0, so.1, so.2 + (zo << so.1), so.3);
-            add_rows(half, other, output, zh << (shift - 1), shift - 1, table, out_scale, lo, hi);
-        }
-        _ => {
-            for ((o, &a), &b) in output.iter_mut().zip(input1).zip(input2) {
-                let sum = s1.apply((a as i32 - z1) << shift) + s2.apply((b as i32 - z2) << shift);
-                *o = (so.apply(sum) + zo).bounded(lo, hi) as i8;
-            }
+    add_elements(p, input1, input2, output, scratch, true)
+}
+
+/// [`add_s8_fast`] without the length checks; `build_table`: false when an earlier call for
+/// the same op left its table in `scratch`.
+fn add_elements(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scratch: &mut [u8], build_table: bool) -> Result<(), Error> {
+    let Some(h) = half_input(p).filter(|_| folds_output_zp(p)) else {
+        return Err(Error::BadParameter { layer: 0, what: "ADD outside the fast kernel's range" });
+    };
+    // The other input's values go through the table.
+    let (half, other, zh, zt, st) = if h == 0 {
+        (input1, input2, p.input1_zp, p.input2_zp, Scale::new(p.input2_multiplier, p.input2_shift))
+    } else {
+        (input2, input1, p.input2_zp, p.input1_zp, Scale::new(p.input1_multiplier, p.input1_shift))
+    };
+    let (so, zo, shift) = (Scale::new(p.output_multiplier, p.output_shift), p.output_zp, p.left_shift);
+    let table = scratch_words(scratch, 256)?;
+    if build_table {
+        for (v, t) in table.iter_mut().enumerate() {
+            *t = st.apply(((v as u8 as i8) as i32 - zt) << shift) as u32;
         }
     }
+    let out_scale = Scale(so.0, so.1, so.2 + (zo << so.1), so.3);
+    add_rows(half, other, output, zh << (shift - 1), shift - 1, table, out_scale, p.act_min as i32, p.act_max as i32);
     Ok(())
 }
 
@@ -1648,11 +1723,8 @@ fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, tabl
 #[inline(never)]
 fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
     let n = out.len().min(half.len()).min(other.len());
+    // The caller's checks (a right shift, so `fix` is -1; a whole table) make this unreachable.
     if n == 0 || table.len() < 256 || so.3 == 0 {
-        for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
-            let sum = ((h as i32) << shift) - kh + *table.get(t as u8 as usize).unwrap_or(&0) as i32;
-            *o = so.apply(sum).bounded(lo, hi) as i8;
-        }
         return;
     }
     let consts = [kh as u32, shift as u32, so.0 as u32, so.2 as u32, so.1, lo as u32, hi as u32];
