@@ -275,6 +275,90 @@ fn dot_oc4_i16_body(patch: &[u32], weights: &[u32]) -> [i32; 4] {
     [a0, a1, a2, a3]
 }
 
+/// [`dot_oc4`] of each whole group of `weights` (`group` words) into `acc`, as many as `acc`
+/// holds; returns how many.
+fn dot_groups(patch: &[u32], weights: &[u32], group: usize, layout: WeightLayout, acc: &mut [[i32; 4]]) -> usize {
+    let count = (weights.len() / group.max(1)).min(acc.len());
+    let quads = patch.len() / 2;
+    if layout == WeightLayout::Oc4PairsI16 && group == 8 * quads {
+        dot_groups_i16(patch, weights, quads, acc.get_mut(..count).unwrap_or(&mut []));
+    } else {
+        for (a, w) in acc.iter_mut().zip(weights.chunks_exact(group.max(1))) {
+            *a = dot_oc4_quads(patch, w);
+        }
+    }
+    count
+}
+
+/// [`dot_oc4_i16`] of `acc.len()` consecutive groups of `8 quads` weight words, each against the
+/// first `2 quads` words of `patch`, in one loop (a call per group costs more than the sums of a
+/// small pointwise conv).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn dot_groups_i16(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
+    let groups = acc.len();
+    if groups == 0 || quads == 0 || patch.len() < 2 * quads || weights.len() < 8 * quads * groups {
+        return;
+    }
+    // SAFETY: reads 2 x `quads` patch words per group (checked above), 8 x `quads` x `groups`
+    // weight words (checked), writes the 4 x `groups` words of `acc`; all word-aligned (LDRD and
+    // STRD require it: scratch_words and words() guarantee it). The 12 bytes below sp hold the
+    // quad count, the groups left and the patch start, restored before the end. An odd quad
+    // count runs the loop body once from its middle, as in dot_oc4_i16.
+    unsafe {
+        core::arch::asm!(
+            "sub sp, sp, #12",
+            "str {n}, [sp]",
+            "str {a0}, [sp, #4]",
+            "str {pp}, [sp, #8]",
+            "4:",
+            "ldr {n}, [sp]",
+            "ldr {pp}, [sp, #8]",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "movs {a2}, #0",
+            "movs {a3}, #0",
+            "lsrs {n}, {n}, #1",
+            "bcc 2f",
+            "adds {n}, {n}, #1",
+            "b 3f",
+            "2:",
+            oc4_i16_quad!(),
+            "3:",
+            oc4_i16_quad!(),
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "strd {a0}, {a1}, [{pm}], #8",
+            "strd {a2}, {a3}, [{pm}], #8",
+            "ldr {n}, [sp, #4]",
+            "subs {n}, {n}, #1",
+            "str {n}, [sp, #4]",
+            "bne 4b",
+            "add sp, sp, #12",
+            pp = inout(reg) patch.as_ptr() => _,
+            pw = inout(reg) weights.as_ptr() => _,
+            pm = inout(reg) acc.as_mut_ptr() => _,
+            n = inout(reg) quads => _,
+            p0 = out(reg) _,
+            p1 = out(reg) _,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            a0 = inout(reg) groups => _,
+            a1 = out(reg) _,
+            a2 = out(reg) _,
+            a3 = out(reg) _,
+        );
+    }
+}
+
+/// Portable [`dot_groups_i16`]: the same sums.
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn dot_groups_i16(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
+    for (a, w) in acc.iter_mut().zip(weights.chunks_exact(8 * quads)) {
+        *a = dot_oc4_i16_body(patch.get(..2 * quads).unwrap_or(&[]), w);
+    }
+}
+
 /// [`dot_oc4`] for int8 quads, widened on the fly with SXTB16.
 #[inline(never)]
 fn dot_oc4_quads(patch: &[u32], weights: &[u32]) -> [i32; 4] {
@@ -705,12 +789,14 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u3
         let rest = raw.len().saturating_sub(at);
         fill_bytes(raw, &mut at, zp, rest);
     }
-    for q in 0..patch.len() - half {
-        let word = patch.get(half + q).copied().unwrap_or(0);
-        let (lo, hi) = widen_quad(word, zp_pair);
-        if let Some(w) = patch.get_mut(2 * q..2 * q + 2) {
-            w[0] = lo;
-            w[1] = hi;
+    let at = patch.as_mut_ptr();
+    for q in 0..half {
+        // SAFETY: with half = len / 2, half + q < 2 half <= len and 2q + 1 < 2 half <= len; quad
+        // q is read before words 2q and 2q + 1 are written, which hold quads already read.
+        unsafe {
+            let (lo, hi) = widen_quad(*at.add(half + q), zp_pair);
+            *at.add(2 * q) = lo;
+            *at.add(2 * q + 1) = hi;
         }
     }
 }
@@ -807,11 +893,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
             let out = io.output(q * oc, oc);
             // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
             for (chunk, groups) in weights.chunks((group * CHANNEL_GROUPS).max(1)).enumerate() {
-                let mut n = 0;
-                for (a, w) in acc.iter_mut().zip(groups.chunks_exact(group)) {
-                    *a = dot_oc4(patch, w, p.layout);
-                    n += 4;
-                }
+                let n = 4 * dot_groups(patch, groups, group, p.layout, &mut acc);
                 let first = 4 * CHANNEL_GROUPS * chunk;
                 let len = n.min(oc.saturating_sub(first));
                 rq.channels(acc.as_flattened(), first, out.get_mut(first..first + len).unwrap_or(&mut []));
