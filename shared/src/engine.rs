@@ -1,12 +1,15 @@
 //! Runs a parsed model: plans once (Prepare), runs many times (Eval), in one caller-owned arena.
 //!
-//! [`Engine::new`] turns the op list into steps (an op, or a conv and the max-pool after it when
-//! the conv's output has no other reader), decides each step's kernel and decodes each op once.
-//! Then it plans memory over tensor lifetimes: a tensor lives from the step that writes it to
-//! the last step that reads it (the logits and the output to the end); a reshape's output is
-//! its input's bytes; each step's scratch lives for that step. Buffers are placed greedily,
-//! largest first, at the lowest offset that overlaps no buffer alive at the same time (TFLM's
-//! greedy planner). [`Engine::run`] only executes the plan.
+//! [`Engine::new`] turns the op list into steps (an op; a conv and the max-pool after it when
+//! the conv's output has no other reader; or a residual block, conv, conv and the ADD of the
+//! second conv's output and the block's input, run row by row), decides each step's kernel and
+//! decodes each op once. Then it plans memory over tensor lifetimes: a tensor lives from the
+//! step that writes it to the last step that reads it (the logits and the output to the end); a
+//! reshape's output is its input's bytes; each step's scratch lives for that step. A conv,
+//! depthwise conv or residual block whose input dies with it writes over that input, at the
+//! offset its pixel order allows. Buffers are placed greedily, largest first (or by first use,
+//! whichever needs less), at the lowest offset that overlaps no buffer alive at the same time
+//! (TFLM's greedy planner). [`Engine::run`] only executes the plan.
 
 use core::ops::Range;
 
