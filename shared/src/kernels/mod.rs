@@ -28,7 +28,8 @@ pub use fully_connected::{fully_connected_s8, fully_connected_s8_scratch_bytes, 
 pub use max_pool::{max_pool_s8, max_pool_s8_scratch_bytes};
 pub use softmax::{softmax_s8, softmax_s8_scratch_bytes, Softmax};
 
-use crate::types::{Padding, Shape};
+use crate::types::{expect_len, sub, sub_mut, Bounded, Padding, Shape};
+use crate::Error;
 
 /// Geometry shared by max- and average-pooling.
 #[derive(Clone, Copy, Debug)]
@@ -53,4 +54,59 @@ pub(crate) fn window(o: usize, stride: usize, pad: usize, kernel: usize, input: 
     let k_start = (-origin).max(0) as usize;
     let k_end = ((input as isize - origin).max(0) as usize).min(kernel);
     (k_start.min(k_end), k_end, origin)
+}
+
+/// Channels whose window sums or maxima [`pool_s8`] keeps at a time.
+const POOL_CHANNELS: usize = 32;
+
+/// Max- or average-pooling (`average`), one loop for both: per output pixel and group of up to
+/// [`POOL_CHANNELS`] channels, the in-bounds taps folded pixel by pixel over contiguous channels,
+/// then the maximum, or the mean rounded half away from zero (TFLite), clamped to the activation.
+#[inline(never)]
+pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) -> Result<(), Error> {
+    let (ih, iw, c) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
+    let (oh, ow) = (p.output.h as usize, p.output.w as usize);
+    let (kh, kw, sh, sw) = (p.kernel_h as usize, p.kernel_w as usize, p.stride_h as usize, p.stride_w as usize);
+    expect_len(input.len(), p.input.len()?)?;
+    expect_len(output.len(), p.output.len()?)?;
+    let pad_top = p.padding.leading(ih, kh, sh, oh);
+    let pad_left = p.padding.leading(iw, kw, sw, ow);
+    let mut acc = [0i32; POOL_CHANNELS];
+    for oy in 0..oh {
+        let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
+        for ox in 0..ow {
+            let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
+            let count = ((ky1 - ky0) * (kx1 - kx0)) as i32;
+            if average && count <= 0 {
+                return Err(Error::BadParameter { layer: 0, what: "pooling window entirely in padding" });
+            }
+            for first in (0..c).step_by(POOL_CHANNELS) {
+                let n = (c - first).min(POOL_CHANNELS);
+                let acc = acc.get_mut(..n).unwrap_or(&mut []);
+                acc.fill(if average { 0 } else { i8::MIN as i32 });
+                for ky in ky0..ky1 {
+                    let iy = (y0 + ky as isize) as usize;
+                    for kx in kx0..kx1 {
+                        let ix = (x0 + kx as isize) as usize;
+                        let pixel = acc.iter_mut().zip(sub(input, (iy * iw + ix) * c + first, n));
+                        if average {
+                            pixel.for_each(|(a, &x)| *a += x as i32);
+                        } else {
+                            pixel.for_each(|(a, &x)| *a = (*a).max(x as i32));
+                        }
+                    }
+                }
+                for (o, &a) in sub_mut(output, (oy * ow + ox) * c + first, n).iter_mut().zip(acc.iter()) {
+                    let n = count.max(1);
+                    let v = match average {
+                        false => a,
+                        true if a > 0 => (a + n / 2) / n,
+                        true => (a - n / 2) / n,
+                    };
+                    *o = v.bounded(p.act_min as i32, p.act_max as i32) as i8;
+                }
+            }
+        }
+    }
+    Ok(())
 }
