@@ -1,5 +1,5 @@
 //! `cargo xtask pareto`: the cost–accuracy frontier, measured on the device. Trains a grid of
-//! architectures (cached by architecture + recipe + seed), quantizes each three ways (`compact`:
+//! architectures (cached by architecture + recipe + seed + the training code), quantizes each three ways (`compact`:
 //! int8, fewest bytes of int8; `fast`: fewest instructions; `int4`: 4-bit weights), judges each on the 10,000
 //! test images on the host, runs each on the QEMU board (instructions, RAM, and device = host
 //! on 200 images), and writes `pareto.json` (one record per point, the fronts marked) and
@@ -140,7 +140,8 @@ pub fn pareto(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Train `v` (or reuse a finished run of the same architecture, recipe and seed).
+/// Train the variant (or reuse a finished run of the same architecture, recipe and training
+/// code).
 fn train(v: &Variant, cache: &Path, quick: bool) -> Result<PathBuf> {
     let epochs = if quick { 1 } else { v.epochs };
     let mut args: Vec<String> = vec!["--epochs".into(), epochs.to_string(), "--seed".into(), "1".into()];
@@ -149,44 +150,60 @@ fn train(v: &Variant, cache: &Path, quick: bool) -> Result<PathBuf> {
         args.extend(["--train-images", "2000", "--test-images", "1000"].map(String::from));
     }
     let arch_text = v.arch.as_ref().map(serde_json::to_string_pretty).transpose()?;
-    let key = lepton_core::data::sha256_hex(format!("{arch_text:?}|{args:?}").as_bytes());
-    let dir = cache.join(format!("{}-{}", v.name, &key[..12]));
-    if finished(&dir, epochs) {
-        eprintln!("xtask pareto: reusing the training run in {}", dir.display());
-        return Ok(dir);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let mut cmd: Vec<String> = vec!["train".into(), "--out".into(), path_str(&dir)?.into()];
-    if let Some(text) = &arch_text {
-        let spec = dir.join("spec.json");
-        std::fs::write(&spec, text)?;
-        cmd.extend(["--arch".into(), path_str(&spec)?.into()]);
-    }
-    cmd.extend(args);
-    lepton_output(&cmd.iter().map(String::as_str).collect::<Vec<_>>())?;
-    Ok(dir)
+    cached_run(cache, v.name, &format!("{arch_text:?}|{args:?}"), epochs, "training", |dir| {
+        let mut cmd: Vec<String> = vec!["train".into(), "--out".into(), path_str(dir)?.into()];
+        std::fs::create_dir_all(dir)?;
+        if let Some(text) = &arch_text {
+            let spec = dir.join("spec.json");
+            std::fs::write(&spec, text)?;
+            cmd.extend(["--arch".into(), path_str(&spec)?.into()]);
+        }
+        cmd.extend(args.iter().cloned());
+        Ok(cmd)
+    })
 }
 
 /// Fine-tune the float model in `base_dir` with `bits`-bit quantization-aware training (or reuse
-/// a finished run of the same base, bits and epochs).
+/// a finished run of the same base, bits, epochs and training code).
 fn finetune(v: &Variant, base_dir: &Path, bits: u32, cache: &Path, quick: bool) -> Result<PathBuf> {
     let epochs = if quick { 1 } else { v.epochs };
     let mut args: Vec<String> = ["--epochs".to_string(), epochs.to_string(), "--qat-bits".into(), bits.to_string()].into();
     if quick {
         args.extend(["--train-images", "2000", "--test-images", "1000"].map(String::from));
     }
-    let key = lepton_core::data::sha256_hex(format!("{}|{args:?}", base_dir.display()).as_bytes());
-    let dir = cache.join(format!("{}-{}", v.name, &key[..12]));
+    cached_run(cache, v.name, &format!("{}|{args:?}", base_dir.display()), epochs, "fine-tuning", |dir| {
+        let mut cmd: Vec<String> = vec!["finetune".into(), "--qat".into(), "--float".into(), path_str(base_dir)?.into(), "--out".into(), path_str(dir)?.into()];
+        cmd.extend(args.iter().cloned());
+        Ok(cmd)
+    })
+}
+
+/// The run directory of `name` for `what` (its inputs, and the training code, hashed into the
+/// name): reused when it finished `epochs` epochs, else cleared and made by the `lepton` command
+/// `command` gives for it.
+fn cached_run(cache: &Path, name: &str, what: &str, epochs: usize, kind: &str, command: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<PathBuf> {
+    let key = lepton_core::data::sha256_hex(format!("{what}|{}", training_code_hash()?).as_bytes());
+    let dir = cache.join(format!("{name}-{}", &key[..12]));
     if finished(&dir, epochs) {
-        eprintln!("xtask pareto: reusing the fine-tuning run in {}", dir.display());
+        eprintln!("xtask pareto: reusing the {kind} run in {}", dir.display());
         return Ok(dir);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let mut cmd: Vec<String> = vec!["finetune".into(), "--qat".into(), "--float".into(), path_str(base_dir)?.into(), "--out".into(), path_str(&dir)?.into()];
-    cmd.extend(args);
+    let cmd = command(&dir)?;
     lepton_output(&cmd.iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(dir)
+}
+
+/// SHA-256 of the training code (`host/src/train/`), so that a change to training retrains.
+fn training_code_hash() -> Result<String> {
+    let dir = root().join("host/src/train");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "rs")).collect();
+    files.sort();
+    let mut all = Vec::new();
+    for f in &files {
+        all.extend(std::fs::read(f)?);
+    }
+    Ok(lepton_core::data::sha256_hex(&all))
 }
 
 /// Whether `dir` holds a training run that finished `epochs` epochs.
