@@ -281,7 +281,7 @@ fn dot_groups(patch: &[u32], weights: &[u32], group: usize, layout: WeightLayout
     let count = (weights.len() / group.max(1)).min(acc.len());
     let quads = patch.len() / 2;
     if layout == WeightLayout::Oc4PairsI16 && group == 8 * quads {
-        dot_groups_i16(patch, weights, quads, acc.get_mut(..count).unwrap_or(&mut []));
+        dot_rounds_i16::<false>(patch, weights, quads, acc.get_mut(..count).unwrap_or(&mut []));
     } else {
         for (a, w) in acc.iter_mut().zip(weights.chunks_exact(group.max(1))) {
             *a = dot_oc4_quads(patch, w);
@@ -290,72 +290,87 @@ fn dot_groups(patch: &[u32], weights: &[u32], group: usize, layout: WeightLayout
     count
 }
 
-/// [`dot_oc4_i16`] of `acc.len()` consecutive groups of `8 quads` weight words, each against the
-/// first `2 quads` words of `patch`, in one loop (a call per group costs more than the sums of a
-/// small pointwise conv).
+/// [`dot_oc4_i16`] of `acc.len()` rounds in one loop, each of `2 quads` patch words against the
+/// round's `8 quads` weight words (the weights of consecutive rounds follow each other): the same
+/// patch every round (`ADVANCE` false: the channel groups of one pixel, where a call per group
+/// costs more than the sums of a small pointwise conv), or the next `2 quads` patch words (true:
+/// the 16 positions of a Winograd tile).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn dot_groups_i16(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
-    let groups = acc.len();
-    if groups == 0 || quads == 0 || patch.len() < 2 * quads || weights.len() < 8 * quads * groups {
+fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
+    let rounds = acc.len();
+    let patch_words = if ADVANCE { 2 * quads * rounds } else { 2 * quads };
+    if rounds == 0 || quads == 0 || patch.len() < patch_words || weights.len() < 8 * quads * rounds {
         return;
     }
-    // SAFETY: reads 2 x `quads` patch words per group (checked above), 8 x `quads` x `groups`
-    // weight words (checked), writes the 4 x `groups` words of `acc`; all word-aligned (LDRD and
-    // STRD require it: scratch_words and words() guarantee it). The 12 bytes below sp hold the
-    // quad count, the groups left and the patch start, restored before the end. An odd quad
-    // count runs the loop body once from its middle, as in dot_oc4_i16.
+    // `$reload`: each round's first patch word (the same patch again, or nothing: the patch
+    // pointer has advanced to the next round's).
+    macro_rules! rounds {
+        ($reload:literal) => {
+            core::arch::asm!(
+                "sub sp, sp, #12",
+                "str {n}, [sp]",
+                "str {a0}, [sp, #4]",
+                "str {pp}, [sp, #8]",
+                "4:",
+                "ldr {n}, [sp]",
+                $reload,
+                "movs {a0}, #0",
+                "movs {a1}, #0",
+                "movs {a2}, #0",
+                "movs {a3}, #0",
+                "lsrs {n}, {n}, #1",
+                "bcc 2f",
+                "adds {n}, {n}, #1",
+                "b 3f",
+                "2:",
+                oc4_i16_quad!(),
+                "3:",
+                oc4_i16_quad!(),
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "strd {a0}, {a1}, [{pm}], #8",
+                "strd {a2}, {a3}, [{pm}], #8",
+                "ldr {n}, [sp, #4]",
+                "subs {n}, {n}, #1",
+                "str {n}, [sp, #4]",
+                "bne 4b",
+                "add sp, sp, #12",
+                pp = inout(reg) patch.as_ptr() => _,
+                pw = inout(reg) weights.as_ptr() => _,
+                pm = inout(reg) acc.as_mut_ptr() => _,
+                n = inout(reg) quads => _,
+                p0 = out(reg) _,
+                p1 = out(reg) _,
+                w0 = out(reg) _,
+                w1 = out(reg) _,
+                a0 = inout(reg) rounds => _,
+                a1 = out(reg) _,
+                a2 = out(reg) _,
+                a3 = out(reg) _,
+            )
+        };
+    }
+    // SAFETY: reads `patch_words` patch words and 8 x `quads` x `rounds` weight words (both
+    // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD and STRD
+    // require it: scratch_words and words() guarantee it). The 12 bytes below sp hold the quad
+    // count, the rounds left and the patch start, restored before the end. An odd quad count
+    // runs the loop body once from its middle, as in dot_oc4_i16.
     unsafe {
-        core::arch::asm!(
-            "sub sp, sp, #12",
-            "str {n}, [sp]",
-            "str {a0}, [sp, #4]",
-            "str {pp}, [sp, #8]",
-            "4:",
-            "ldr {n}, [sp]",
-            "ldr {pp}, [sp, #8]",
-            "movs {a0}, #0",
-            "movs {a1}, #0",
-            "movs {a2}, #0",
-            "movs {a3}, #0",
-            "lsrs {n}, {n}, #1",
-            "bcc 2f",
-            "adds {n}, {n}, #1",
-            "b 3f",
-            "2:",
-            oc4_i16_quad!(),
-            "3:",
-            oc4_i16_quad!(),
-            "subs {n}, {n}, #1",
-            "bne 2b",
-            "strd {a0}, {a1}, [{pm}], #8",
-            "strd {a2}, {a3}, [{pm}], #8",
-            "ldr {n}, [sp, #4]",
-            "subs {n}, {n}, #1",
-            "str {n}, [sp, #4]",
-            "bne 4b",
-            "add sp, sp, #12",
-            pp = inout(reg) patch.as_ptr() => _,
-            pw = inout(reg) weights.as_ptr() => _,
-            pm = inout(reg) acc.as_mut_ptr() => _,
-            n = inout(reg) quads => _,
-            p0 = out(reg) _,
-            p1 = out(reg) _,
-            w0 = out(reg) _,
-            w1 = out(reg) _,
-            a0 = inout(reg) groups => _,
-            a1 = out(reg) _,
-            a2 = out(reg) _,
-            a3 = out(reg) _,
-        );
+        if ADVANCE {
+            rounds!("");
+        } else {
+            rounds!("ldr {pp}, [sp, #8]");
+        }
     }
 }
 
-/// Portable [`dot_groups_i16`]: the same sums.
+/// Portable [`dot_rounds_i16`]: the same sums.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn dot_groups_i16(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
-    for (a, w) in acc.iter_mut().zip(weights.chunks_exact(8 * quads)) {
-        *a = dot_oc4_i16_body(patch.get(..2 * quads).unwrap_or(&[]), w);
+fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
+    for (r, (a, w)) in acc.iter_mut().zip(weights.chunks_exact((8 * quads).max(1))).enumerate() {
+        let start = if ADVANCE { 2 * quads * r } else { 0 };
+        *a = dot_oc4_i16_body(patch.get(start..start + 2 * quads).unwrap_or(&[]), w);
     }
 }
 
@@ -1174,75 +1189,10 @@ pub fn conv2d_maxpool_s8_winograd_scratch_bytes(conv: &Conv2d, _pool: &Pool) -> 
 
 /// `M[p]` for the 16 tile positions of one group of four channels: the i16 dot products of the
 /// transformed input `v` (`per_position` words a position) with the group's Winograd weights
-/// `u` (four channels: 4 x `per_position` words a position).
-#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+/// `u` (four channels: 4 x `per_position` words a position), in one [`dot_rounds_i16`] loop
+/// (the patch, the position's transformed inputs, advancing with the weights).
 fn winograd_products(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
-    winograd_products_each(v, u, per_position, m)
-}
-
-/// [`winograd_products`] position by position (any channel count).
-#[inline(always)]
-fn winograd_products_each(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
-    let (mut vs, mut us) = (v.chunks_exact(per_position.max(1)), u.chunks_exact((4 * per_position).max(1)));
-    for mp in m.iter_mut() {
-        if let (Some(vp), Some(up)) = (vs.next(), us.next()) {
-            *mp = dot_oc4_i16_body(vp, up);
-        }
-    }
-}
-
-/// [`winograd_products`] on the M4: the 16 positions in one `asm!` loop (the loop of
-/// [`dot_oc4_i16`] two quads an iteration, then the four sums stored), for an even number of
-/// channel quads; other counts position by position.
-#[cfg(all(target_arch = "arm", feature = "dsp"))]
-#[inline(never)]
-fn winograd_products(v: &[u32], u: &[u32], per_position: usize, m: &mut [[i32; 4]; 16]) {
-    let pairs = per_position / 4;
-    if !per_position.is_multiple_of(4) || pairs == 0 || v.len() < 16 * per_position || u.len() < 64 * per_position {
-        return winograd_products_each(v, u, per_position, m);
-    }
-    // SAFETY: reads 16 x `per_position` words of `v` and 16 x 4 x `per_position` of `u` (both
-    // checked above), writes the 64 words of `m`; all word-aligned (LDRD/STRD require it:
-    // scratch_words and words() guarantee it for v and u). The 8 bytes below sp hold the pair
-    // count and the positions left, restored before the end.
-    unsafe {
-        core::arch::asm!(
-            "sub sp, sp, #8",
-            "str {n}, [sp]",
-            "movs {n}, #16",
-            "str {n}, [sp, #4]",
-            "4:",
-            "ldr {n}, [sp]",
-            "movs {a0}, #0",
-            "movs {a1}, #0",
-            "movs {a2}, #0",
-            "movs {a3}, #0",
-            "2:",
-            oc4_i16_quad!(),
-            oc4_i16_quad!(),
-            "subs {n}, {n}, #1",
-            "bne 2b",
-            "strd {a0}, {a1}, [{pm}], #8",
-            "strd {a2}, {a3}, [{pm}], #8",
-            "ldr {n}, [sp, #4]",
-            "subs {n}, {n}, #1",
-            "str {n}, [sp, #4]",
-            "bne 4b",
-            "add sp, sp, #8",
-            pp = inout(reg) v.as_ptr() => _,
-            pw = inout(reg) u.as_ptr() => _,
-            pm = inout(reg) m.as_mut_ptr() => _,
-            n = inout(reg) pairs => _,
-            p0 = out(reg) _,
-            p1 = out(reg) _,
-            w0 = out(reg) _,
-            w1 = out(reg) _,
-            a0 = out(reg) _,
-            a1 = out(reg) _,
-            a2 = out(reg) _,
-            a3 = out(reg) _,
-        );
-    }
+    dot_rounds_i16::<true>(v, u, per_position / 2, m)
 }
 
 /// The largest of channel `j`'s four tile outputs `A^T M A` (`A^T` rows (1, 1, 1, 0) and
