@@ -178,7 +178,7 @@ fn finetune(v: &Variant, base_dir: &Path, bits: u32, cache: &Path, quick: bool) 
     })
 }
 
-/// The run directory of `name` for `what` (its inputs, and the training code, hashed into the
+/// The run directory of `name` for `what` (its inputs, and the code training depends on, hashed into the
 /// name): reused when it finished `epochs` epochs, else cleared and made by the `lepton` command
 /// `command` gives for it.
 fn cached_run(cache: &Path, name: &str, what: &str, epochs: usize, kind: &str, command: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<PathBuf> {
@@ -194,14 +194,23 @@ fn cached_run(cache: &Path, name: &str, what: &str, epochs: usize, kind: &str, c
     Ok(dir)
 }
 
-/// SHA-256 of the training code (`host/src/train/`), so that a change to training retrains.
+/// SHA-256 of the code a training or fine-tuning run depends on (training, the float net and
+/// its export, quantization as QAT simulates it, the data loader), each file's path hashed with
+/// its bytes, so that a change to any of it retrains.
 fn training_code_hash() -> Result<String> {
-    let dir = root().join("host/src/train");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "rs")).collect();
+    let root = root();
+    let mut files: Vec<PathBuf> = vec![root.join("host/src/float_net.rs"), root.join("core/src/data.rs")];
+    for dir in ["host/src/train", "host/src/quantize"] {
+        let dir = root.join(dir);
+        let rs = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path()));
+        files.extend(rs.filter(|p| p.extension().is_some_and(|x| x == "rs")));
+    }
     files.sort();
     let mut all = Vec::new();
     for f in &files {
-        all.extend(std::fs::read(f)?);
+        all.extend(f.strip_prefix(&root).unwrap_or(f).to_string_lossy().as_bytes());
+        all.push(0);
+        all.extend(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
     }
     Ok(lepton_core::data::sha256_hex(&all))
 }

@@ -284,7 +284,7 @@ fn dot_groups(patch: &[u32], weights: &[u32], group: usize, layout: WeightLayout
         dot_rounds_i16::<false>(patch, weights, quads, acc.get_mut(..count).unwrap_or(&mut []));
     } else {
         for (a, w) in acc.iter_mut().zip(weights.chunks_exact(group.max(1))) {
-            *a = dot_oc4_quads(patch, w);
+            *a = dot_oc4(patch, w, layout);
         }
     }
     count
