@@ -386,7 +386,7 @@ fn plan_steps<'m>(model: &Model<'m>, optimized: bool, plan: &mut Plan<'m>) -> Re
 fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>, Option<(Conv2d<'m>, Add)>), Error> {
     let layer = model.op(i)?;
     let rec = model.op_record(i);
-    if let Some((a, b, add, x_first)) = optimized.then(|| residual_at(model, i)).flatten() {
+    if let Some((a, b, add, x_first)) = optimized.then(|| residual_at(model, i, layer)).flatten() {
         let scratch = Buffer { len: fast::residual_block_s8_fast_scratch_bytes(&a, &b) as u32, ..Buffer::NONE };
         let (op, output) = (i as u8, model.op_record(i + 2).output);
         let kernel = Kernel::Residual { a, aux: 0, x_first };
@@ -415,18 +415,17 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>
 /// Ops `i..=i + 2` as one residual block (conv A on X, conv B on A's output only, ADD of B's
 /// output and X, and no other reader of X or of either conv's output), if the fused kernel
 /// runs it: conv A, conv B, the ADD and whether X is the ADD's first input.
-fn residual_at<'m>(model: &Model<'m>, i: usize) -> Option<(Conv2d<'m>, Conv2d<'m>, Add, bool)> {
-    // Op codes first: nothing is decoded (and no stack spent) for other ops.
+fn residual_at<'m>(model: &Model<'m>, i: usize, layer: Layer<'m>) -> Option<(Conv2d<'m>, Conv2d<'m>, Add, bool)> {
+    // Op codes first: nothing more is decoded (and no stack spent) for other ops.
     let code = |k: usize| model.op_record(k).op;
-    if i + 2 >= model.op_count() || [code(i), code(i + 1), code(i + 2)] != [Op::Conv2d as u8, Op::Conv2d as u8, Op::Add as u8] || !fusable(model, i) {
+    if i + 2 >= model.op_count() || [code(i + 1), code(i + 2)] != [Op::Conv2d as u8, Op::Add as u8] || !fusable(model, i) {
         return None;
     }
-    let (Ok(Layer::Conv2d(a)), Ok(Layer::Conv2d(b)), Ok(Layer::Add(add))) = (model.op(i), model.op(i + 1), model.op(i + 2)) else { return None };
+    let (Layer::Conv2d(a), Ok(Layer::Conv2d(b)), Ok(Layer::Add(add))) = (layer, model.op(i + 1), model.op(i + 2)) else { return None };
     let (x, y) = (model.op_record(i).inputs[0], model.op_record(i + 1).output);
     let sum = model.op_record(i + 2).inputs;
     let x_first = sum == [x, y];
-    let y_once = model.consumers(y as usize).count() == 1 && ![model.logits_tensor(), model.output_tensor()].contains(&(y as usize));
-    let joined = (x_first || sum == [y, x]) && y_once && model.consumers(x as usize).count() == 2;
+    let joined = (x_first || sum == [y, x]) && read_once(model, y as usize) && model.consumers(x as usize).count() == 2;
     (joined && fast::residual_block_s8_fast_supported(&a, &b, &add)).then_some((a, b, add, x_first))
 }
 
@@ -435,11 +434,13 @@ fn residual_at<'m>(model: &Model<'m>, i: usize) -> Option<(Conv2d<'m>, Conv2d<'m
 fn fusable(model: &Model, i: usize) -> bool {
     let t = model.op_record(i).output as usize;
     let next = model.op_record(i + 1);
-    next.inputs[0] as usize == t
-        && next.inputs[1] == NO_TENSOR
-        && model.consumers(t).count() == 1
-        && t != model.logits_tensor()
-        && t != model.output_tensor()
+    next.inputs[0] as usize == t && next.inputs[1] == NO_TENSOR && read_once(model, t)
+}
+
+/// Whether tensor `t` has one reader and is neither the logits nor the output (which must be
+/// stored): a step may fuse it away.
+fn read_once(model: &Model, t: usize) -> bool {
+    model.consumers(t).count() == 1 && t != model.logits_tensor() && t != model.output_tensor()
 }
 
 /// Every stored tensor's lifetime, on its root buffer.

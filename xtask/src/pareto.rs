@@ -105,7 +105,7 @@ pub fn pareto(opts: &Options) -> Result<()> {
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     lepton_output(&["data"])?;
     let elf = firmware::build(&[])?;
-    let cache = crate::target_dir().join("pareto");
+    let cache = RunCache { dir: crate::target_dir().join("pareto"), code: training_code_hash()? };
     let total: usize = grid.iter().map(|v| v.layouts().len()).sum();
     let mut records = Vec::new();
     for (i, v) in grid.iter().enumerate() {
@@ -142,7 +142,7 @@ pub fn pareto(opts: &Options) -> Result<()> {
 
 /// Train the variant (or reuse a finished run of the same architecture, recipe and training
 /// code).
-fn train(v: &Variant, cache: &Path, quick: bool) -> Result<PathBuf> {
+fn train(v: &Variant, cache: &RunCache, quick: bool) -> Result<PathBuf> {
     let epochs = if quick { 1 } else { v.epochs };
     let mut args: Vec<String> = vec!["--epochs".into(), epochs.to_string(), "--seed".into(), "1".into()];
     args.extend(v.recipe.0.iter().map(|s| s.to_string()));
@@ -165,7 +165,7 @@ fn train(v: &Variant, cache: &Path, quick: bool) -> Result<PathBuf> {
 
 /// Fine-tune the float model in `base_dir` with `bits`-bit quantization-aware training (or reuse
 /// a finished run of the same base, bits, epochs and training code).
-fn finetune(v: &Variant, base_dir: &Path, bits: u32, cache: &Path, quick: bool) -> Result<PathBuf> {
+fn finetune(v: &Variant, base_dir: &Path, bits: u32, cache: &RunCache, quick: bool) -> Result<PathBuf> {
     let epochs = if quick { 1 } else { v.epochs };
     let mut args: Vec<String> = ["--epochs".to_string(), epochs.to_string(), "--qat-bits".into(), bits.to_string()].into();
     if quick {
@@ -178,12 +178,19 @@ fn finetune(v: &Variant, base_dir: &Path, bits: u32, cache: &Path, quick: bool) 
     })
 }
 
+/// Where finished training runs are kept, and the hash of the code they depend on
+/// ([`training_code_hash`], read once per `cargo xtask pareto`).
+struct RunCache {
+    dir: PathBuf,
+    code: String,
+}
+
 /// The run directory of `name` for `what` (its inputs, and the code training depends on, hashed into the
 /// name): reused when it finished `epochs` epochs, else cleared and made by the `lepton` command
 /// `command` gives for it.
-fn cached_run(cache: &Path, name: &str, what: &str, epochs: usize, kind: &str, command: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<PathBuf> {
-    let key = lepton_core::data::sha256_hex(format!("{what}|{}", training_code_hash()?).as_bytes());
-    let dir = cache.join(format!("{name}-{}", &key[..12]));
+fn cached_run(cache: &RunCache, name: &str, what: &str, epochs: usize, kind: &str, command: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<PathBuf> {
+    let key = lepton_core::data::sha256_hex(format!("{what}|{}", cache.code).as_bytes());
+    let dir = cache.dir.join(format!("{name}-{}", &key[..12]));
     if finished(&dir, epochs) {
         eprintln!("xtask pareto: reusing the {kind} run in {}", dir.display());
         return Ok(dir);

@@ -80,6 +80,8 @@ pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) 
             if average && count <= 0 {
                 return Err(Error::BadParameter { layer: 0, what: "pooling window entirely in padding" });
             }
+            // At least 1 (which the compiler sees: no division check left to panic).
+            let taps = count.max(1);
             for first in (0..c).step_by(POOL_CHANNELS) {
                 let n = (c - first).min(POOL_CHANNELS);
                 let acc = acc.get_mut(..n).unwrap_or(&mut []);
@@ -97,11 +99,10 @@ pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) 
                     }
                 }
                 for (o, &a) in sub_mut(output, (oy * ow + ox) * c + first, n).iter_mut().zip(acc.iter()) {
-                    let n = count.max(1);
                     let v = match average {
                         false => a,
-                        true if a > 0 => (a + n / 2) / n,
-                        true => (a - n / 2) / n,
+                        true if a > 0 => (a + taps / 2) / taps,
+                        true => (a - taps / 2) / taps,
                     };
                     *o = v.bounded(p.act_min as i32, p.act_max as i32) as i8;
                 }
