@@ -106,6 +106,38 @@ pub fn sxtb16_ror8(x: u32) -> u32 {
     }
 }
 
+/// `SXTAB16 a, x`: bytes 0 and 2 of `x`, sign-extended, plus the halfwords of `a` (wrapping).
+#[inline(always)]
+pub fn sxtab16(a: u32, x: u32) -> u32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: u32;
+        // SAFETY: pure register arithmetic.
+        unsafe { core::arch::asm!("sxtab16 {o}, {a}, {x}", o = lateout(reg) out, a = in(reg) a, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        sadd16(a, sxtb16(x))
+    }
+}
+
+/// `SXTAB16 a, x, ROR #8`: bytes 1 and 3 of `x`, sign-extended, plus the halfwords of `a`.
+#[inline(always)]
+pub fn sxtab16_ror8(a: u32, x: u32) -> u32 {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    {
+        let out: u32;
+        // SAFETY: pure register arithmetic.
+        unsafe { core::arch::asm!("sxtab16 {o}, {a}, {x}, ror #8", o = lateout(reg) out, a = in(reg) a, x = in(reg) x, options(pure, nomem, nostack, preserves_flags)) };
+        out
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    {
+        sadd16(a, sxtb16_ror8(x))
+    }
+}
+
 /// `SADD16 a, b`: halfword-wise `a + b` (wrapping).
 #[inline(always)]
 pub fn sadd16(a: u32, b: u32) -> u32 {
@@ -142,11 +174,19 @@ pub fn ssub16(a: u32, b: u32) -> u32 {
     }
 }
 
-/// Four int8 inputs `x0..x3` (one little-endian word) minus a zero point, as the two i16 pairs
-/// SMLAD consumes against [`sxtb16`] / [`sxtb16_ror8`] of a weight word: `(x0, x2)`, `(x1, x3)`.
+/// Four int8 inputs `x0..x3` (one little-endian word) plus an offset (TFLM's input offset,
+/// minus the zero point; `offset_pair` holds it in both halfwords), as the two i16 pairs SMLAD
+/// consumes against [`sxtb16`] / [`sxtb16_ror8`] of a weight word: `(x0, x2)`, `(x1, x3)`. One
+/// SXTAB16 each: the offset is added as the bytes are extended.
 #[inline(always)]
-pub fn widen_quad(word: u32, zp_pair: u32) -> (u32, u32) {
-    (ssub16(sxtb16(word), zp_pair), ssub16(sxtb16_ror8(word), zp_pair))
+pub fn widen_quad(word: u32, offset_pair: u32) -> (u32, u32) {
+    (sxtab16(offset_pair, word), sxtab16_ror8(offset_pair, word))
+}
+
+/// The input offset `-zp` in both halfwords, as [`widen_quad`] takes it.
+#[inline(always)]
+pub fn offset_pair(zp: i32) -> u32 {
+    pack16(zp.wrapping_neg(), zp.wrapping_neg())
 }
 
 #[cfg(test)]
@@ -165,7 +205,9 @@ mod tests {
         assert_eq!(smlatt(pack16(100, -3), pack16(100, 5), 1), -14);
         assert_eq!(smmulr(-3, 1 << 30), -1); // (-3 * 2^30 + 2^31) >> 32 = floor(-0.25)
         assert_eq!(smmulr(3, i32::MAX), 1); // (3 * (2^31 - 1) + 2^31) >> 32 = floor(1.99..)
-        let (a, b) = widen_quad(u32::from_le_bytes([1, 2, 3, 0x80]), pack16(-128, -128));
+        let (a, b) = widen_quad(u32::from_le_bytes([1, 2, 3, 0x80]), offset_pair(-128));
         assert_eq!((a, b), (pack16(129, 131), pack16(130, 0)));
+        assert_eq!(sxtab16(pack16(-1, 128), 0x80_11_7F_22), pack16(0x21, 0x91));
+        assert_eq!(sxtab16_ror8(pack16(-1, 128), 0x80_11_7F_22), pack16(0x7E, 0));
     }
 }

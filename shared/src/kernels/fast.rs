@@ -21,7 +21,7 @@
 use super::{window, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 use crate::dsp::{smlabb, smlatt};
-use crate::dsp::{pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
+use crate::dsp::{offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
 use crate::types::{as_i8_mut, expect_len, sub, sub_mut, I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::types::Bounded;
 use crate::Error;
@@ -169,10 +169,10 @@ fn widen_words_fast(_: &[u32], _: &mut [u32]) -> usize {
 
 /// Widen `src` (length a multiple of 4) minus the zero point into patch words.
 #[inline(always)]
-fn widen(src: &[i8], zp_pair: u32, dst: &mut [u32]) {
+fn widen(src: &[i8], input_offset: u32, dst: &mut [u32]) {
     for (q, d) in src.as_chunks::<4>().0.iter().zip(dst.as_chunks_mut::<2>().0) {
         let word = u32::from_le_bytes(q.map(|v| v as u8));
-        let (a, b) = widen_quad(word, zp_pair);
+        let (a, b) = widen_quad(word, input_offset);
         *d = [a, b];
     }
 }
@@ -511,11 +511,14 @@ struct Requantizer<'r> {
     requant: &'r Requant<'r>,
     bias: I32Le<'r>,
     fast: Option<Fast>,
+    /// The channels every section holds (what [`requant_n`] may read).
+    sections: usize,
 }
 
 impl<'r> Requantizer<'r> {
     fn new(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize) -> Self {
-        Requantizer { requant, bias, fast: fast_requant(requant, bias, taps) }
+        let sections = bias.len().min(requant.multipliers.len()).min(requant.shifts.len());
+        Requantizer { requant, bias, fast: fast_requant(requant, bias, taps), sections }
     }
 
     /// One channel, TFLM's general arithmetic (the fast forms run a group or more at a time;
@@ -528,13 +531,7 @@ impl<'r> Requantizer<'r> {
     /// Channels `first..first + out.len()` from their accumulators.
     fn channels(&self, acc: &[i32], first: usize, out: &mut [i8]) {
         if let Some(fast) = self.fast {
-            let r = self.requant;
-            let span = 4 * first..4 * (first + out.len());
-            let (b, m, s) = (self.bias.bytes().get(span.clone()), r.multipliers.bytes().get(span.clone()), r.shifts.bytes().get(span));
-            if let (Some(b), Some(m), Some(s)) = (b, m, s) {
-                requant_n(acc, [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out);
-            }
-            return;
+            return requant_n(self, fast, acc, first, out);
         }
         for (j, (o, &a)) in out.iter_mut().zip(acc).enumerate() {
             *o = self.apply(a, first + j);
@@ -544,11 +541,9 @@ impl<'r> Requantizer<'r> {
     /// Four accumulators of channel group `g`.
     #[inline(always)]
     fn group(&self, acc: [i32; 4], g: usize, out: &mut [i8]) {
-        let r = self.requant;
-        if let Some(fast) = self.fast {
-            let (b, m, s) = (self.bias.bytes().get(16 * g..16 * g + 16), r.multipliers.bytes().get(16 * g..16 * g + 16), r.shifts.bytes().get(16 * g..16 * g + 16));
-            if let (Some(b), Some(m), Some(s), Some(o)) = (b, m, s, out.get_mut(4 * g..4 * g + 4)) {
-                return requant4(&acc, [b, m, s], r.output_zp, r.act_min, r.act_max, fast, o);
+        if let Some(fast) = self.fast.filter(|_| 4 * g + 4 <= self.sections) {
+            if let Some(o) = out.get_mut(4 * g..4 * g + 4) {
+                return requant_n(self, fast, &acc, 4 * g, o);
             }
         }
         for (j, &a) in acc.iter().enumerate() {
@@ -560,19 +555,18 @@ impl<'r> Requantizer<'r> {
     }
 }
 
-/// [`requant_n`] of one group of four channels.
-#[inline(always)]
-fn requant4(acc: &[i32; 4], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
-    requant_n(acc, sections, zp, lo, hi, fast, out)
-}
-
-/// [`requant_smmulr`] (`Fast::Right`) or [`requant_smmulr_any`] (`Fast::Any`) of the channels of
-/// `out`: `acc[j] + bias[j]` with `multipliers[j]`, `shifts[j]` (`sections` = the channels' bias,
-/// multipliers, shifts; little-endian i32). Portable.
+/// [`requant_smmulr`] (`Fast::Right`) or [`requant_smmulr_any`] (`Fast::Any`) of channels
+/// `first..first + out.len()` of `rq`: `acc[j] + bias` with the channel's multiplier and shift
+/// (nothing is written if `rq`'s sections do not hold them all). Portable.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
-    let [b, m, s] = sections;
+fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut [i8]) {
+    let r = rq.requant;
+    let span = 4 * first..4 * (first + out.len());
+    let (Some(b), Some(m), Some(s)) = (rq.bias.bytes().get(span.clone()), r.multipliers.bytes().get(span.clone()), r.shifts.bytes().get(span)) else {
+        return;
+    };
     let (b, m, s) = (b.as_chunks::<4>().0, m.as_chunks::<4>().0, s.as_chunks::<4>().0);
+    let (zp, lo, hi) = (r.output_zp, r.act_min, r.act_max);
     let one = match fast {
         Fast::Right => requant_smmulr,
         Fast::Any => requant_smmulr_any,
@@ -582,22 +576,26 @@ fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: F
     }
 }
 
-/// [`requant_smmulr`] (`Fast::Right`: 16 instructions a channel with the loop, 21 with a partial
-/// clamp) or [`requant_smmulr_any`] (`Fast::Any`: 25) of the channels of `out`. The rounding
-/// shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1` with `x' = x - [x < 0]`:
-/// `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)` for any integer `y`, so this
-/// is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the zero point (`r - 1` is
-/// `!shift`; `2 zp` is even, so adding it before the last halving is exact).
+/// [`requant_smmulr`] (`Fast::Right`) or [`requant_smmulr_any`] (`Fast::Any`) of the channels
+/// of `out`. The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1`
+/// with `x' = x - [x < 0]`: `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)`
+/// for any integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the
+/// zero point (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is
+/// exact). `Fast::Right` with no upper clamp below 127 (TFLM's ReLU and no activation) runs two
+/// channels per iteration: 12 instructions a channel, 13.5 with a lower clamp; the rest one at a
+/// time (15 with the loop, 21 with both clamps, `Fast::Any` 24).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
-    let [b, m, s] = sections;
+fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut [i8]) {
     let n = out.len();
-    if n == 0 || acc.len() < n || b.len() < 4 * n || m.len() < 4 * n || s.len() < 4 * n {
+    if n == 0 || acc.len() < n || first.saturating_add(n) > rq.sections {
         return;
     }
-    // SAFETY: the lengths are checked above.
-    unsafe { requant_body(acc, [b, m, s], zp, lo, hi, fast, out) }
+    let r = rq.requant;
+    // SAFETY: each section holds rq.sections >= first + n words (checked above).
+    let (b, m, s) = unsafe { (rq.bias.bytes().as_ptr().add(4 * first), r.multipliers.bytes().as_ptr().add(4 * first), r.shifts.bytes().as_ptr().add(4 * first)) };
+    // SAFETY: `acc` holds n words, the sections n from their pointers.
+    unsafe { requant_body(acc.as_ptr(), [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out) }
 }
 
 /// [`requant_n`]'s loops.
@@ -606,10 +604,63 @@ fn requant_n(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: F
 /// `out` holds at least one channel, and `acc` and each section at least `out.len()` words.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
-    let [b, m, s] = sections;
-    let n = out.len();
+unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
+    let [pb, pm, ps] = sections;
+    let mut n = out.len();
     let zp = 2 * zp + 1;
+    let (mut pa, mut pb, mut pm, mut ps, mut po) = (acc, pb, pm, ps, out.as_mut_ptr());
+    // Two channels per iteration (words by LDRD: word alignment is enough on the M4), the
+    // scaling of `right_scale` below; `$floor`: the lower clamp, if any (the upper one is SSAT's).
+    macro_rules! pairs {
+        ($floor:literal, $($lo:tt)*) => {
+            core::arch::asm!(
+                "2:",
+                "ldrd {a}, {c}, [{pa}], #8",
+                "ldrd {t}, {u}, [{pb}], #8",
+                "add {a}, {a}, {t}",
+                "add {c}, {c}, {u}",
+                "ldrd {t}, {u}, [{pm}], #8",
+                "lsl {a}, {a}, #1",
+                "lsl {c}, {c}, #1",
+                "smmulr {a}, {a}, {t}",
+                "smmulr {c}, {c}, {u}",
+                "ldrd {t}, {u}, [{ps}], #8",
+                "mvn {t}, {t}",
+                "mvn {u}, {u}",
+                "add {a}, {a}, {a}, asr #31",
+                "add {c}, {c}, {c}, asr #31",
+                "asr {a}, {a}, {t}",
+                "asr {c}, {c}, {u}",
+                "add {a}, {a}, {zp}",
+                "add {c}, {c}, {zp}",
+                "ssat {a}, #8, {a}, asr #1",
+                "ssat {c}, #8, {c}, asr #1",
+                $floor,
+                "strb {a}, [{po}], #1",
+                "strb {c}, [{po}], #1",
+                "subs {k}, {k}, #1",
+                "bne 2b",
+                pa = inout(reg) pa, pb = inout(reg) pb, pm = inout(reg) pm, ps = inout(reg) ps, po = inout(reg) po,
+                k = inout(reg) n / 2 => _, zp = in(reg) zp, $($lo)* a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
+                options(nostack),
+            )
+        };
+    }
+    if matches!(fast, Fast::Right) && hi == i8::MAX && n >= 2 {
+        // SAFETY: reads 2 (n / 2) words of `acc` and of each section, writes as many bytes of
+        // `out` (the caller's guarantee); the pointers come back advanced past them.
+        unsafe {
+            if lo == i8::MIN {
+                pairs!("",);
+            } else {
+                pairs!("cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {c}, {lo}\nit lt\nmovlt {c}, {lo}\n", lo = in(reg) lo as i32,);
+            }
+        }
+        if n % 2 == 0 {
+            return;
+        }
+        n = 1;
+    }
     // acc + bias, times the multiplier, shifted by the channel's shift: a = x' >> (r - 1).
     macro_rules! right_scale { () => { concat!(
         "lsl {a}, {a}, #1\n",
@@ -641,6 +692,7 @@ unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i
         "asrlt {a}, {a}, {t}\n",
         "lslge {a}, {a}, #1\n",
     ) } }
+    // `$clamp` halves `a` (the last step of the rounding shift) and clamps it.
     macro_rules! channel {
         ($scale:ident, $clamp:literal) => {
             concat!(
@@ -650,7 +702,6 @@ unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i
                 "add {a}, {a}, {t}\n",
                 $scale!(),
                 "add {a}, {a}, {zp}\n",
-                "asr {a}, {a}, #1\n",
                 $clamp,
                 "strb {a}, [{po}], #1\n",
                 "subs {k}, {k}, #1\n",
@@ -661,25 +712,26 @@ unsafe fn requant_body(acc: &[i32], sections: [&[u8]; 3], zp: i32, lo: i8, hi: i
     macro_rules! run {
         ($scale:ident, full) => {
             core::arch::asm!(
-                channel!($scale, "ssat {a}, #8, {a}\n"),
-                pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
-                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) n => _,
+                channel!($scale, "ssat {a}, #8, {a}, asr #1\n"),
+                pa = inout(reg) pa => _, pb = inout(reg) pb => _, pm = inout(reg) pm => _,
+                ps = inout(reg) ps => _, po = inout(reg) po => _, k = inout(reg) n => _,
                 zp = in(reg) zp, a = out(reg) _, t = out(reg) _,
                 options(nostack),
             )
         };
         ($scale:ident, partial) => {
             core::arch::asm!(
-                channel!($scale, "cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
-                pa = inout(reg) acc.as_ptr() => _, pb = inout(reg) b.as_ptr() => _, pm = inout(reg) m.as_ptr() => _,
-                ps = inout(reg) s.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _, k = inout(reg) n => _,
+                channel!($scale, "asr {a}, {a}, #1\ncmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {a}, {hi}\nit gt\nmovgt {a}, {hi}\n"),
+                pa = inout(reg) pa => _, pb = inout(reg) pb => _, pm = inout(reg) pm => _,
+                ps = inout(reg) ps => _, po = inout(reg) po => _, k = inout(reg) n => _,
                 zp = in(reg) zp, lo = in(reg) lo as i32, hi = in(reg) hi as i32, a = out(reg) _, t = out(reg) _,
                 options(nostack),
             )
         };
     }
-    // SAFETY: reads n words of each of `acc` and the three sections (the caller's guarantee; the
-    // sections are 4-byte aligned in the model) and writes the n bytes of `out`.
+    // SAFETY: reads n words of `acc` and the three sections from the pointers on (the caller's
+    // guarantee, less what the pairs took; the sections are 4-byte aligned in the model) and
+    // writes n bytes of `out`.
     unsafe {
         match (fast, lo == i8::MIN && hi == i8::MAX) {
             (Fast::Right, true) => run!(right_scale, full),
@@ -727,14 +779,14 @@ fn conv_rows_in_quads(p: &Conv2d) -> bool {
 /// Build the widened patch of output pixel `(oy, ox)` of a VALID conv whose kernel rows are
 /// whole quads ([`conv_rows_in_quads`]).
 #[inline(always)]
-fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patch: &mut [u32]) {
+fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32, patch: &mut [u32]) {
     let (iw, ic) = (p.input.w as usize, p.input.c as usize);
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
     let row = kw * ic;
     for ky in 0..kh {
         let iy = oy * p.stride_h as usize + ky;
         let start = (iy * iw + ox * p.stride_w as usize) * ic;
-        widen(sub(input, start, row), zp_pair, sub_mut(patch, ky * row / 2, row / 2));
+        widen(sub(input, start, row), input_offset, sub_mut(patch, ky * row / 2, row / 2));
     }
 }
 
@@ -759,7 +811,7 @@ fn copy_bytes(raw: &mut [u8], at: &mut usize, src: &[i8]) {
 /// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
 /// minus its zero point, 0 where the window leaves the input (TFLite skips those taps: the same
 /// sum), zeros up to the stored taps.
-fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u32, patch: &mut [u32]) {
+fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32, patch: &mut [u32]) {
     let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
     let top = p.padding.leading(ih, kh, p.stride_h as usize, p.output.h as usize);
@@ -770,7 +822,7 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u3
     if inside && row.is_multiple_of(4) {
         for ky in 0..kh {
             let start = ((y0 as usize + ky) * iw + x0 as usize) * ic;
-            widen(sub(input, start, row), zp_pair, sub_mut(patch, ky * row / 2, row / 2));
+            widen(sub(input, start, row), input_offset, sub_mut(patch, ky * row / 2, row / 2));
         }
         for w in patch.iter_mut().skip(kh * row / 2) {
             *w = 0;
@@ -809,7 +861,7 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, zp_pair: u3
         // SAFETY: with half = len / 2, half + q < 2 half <= len and 2q + 1 < 2 half <= len; quad
         // q is read before words 2q and 2q + 1 are written, which hold quads already read.
         unsafe {
-            let (lo, hi) = widen_quad(*at.add(half + q), zp_pair);
+            let (lo, hi) = widen_quad(*at.add(half + q), input_offset);
             *at.add(2 * q) = lo;
             *at.add(2 * q + 1) = hi;
         }
@@ -824,13 +876,13 @@ fn is_pointwise(p: &Conv2d) -> bool {
 /// The widened patch of output pixel `q` (row-major). Out of line: both loops of
 /// [`conv2d_s8_fast_io`] share one copy.
 #[inline(never)]
-fn pixel_patch(p: &Conv2d, pointwise: bool, input: &[i8], q: usize, zp_pair: u32, patch: &mut [u32]) {
+fn pixel_patch(p: &Conv2d, pointwise: bool, input: &[i8], q: usize, input_offset: u32, patch: &mut [u32]) {
     let ic = p.input.c as usize;
     if pointwise {
-        widen(sub(input, q * ic, ic), zp_pair, patch);
+        widen(sub(input, q * ic, ic), input_offset, patch);
     } else {
         let ow = (p.output.w as usize).max(1);
-        conv_patch_padded(p, input, q / ow, q % ow, zp_pair, patch);
+        conv_patch_padded(p, input, q / ow, q % ow, input_offset, patch);
     }
 }
 
@@ -889,7 +941,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
     let rq = Requantizer::new(&p.requant, p.bias, taps);
-    let zp_pair = pack16(p.input_zp, p.input_zp);
+    let input_offset = offset_pair(p.input_zp);
     let stored = p.layout.stored_taps(taps);
     let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
@@ -904,7 +956,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
         for k in 0..pixels {
             let q = io.pixel(k, pixels);
-            pixel_patch(p, pointwise, io.input(), q, zp_pair, patch);
+            pixel_patch(p, pointwise, io.input(), q, input_offset, patch);
             let out = io.output(q * oc, oc);
             // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
             for (chunk, groups) in weights.chunks((group * CHANNEL_GROUPS).max(1)).enumerate() {
@@ -921,7 +973,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let count = b.block.min(pixels - first);
         for (i, patch) in b.patches.chunks_exact_mut(wpp).take(count).enumerate() {
             let q = io.pixel(first + i, pixels);
-            pixel_patch(p, pointwise, io.input(), q, zp_pair, patch);
+            pixel_patch(p, pointwise, io.input(), q, input_offset, patch);
         }
         for (g, group) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
             widen_any(p.layout, group, b.wide);
@@ -1088,11 +1140,11 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
     let (kw, sh, sw) = (pool.kernel_w as usize, pool.stride_h as usize, pool.stride_w as usize);
     let window = (pool.kernel_h as usize * kw).max(1);
     let wpp = patch_words(taps).max(1);
-    let zp_pair = pack16(conv.input_zp, conv.input_zp);
+    let input_offset = offset_pair(conv.input_zp);
     let outputs = ph * pw;
     let b = Blocks::new(scratch, conv.layout, taps, window * wpp, outputs, 1)?;
     if !b.widen {
-        return conv_maxpool_by_window(conv, pool, input, output, weights, zp_pair, b.patches);
+        return conv_maxpool_by_window(conv, pool, input, output, weights, input_offset, b.patches);
     }
     let mut first = 0;
     while first < outputs {
@@ -1100,7 +1152,7 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
         for (n, patch) in b.patches.chunks_exact_mut(wpp).take(count * window).enumerate() {
             let (o, slot) = (first + n / window, n % window);
             let (py, px) = (o / pw.max(1), o % pw.max(1));
-            conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
+            conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), input_offset, patch);
         }
         for (g, stored_group) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
             widen_any(conv.layout, stored_group, b.wide);
@@ -1131,7 +1183,7 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
 /// [`conv2d_maxpool_s8_fast`] one pooled output at a time (weights used as stored): the
 /// patches of the conv pixels under its window are built once, in `patches`.
 #[inline(always)]
-fn conv_maxpool_by_window(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], weights: &[u32], zp_pair: u32, patches: &mut [u32]) -> Result<(), Error> {
+fn conv_maxpool_by_window(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], weights: &[u32], input_offset: u32, patches: &mut [u32]) -> Result<(), Error> {
     let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
     let (ph, pw, oc) = (pool.output.h as usize, pool.output.w as usize, conv.output.c as usize);
     let (kh, kw, sh, sw) = (pool.kernel_h as usize, pool.kernel_w as usize, pool.stride_h as usize, pool.stride_w as usize);
@@ -1140,7 +1192,7 @@ fn conv_maxpool_by_window(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut
     for py in 0..ph {
         for px in 0..pw {
             for (slot, patch) in patches.chunks_exact_mut(words_per_patch.max(1)).enumerate() {
-                conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), zp_pair, patch);
+                conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), input_offset, patch);
             }
             let out = sub_mut(output, (py * pw + px) * oc, oc);
             for (g, w) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
@@ -1220,7 +1272,7 @@ fn winograd_tile_max(m: &[[i32; 4]; 16], j: usize) -> i32 {
 /// instruction with 16-bit lane adds (every value stays within 4 x 255).
 fn winograd_input(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), zp: i32, v: &mut [u32]) {
     let (per_position, quads) = (ic / 2, ic / 4);
-    let zp_pair = pack16(zp, zp);
+    let input_offset = offset_pair(zp);
     let (pixels, _) = input.as_chunks::<4>();
     for q in 0..quads {
         // The tile's 16 pixels of this quad, each word loaded and widened once.
@@ -1228,7 +1280,7 @@ fn winograd_input(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), 
         for r in 0..4 {
             for s in 0..4 {
                 let word = pixels.get(((y0 + r) * iw + x0 + s) * quads + q).map_or(0, |b| u32::from_le_bytes(b.map(|x| x as u8)));
-                (d[0][r][s], d[1][r][s]) = widen_quad(word, zp_pair);
+                (d[0][r][s], d[1][r][s]) = widen_quad(word, input_offset);
             }
         }
         for (half, d) in d.iter().enumerate() {
@@ -1497,10 +1549,10 @@ pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
 /// Depthwise sums of `acc.len() / 4` groups of four channels, from `input` and `weights` on,
 /// over the taps of `table` (pairs of input and weight byte offsets, ended by a negative offset
 /// whose pair is minus the table's bytes): per tap one word of input and one of weights, widened
-/// with SXTB16, the zero point off with SSUB16, SMLABB/SMLATT; then the next group, 4 bytes on.
+/// with SXTAB16 (the input plus its offset, minus the zero point) and SXTB16, SMLABB/SMLATT; then the next group, 4 bytes on.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], zp_pair: u32, acc: &mut [i32]) {
+fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], input_offset: u32, acc: &mut [i32]) {
     let groups = acc.len() / 4;
     if groups == 0 {
         return;
@@ -1525,13 +1577,11 @@ fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], zp_pair: 
             "blt 3f",
             "ldr {x}, [{pin}, {t}]",
             "ldr {w}, [{pw}, {u}]",
-            "sxtb16 {t}, {x}",
-            "ssub16 {t}, {t}, {zp}",
+            "sxtab16 {t}, {offset}, {x}",
             "sxtb16 {u}, {w}",
             "smlabb {a0}, {t}, {u}, {a0}",
             "smlatt {a2}, {t}, {u}, {a2}",
-            "sxtb16 {x}, {x}, ror #8",
-            "ssub16 {x}, {x}, {zp}",
+            "sxtab16 {x}, {offset}, {x}, ror #8",
             "sxtb16 {w}, {w}, ror #8",
             "smlabb {a1}, {x}, {w}, {a1}",
             "smlatt {a3}, {x}, {w}, {a3}",
@@ -1552,7 +1602,7 @@ fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], zp_pair: 
             tab = inout(reg) table.as_ptr() => _,
             pin = inout(reg) input => _,
             pw = inout(reg) weights => _,
-            zp = in(reg) zp_pair,
+            offset = in(reg) input_offset,
             t = inout(reg) acc.as_mut_ptr() => _,
             u = inout(reg) groups => _,
             x = out(reg) _, w = out(reg) _,
@@ -1563,13 +1613,13 @@ fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], zp_pair: 
 
 /// Portable [`depthwise_taps`] of one group: the same sums.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], zp_pair: u32) -> [i32; 4] {
+fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], input_offset: u32) -> [i32; 4] {
     let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
     for tap in table.chunks_exact(2) {
         if (tap[0] as i32) < 0 {
             break;
         }
-        let (xe, xo) = widen_quad(quad_at(input, tap[0] as usize), zp_pair);
+        let (xe, xo) = widen_quad(quad_at(input, tap[0] as usize), input_offset);
         let w = quad_at(weights, tap[1] as usize);
         let (we, wo) = (sxtb16(w), sxtb16_ror8(w));
         a0 = smlabb(xe, we, a0);
@@ -1599,7 +1649,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     expect_len(p.bias.len(), c)?;
     let table = scratch_words(scratch, 2 * (kh * kw + 1))?;
     let rq = Requantizer::new(&p.requant, p.bias, kh * kw);
-    let zp_pair = pack16(p.input_zp, p.input_zp);
+    let input_offset = offset_pair(p.input_zp);
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
     let mut acc = [0i32; 4 * CHANNEL_GROUPS];
@@ -1631,11 +1681,11 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
             // SAFETY: the offsets address whole words of `input` and `weights` (shapes
             // checked above), shifted by each group's 4g bytes (g < c / 4), all in bounds.
-            depthwise_taps(unsafe { input.as_ptr().add(4 * first) }, unsafe { p.weights.as_ptr().add(4 * first) }, table, zp_pair, acc);
+            depthwise_taps(unsafe { input.as_ptr().add(4 * first) }, unsafe { p.weights.as_ptr().add(4 * first) }, table, input_offset, acc);
             #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
             for (j, a) in acc.as_chunks_mut::<4>().0.iter_mut().enumerate() {
                 let g = 4 * (first + j);
-                *a = depthwise_taps4_portable(input.get(g..).unwrap_or(&[]), p.weights.get(g..).unwrap_or(&[]), table, zp_pair);
+                *a = depthwise_taps4_portable(input.get(g..).unwrap_or(&[]), p.weights.get(g..).unwrap_or(&[]), table, input_offset);
             }
             rq.channels(acc, 4 * first, io.output((oy * ow + ox) * c + 4 * first, 4 * groups));
         }
@@ -1835,7 +1885,7 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
     let all = scratch_words(scratch, patch_words(stored) + if int4 { 2 * stored } else { 0 })?;
     let (patch, wide) = all.split_at_mut_checked(patch_words(stored)).ok_or(Error::BufferSize { expected: patch_words(stored), found: 0 })?;
     let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
-    widen(input, pack16(p.input_zp, p.input_zp), patch);
+    widen(input, offset_pair(p.input_zp), patch);
     for w in patch.iter_mut().skip(p.input_len / 2) {
         *w = 0; // the stored taps beyond the inputs (int4 octets)
     }
