@@ -18,7 +18,7 @@
 //! Each `*_supported` function says when a kernel applies; the engine falls back to the
 //! reference kernels otherwise.
 
-use super::{window, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
+use super::{Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 use crate::dsp::{smlabb, smlatt};
 use crate::dsp::{offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
@@ -424,6 +424,20 @@ impl Io<'_> {
         }
     }
 
+    /// The input's and the output's first bytes, both from the one borrow (for kernels that
+    /// read and write in one asm loop); None if a shared range leaves the buffer.
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    fn pointers(&mut self) -> Option<(*const i8, *mut i8)> {
+        match self {
+            Io::Apart { input, output } => Some((input.as_ptr(), output.as_mut_ptr())),
+            Io::Shared { io, input, output, .. } => {
+                let fits = input.start <= input.end && input.end <= io.len() && output.start <= output.end && output.end <= io.len();
+                let base = io.as_mut_ptr();
+                fits.then(|| (base.wrapping_add(input.start) as *const i8, base.wrapping_add(output.start)))
+            }
+        }
+    }
+
     fn output_len(&self) -> usize {
         match self {
             Io::Apart { output, .. } => output.len(),
@@ -581,9 +595,9 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
 /// with `x' = x - [x < 0]`: `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)`
 /// for any integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the
 /// zero point (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is
-/// exact). `Fast::Right` with no upper clamp below 127 (TFLM's ReLU and no activation) runs two
-/// channels per iteration: 12 instructions a channel, 13.5 with a lower clamp; the rest one at a
-/// time (15 with the loop, 21 with both clamps, `Fast::Any` 24).
+/// exact). `Fast::Right` with the full int8 clamp (TFLM's for ReLU and ReLU6 quantized to their
+/// range, and no activation) runs two channels per iteration, 12 instructions a channel; the
+/// rest one at a time (21 with a clamp, `Fast::Any` 24, 19 with the full clamp).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut [i8]) {
@@ -612,7 +626,7 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i
     // Two channels per iteration (words by LDRD: word alignment is enough on the M4), the
     // scaling of `right_scale` below; `$floor`: the lower clamp, if any (the upper one is SSAT's).
     macro_rules! pairs {
-        ($floor:literal, $($lo:tt)*) => {
+        () => {
             core::arch::asm!(
                 "2:",
                 "ldrd {a}, {c}, [{pa}], #8",
@@ -635,27 +649,20 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i
                 "add {c}, {c}, {zp}",
                 "ssat {a}, #8, {a}, asr #1",
                 "ssat {c}, #8, {c}, asr #1",
-                $floor,
                 "strb {a}, [{po}], #1",
                 "strb {c}, [{po}], #1",
                 "subs {k}, {k}, #1",
                 "bne 2b",
                 pa = inout(reg) pa, pb = inout(reg) pb, pm = inout(reg) pm, ps = inout(reg) ps, po = inout(reg) po,
-                k = inout(reg) n / 2 => _, zp = in(reg) zp, $($lo)* a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
+                k = inout(reg) n / 2 => _, zp = in(reg) zp, a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
                 options(nostack),
             )
         };
     }
-    if matches!(fast, Fast::Right) && hi == i8::MAX && n >= 2 {
+    if matches!(fast, Fast::Right) && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
         // SAFETY: reads 2 (n / 2) words of `acc` and of each section, writes as many bytes of
         // `out` (the caller's guarantee); the pointers come back advanced past them.
-        unsafe {
-            if lo == i8::MIN {
-                pairs!("",);
-            } else {
-                pairs!("cmp {a}, {lo}\nit lt\nmovlt {a}, {lo}\ncmp {c}, {lo}\nit lt\nmovlt {c}, {lo}\n", lo = in(reg) lo as i32,);
-            }
-        }
+        unsafe { pairs!() };
         if n % 2 == 0 {
             return;
         }
@@ -734,8 +741,7 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i
     // writes n bytes of `out`.
     unsafe {
         match (fast, lo == i8::MIN && hi == i8::MAX) {
-            (Fast::Right, true) => run!(right_scale, full),
-            (Fast::Right, false) => run!(right_scale, partial),
+            (Fast::Right, _) => run!(right_scale, partial),
             (Fast::Any, true) => run!(any_scale, full),
             (Fast::Any, false) => run!(any_scale, partial),
         }
@@ -799,11 +805,19 @@ fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
     *at += n;
 }
 
-/// `src` into `raw` at `*at`, which moves past it.
+/// `src` into `raw` at `*at` (as much as fits), which moves past it; a word at a time (the M4
+/// loads and stores unaligned words), then the bytes left.
 #[inline(always)]
 fn copy_bytes(raw: &mut [u8], at: &mut usize, src: &[i8]) {
-    for (b, &v) in raw.iter_mut().skip(*at).zip(src) {
-        *b = v as u8;
+    let n = src.len().min(raw.len().saturating_sub(*at));
+    if let (Some(dst), Some(src)) = (raw.get_mut(*at..*at + n), src.get(..n)) {
+        let ((dw, dr), (sw, sr)) = (dst.as_chunks_mut::<4>(), src.as_chunks::<4>());
+        for (d, s) in dw.iter_mut().zip(sw) {
+            *d = u32::from_ne_bytes(s.map(|v| v as u8)).to_ne_bytes();
+        }
+        for (d, &s) in dr.iter_mut().zip(sr) {
+            *d = s as u8;
+        }
     }
     *at += src.len();
 }
@@ -856,14 +870,17 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
         let rest = raw.len().saturating_sub(at);
         fill_bytes(raw, &mut at, zp, rest);
     }
-    let at = patch.as_mut_ptr();
-    for q in 0..half {
-        // SAFETY: with half = len / 2, half + q < 2 half <= len and 2q + 1 < 2 half <= len; quad
-        // q is read before words 2q and 2q + 1 are written, which hold quads already read.
+    let (mut to, mut from) = (patch.as_mut_ptr(), patch.as_mut_ptr().wrapping_add(half));
+    for _ in 0..half {
+        // SAFETY: with half = len / 2, quad q is read from word half + q < len and written to
+        // words 2q and 2q + 1 < len; quad q is read before those are written, which hold quads
+        // already read (2q + 1 <= half + q).
         unsafe {
-            let (lo, hi) = widen_quad(*at.add(half + q), input_offset);
-            *at.add(2 * q) = lo;
-            *at.add(2 * q + 1) = hi;
+            let (lo, hi) = widen_quad(*from, input_offset);
+            *to = lo;
+            *to.add(1) = hi;
+            from = from.add(1);
+            to = to.add(2);
         }
     }
 }
@@ -1521,117 +1538,205 @@ fn window_maxima_3x3_2x2(patches: &[u32], weights: &[u32], maxes: &mut [u32]) {
 // ---------------------------------------------------------------------------------------------
 // Depthwise convolution, four channels at a time
 
-/// Depth multiplier 1, channels a multiple of 4: one word of input and one of weights carry
-/// four channels' taps.
+/// Depth multiplier 1, channels a multiple of 4 (one word of input and one of weights carry
+/// four channels' taps), requantization by [`Fast::Right`] and no clamp but int8's (TFLM's
+/// Prepare gives both to ReLU and ReLU6 layers quantized to their range, and to every
+/// depthwise conv of the MLPerf Tiny models): the kernel requantizes inline.
 pub fn depthwise_conv2d_s8_fast_supported(p: &DepthwiseConv2d) -> bool {
-    p.depth_multiplier == 1 && p.input.c.is_multiple_of(4)
+    let taps = p.kernel_h as usize * p.kernel_w as usize;
+    p.depth_multiplier == 1 && p.input.c.is_multiple_of(4) && (p.requant.act_min, p.requant.act_max) == (i8::MIN, i8::MAX) && fast_requant(&p.requant, p.bias, taps) == Some(Fast::Right)
 }
 
-/// Four consecutive bytes as a little-endian word.
-#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-#[inline(always)]
-fn quad_at(bytes: &[i8], at: usize) -> u32 {
-    match bytes.get(at..at + 4) {
-        Some(q) => u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]),
-        None => 0,
-    }
-}
-
-/// Channel groups per [`depthwise_taps`] call and per requantization call of the direct conv
-/// (their sums sit on the stack).
+/// Channel groups per requantization call of the direct conv (their sums sit on the stack).
 const CHANNEL_GROUPS: usize = 16;
 
-pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
-    // The tap table: (input offset, weight offset) per tap and an end marker.
-    8 * (p.kernel_h as usize * p.kernel_w as usize + 1) + 3
+/// Taps per window, rounded up to whole rounds of 3 (the tap loop's unrolling; the extra taps
+/// read the zero-point word with weight 0).
+fn depthwise_taps(p: &DepthwiseConv2d) -> usize {
+    (p.kernel_h as usize * p.kernel_w as usize).div_ceil(3) * 3
 }
 
-/// Depthwise sums of `acc.len() / 4` groups of four channels, from `input` and `weights` on,
-/// over the taps of `table` (pairs of input and weight byte offsets, ended by a negative offset
-/// whose pair is minus the table's bytes): per tap one word of input and one of weights, widened
-/// with SXTAB16 (the input plus its offset, minus the zero point) and SXTB16, SMLABB/SMLATT; then the next group, 4 bytes on.
+/// Words of the depthwise scratch: the pixel's tap table, a word of zero points per group (the
+/// taps outside the input read it), per group the widened weights (2 words a tap) and a block
+/// of 12 words (each channel's sum to start from, multiplier, `!shift`).
+#[inline(always)]
+fn depthwise_scratch_words(p: &DepthwiseConv2d) -> usize {
+    let (taps, groups) = (depthwise_taps(p), p.input.c as usize / 4);
+    taps + groups * (1 + 2 * taps + 12)
+}
+
+pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
+    4 * depthwise_scratch_words(p) + 3
+}
+
+/// The weights and per-channel constants of every group, built once per call: weights doubled
+/// and widened, and a start of `2 (bias - zp x (sum of the channel's weights))`, so that the
+/// sum over every tap (those outside the input read the zero point, adding 0 as TFLite's
+/// skipped taps do) is `2 (acc + bias)`, what [`requant_smmulr`] multiplies (exact under
+/// [`Fast::Right`]); then each channel's multiplier and `!shift`.
+fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, weights: &mut [u32], blocks: &mut [u32]) {
+    let (c, real) = (p.input.c as usize, p.kernel_h as usize * p.kernel_w as usize);
+    for (g, (w, block)) in weights.chunks_exact_mut(2 * taps.max(1)).zip(blocks.chunks_exact_mut(12)).enumerate() {
+        let mut sums = [0i32; 4];
+        for (t, w) in w.as_chunks_mut::<2>().0.iter_mut().enumerate() {
+            let q = p.weights.get(t * c + 4 * g..t * c + 4 * g + 4).filter(|_| t < real).map_or(0, |q| u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]));
+            let (even, odd) = (sxtb16(q), sxtb16_ror8(q));
+            let (even, odd) = (sadd16(even, even), sadd16(odd, odd));
+            *w = [even, odd];
+            for (j, lanes) in [even, odd, even >> 16, odd >> 16].into_iter().enumerate() {
+                sums[j] += lanes as u16 as i16 as i32;
+            }
+        }
+        // The doubled weights' sums: the start is 2 bias - zp x (sum of 2w).
+        for (j, &sum) in sums.iter().enumerate() {
+            let ch = 4 * g + j;
+            block[j] = sum.wrapping_mul(p.input_zp.wrapping_neg()).wrapping_add(p.bias.get(ch).wrapping_mul(2)) as u32;
+            block[4 + j] = p.requant.multipliers.get(ch) as u32;
+            block[8 + j] = !p.requant.shifts.get(ch) as u32;
+        }
+    }
+}
+
+/// The taps of output pixel `(oy, ox)`: each the byte offset of its input pixel, or `outside`
+/// (which addresses the zero-point words) where the window leaves the input, then `outside`
+/// up to the rounded tap count.
+fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_left): (usize, usize), outside: u32, table: &mut [u32]) {
+    let (ih, iw, c) = (p.input.h as isize, p.input.w as isize, p.input.c as usize);
+    let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
+    let y0 = (oy * p.stride_h as usize) as isize - pad_top as isize;
+    let x0 = (ox * p.stride_w as usize) as isize - pad_left as isize;
+    let mut entries = table.iter_mut();
+    for y in y0..y0 + kh as isize {
+        let row = (0..ih).contains(&y);
+        for x in x0..x0 + kw as isize {
+            if let Some(entry) = entries.next() {
+                *entry = if row && (0..iw).contains(&x) { ((y * iw + x) as usize * c) as u32 } else { outside };
+            }
+        }
+    }
+    for entry in entries {
+        *entry = outside;
+    }
+}
+
+/// One output pixel's `groups` groups of four channels, from `input` (the table's offsets are
+/// from there; each next group is 4 bytes on), `weights` and `blocks` (see
+/// [`depthwise_prepare`]): per group the sums start from the block, per tap one LDR of input
+/// (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round, then
+/// the four channels are requantized ([`requant_smmulr`] of sums already doubled, int8 clamp:
+/// the `right_scale` of [`requant_n`] without its doubling) into `out`.
+///
+/// # Safety
+/// Every table offset plus `4 g + 3` for `g < groups` addresses readable memory from `input`;
+/// `weights` holds `groups x 2 x table.len()` words and `blocks` `12 groups` (word-aligned);
+/// `out` holds `4 groups` bytes. `table.len()` is a multiple of 3.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn depthwise_taps(input: *const i8, weights: *const i8, table: &[u32], input_offset: u32, acc: &mut [i32]) {
-    let groups = acc.len() / 4;
-    if groups == 0 {
+unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, blocks: *const u32, out: *mut i8, groups: usize, zp: i32) {
+    let rounds = table.len() / 3;
+    if groups == 0 || rounds == 0 {
         return;
     }
-    // SAFETY: the caller built `table` with offsets whose 4-byte words, for each of the groups,
-    // lie inside the input and weights, and ended it with a negative offset and minus the table's
-    // bytes (which rewinds the table pointer). `acc` holds 4 x groups words. The 8 bytes below
-    // sp hold the accumulator pointer and the groups left, restored before the end.
+    macro_rules! tap { () => { concat!(
+        "ldr {t}, [{tab}], #4\n",
+        "ldr {x}, [{pin}, {t}]\n",
+        "ldrd {w0}, {w1}, [{pw}], #8\n",
+        "sxtb16 {t}, {x}\n",
+        "sxtb16 {x}, {x}, ror #8\n",
+        "smlabb {a0}, {t}, {w0}, {a0}\n",
+        "smlatt {a2}, {t}, {w0}, {a2}\n",
+        "smlabb {a1}, {x}, {w1}, {a1}\n",
+        "smlatt {a3}, {x}, {w1}, {a3}\n",
+    ) } }
+    // Channel $a of the group: the block's multiplier at $m and `!shift` at $s (see requant_n).
+    macro_rules! requant { ($a:literal, $m:literal, $s:literal) => { concat!(
+        "ldr {x}, [{tab}, #", $m, "]\n",
+        "smmulr {", $a, "}, {", $a, "}, {x}\n",
+        "ldr {x}, [{tab}, #", $s, "]\n",
+        "add {", $a, "}, {", $a, "}, {", $a, "}, asr #31\n",
+        "asr {", $a, "}, {", $a, "}, {x}\n",
+        "add {", $a, "}, {", $a, "}, {k}\n",
+        "ssat {", $a, "}, #8, {", $a, "}, asr #1\n",
+        "strb {", $a, "}, [{t}], #1\n",
+    ) } }
+    // SAFETY: the caller's guarantees. The 24 bytes below sp hold the table start, the groups
+    // left, the block and output pointers, 2 zp + 1 and the rounds, restored before the end.
     unsafe {
         core::arch::asm!(
-            "sub sp, sp, #8",
-            "str {t}, [sp]",
-            "str {u}, [sp, #4]",
+            "sub sp, sp, #24",
+            "str {tab}, [sp]",
+            "str {t}, [sp, #4]",
+            "str {x}, [sp, #8]",
+            "str {w0}, [sp, #12]",
+            "str {w1}, [sp, #16]",
+            "str {k}, [sp, #20]",
             "4:",
-            "movs {a0}, #0",
-            "movs {a1}, #0",
-            "movs {a2}, #0",
-            "movs {a3}, #0",
+            "ldr {t}, [sp, #8]",
+            "ldrd {a0}, {a1}, [{t}]",
+            "ldrd {a2}, {a3}, [{t}, #8]",
+            "ldr {tab}, [sp]",
+            "ldr {k}, [sp, #20]",
             "2:",
-            "ldrd {t}, {u}, [{tab}], #8",
-            "cmp {t}, #0",
-            "blt 3f",
-            "ldr {x}, [{pin}, {t}]",
-            "ldr {w}, [{pw}, {u}]",
-            "sxtab16 {t}, {offset}, {x}",
-            "sxtb16 {u}, {w}",
-            "smlabb {a0}, {t}, {u}, {a0}",
-            "smlatt {a2}, {t}, {u}, {a2}",
-            "sxtab16 {x}, {offset}, {x}, ror #8",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlabb {a1}, {x}, {w}, {a1}",
-            "smlatt {a3}, {x}, {w}, {a3}",
-            "b 2b",
-            "3:",
-            "add {tab}, {tab}, {u}",
-            "ldr {t}, [sp]",
-            "strd {a0}, {a1}, [{t}], #8",
-            "strd {a2}, {a3}, [{t}], #8",
-            "str {t}, [sp]",
+            tap!(), tap!(), tap!(),
+            "subs {k}, {k}, #1",
+            "bne 2b",
+            "ldr {tab}, [sp, #8]",
+            "ldr {t}, [sp, #12]",
+            "ldr {k}, [sp, #16]",
+            requant!("a0", "16", "32"),
+            requant!("a1", "20", "36"),
+            requant!("a2", "24", "40"),
+            requant!("a3", "28", "44"),
+            "str {t}, [sp, #12]",
+            "add {tab}, {tab}, #48",
+            "str {tab}, [sp, #8]",
             "adds {pin}, {pin}, #4",
-            "adds {pw}, {pw}, #4",
             "ldr {t}, [sp, #4]",
             "subs {t}, {t}, #1",
             "str {t}, [sp, #4]",
             "bne 4b",
-            "add sp, sp, #8",
+            "add sp, sp, #24",
             tab = inout(reg) table.as_ptr() => _,
             pin = inout(reg) input => _,
             pw = inout(reg) weights => _,
-            offset = in(reg) input_offset,
-            t = inout(reg) acc.as_mut_ptr() => _,
-            u = inout(reg) groups => _,
-            x = out(reg) _, w = out(reg) _,
+            t = inout(reg) groups => _,
+            x = inout(reg) blocks => _,
+            w0 = inout(reg) out => _,
+            w1 = inout(reg) 2 * zp + 1 => _,
+            k = inout(reg) rounds => _,
             a0 = out(reg) _, a1 = out(reg) _, a2 = out(reg) _, a3 = out(reg) _,
         );
     }
 }
 
-/// Portable [`depthwise_taps`] of one group: the same sums.
+/// Portable [`depthwise_pixel`] of group `g`: its four requantized channels. `outside` marks
+/// the zero-point taps.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn depthwise_taps4_portable(input: &[i8], weights: &[i8], table: &[u32], input_offset: u32) -> [i32; 4] {
-    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
-    for tap in table.chunks_exact(2) {
-        if (tap[0] as i32) < 0 {
-            break;
-        }
-        let (xe, xo) = widen_quad(quad_at(input, tap[0] as usize), input_offset);
-        let w = quad_at(weights, tap[1] as usize);
-        let (we, wo) = (sxtb16(w), sxtb16_ror8(w));
-        a0 = smlabb(xe, we, a0);
-        a2 = smlatt(xe, we, a2);
-        a1 = smlabb(xo, wo, a1);
-        a3 = smlatt(xo, wo, a3);
+fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32, i32), weights: &[u32], block: &[u32], g: usize) -> [i8; 4] {
+    let mut acc = [0i32; 4];
+    for (a, &b) in acc.iter_mut().zip(block) {
+        *a = b as i32;
     }
-    [a0, a1, a2, a3]
+    for (&entry, w) in table.iter().zip(weights.chunks_exact(2)) {
+        let q = if entry == outside { [zp as i8; 4] } else { input.get(entry as usize + 4 * g..entry as usize + 4 * g + 4).map_or([0; 4], |q| [q[0], q[1], q[2], q[3]]) };
+        let x = u32::from_le_bytes(q.map(|v| v as u8));
+        let (xe, xo) = (sxtb16(x), sxtb16_ror8(x));
+        acc = [smlabb(xe, w[0], acc[0]), smlabb(xo, w[1], acc[1]), smlatt(xe, w[0], acc[2]), smlatt(xo, w[1], acc[3])];
+    }
+    let mut out = [0i8; 4];
+    for (j, (o, &a)) in out.iter_mut().zip(&acc).enumerate() {
+        let (m, not_shift) = (block.get(4 + j).map_or(0, |&v| v as i32), block.get(8 + j).map_or(0, |&v| v as i32));
+        let x = smmulr(a, m);
+        let v = (x + (x >> 31)) >> (not_shift & 31);
+        *o = ((v + 2 * out_zp + 1) >> 1).bounded(-128, 127) as i8;
+    }
+    out
 }
 
-/// Per output pixel: a table of its in-bounds taps (input and weight offsets), then per group of
-/// up to 64 channels at a time [`depthwise_taps`] and [`requant_n`].
+/// Per output pixel: a table of its taps, then every group through [`depthwise_pixel`] (which
+/// requantizes inline where [`Fast::Right`] holds with the full int8 range), or up to
+/// [`CHANNEL_GROUPS`] groups at a time into sums that [`requant_n`] or TFLM's arithmetic
+/// requantizes.
 pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     depthwise_conv2d_s8_fast_io(p, &mut Io::Apart { input, output }, scratch)
 }
@@ -1641,53 +1746,48 @@ pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut 
 pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &mut [u8]) -> Result<(), Error> {
     let (ih, iw, c) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
     let (oh, ow) = (p.output.h as usize, p.output.w as usize);
-    let (kh, kw, sh, sw) = (p.kernel_h as usize, p.kernel_w as usize, p.stride_h as usize, p.stride_w as usize);
+    let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
     expect_len(io.input().len(), p.input.len()?)?;
     expect_len(io.output_len(), p.output.len()?)?;
     expect_len(p.output.c as usize, c)?;
     expect_len(p.weights.len(), kh * kw * c)?;
-    expect_len(p.bias.len(), c)?;
-    let table = scratch_words(scratch, 2 * (kh * kw + 1))?;
-    let rq = Requantizer::new(&p.requant, p.bias, kh * kw);
-    let input_offset = offset_pair(p.input_zp);
-    let pad_top = p.padding.leading(ih, kh, sh, oh);
-    let pad_left = p.padding.leading(iw, kw, sw, ow);
-    let mut acc = [0i32; 4 * CHANNEL_GROUPS];
+    expect_len(p.bias.len().min(p.requant.multipliers.len()).min(p.requant.shifts.len()), c)?;
+    if !depthwise_conv2d_s8_fast_supported(p) {
+        return Err(Error::BadParameter { layer: 0, what: "depthwise parameters the fast kernel does not take" });
+    }
+    let (taps, groups) = (depthwise_taps(p), c / 4);
+    let words = depthwise_scratch_words(p);
+    let all = scratch_words(scratch, words)?;
+    let short = Error::BufferSize { expected: words, found: 0 };
+    let (table, rest) = all.split_at_mut_checked(taps).ok_or(short)?;
+    let (zeros, rest) = rest.split_at_mut_checked(groups).ok_or(short)?;
+    let (weights, blocks) = rest.split_at_mut_checked(2 * taps * groups).ok_or(short)?;
+    zeros.fill(u32::from_ne_bytes([p.input_zp as u8; 4]));
+    depthwise_prepare(p, taps, weights, blocks);
+    let pads = (p.padding.leading(ih, kh, p.stride_h as usize, oh), p.padding.leading(iw, kw, p.stride_w as usize, ow));
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
-        let (oy, ox) = (q / ow.max(1), q % ow.max(1));
-        let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
-        let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-        // (input offset, weight offset) per tap, then the end mark (minus the bytes up to and
-        // including it, to rewind): kh * kw + 1 entries at most.
-        let mut entries = table.as_chunks_mut::<2>().0.iter_mut();
-        let mut taps = 0u32;
-        for ky in ky0..ky1 {
-            for kx in kx0..kx1 {
-                let pixel = (y0 + ky as isize) as usize * iw + (x0 + kx as isize) as usize;
-                if let Some(entry) = entries.next() {
-                    *entry = [(pixel * c) as u32, ((ky * kw + kx) * c) as u32];
-                    taps += 1;
-                }
-            }
+        #[cfg(all(target_arch = "arm", feature = "dsp"))]
+        {
+            let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
+            let outside = (zeros.as_ptr() as usize).wrapping_sub(input as usize) as u32;
+            depthwise_table(p, (q / ow.max(1), q % ow.max(1)), pads, outside, table);
+            // SAFETY: the table's offsets address input pixels (shapes checked above) or the
+            // zero-point words, c bytes from each; pixel q's c output bytes lie in the output
+            // (q < oh x ow); weights and blocks hold every group's words.
+            unsafe { depthwise_pixel(table, input, weights.as_ptr(), blocks.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
         }
-        if let Some(end) = entries.next() {
-            *end = [u32::MAX, (8 * (taps + 1)).wrapping_neg()];
-        }
-        for first in (0..c / 4).step_by(CHANNEL_GROUPS) {
-            let groups = (c / 4 - first).min(CHANNEL_GROUPS);
-            let acc = acc.get_mut(..4 * groups).unwrap_or(&mut []);
-            let input = io.input();
-            #[cfg(all(target_arch = "arm", feature = "dsp"))]
-            // SAFETY: the offsets address whole words of `input` and `weights` (shapes
-            // checked above), shifted by each group's 4g bytes (g < c / 4), all in bounds.
-            depthwise_taps(unsafe { input.as_ptr().add(4 * first) }, unsafe { p.weights.as_ptr().add(4 * first) }, table, input_offset, acc);
-            #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-            for (j, a) in acc.as_chunks_mut::<4>().0.iter_mut().enumerate() {
-                let g = 4 * (first + j);
-                *a = depthwise_taps4_portable(input.get(g..).unwrap_or(&[]), p.weights.get(g..).unwrap_or(&[]), table, input_offset);
+        #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+        let outside = u32::MAX;
+        #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+        depthwise_table(p, (q / ow.max(1), q % ow.max(1)), pads, outside, table);
+        #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+        for g in 0..groups {
+            let (w, block) = (weights.get(2 * taps * g..).unwrap_or(&[]), blocks.get(12 * g..12 * g + 12).unwrap_or(&[]));
+            let out = depthwise_group(table, outside, io.input(), (p.input_zp, p.requant.output_zp), w, block, g);
+            for (o, v) in io.output(q * c + 4 * g, 4).iter_mut().zip(out) {
+                *o = v;
             }
-            rq.channels(acc, 4 * first, io.output((oy * ow + ox) * c + 4 * first, 4 * groups));
         }
     }
     Ok(())
