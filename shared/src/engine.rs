@@ -16,7 +16,8 @@ use core::ops::Range;
 use crate::format::{Layer, Model, Op, MAX_OPS, MAX_TENSORS, NO_TENSOR};
 use crate::kernels::fast;
 use crate::kernels::{self, Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
-use crate::types::{as_i8, as_i8_mut, expect_len, Padding, Shape};
+use crate::types::{as_i8, as_i8_mut, expect_len, Padding, Shape, WeightLayout};
+use crate::error::LayerIndex;
 use crate::Error;
 
 /// One step of the plan as hooks see it: its position in the plan and the ops it runs.
@@ -405,6 +406,11 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>
         (Layer::FullyConnected(f), _) if fast::fully_connected_s8_fast_supported(&f) => (i, Kernel::FullyConnected(f)),
         (Layer::DepthwiseConv2d(d), _) if fast::depthwise_conv2d_s8_fast_supported(&d) => (i, Kernel::Depthwise(d)),
         (Layer::Add(a), _) if fast::add_s8_fast_supported(&a) => (i, Kernel::Add(a)),
+        // The writer gives Winograd weights only to convs the Winograd kernel takes; any other
+        // is refused here, as the device (without the reference's Winograd reader) would.
+        (Layer::Conv2d(c), _) if c.layout == WeightLayout::Winograd2x2 => {
+            return Err(Error::BadParameter { layer: i as LayerIndex, what: "Winograd weights on a conv the Winograd kernel does not take (3x3, stride 1, VALID, input channels in quads, 2x2 max-pool next)" });
+        }
         _ => (i, Kernel::Reference(layer)),
     };
     let output = model.op_record(last).output;

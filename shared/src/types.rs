@@ -356,14 +356,19 @@ impl WeightLayout {
         WeightLayout::Oc4PairsI16.index(channel, position * ic4 + input_channel, 16 * ic4)
     }
 
-    /// Weight `(channel, tap)` of a section in this layout. Out of line: the reference kernels
-    /// call it per MAC, and inlined it would multiply their code by the number of layouts.
+    /// Weight `(channel, tap)` of a section in this layout (0 for Winograd weights in builds
+    /// without the `winograd-reference` feature). Out of line: the reference kernels call it per
+    /// MAC, and inlined it would multiply their code by the number of layouts.
     #[inline(never)]
     pub fn weight(self, weights: &[i8], channel: usize, tap: usize, taps: usize) -> i32 {
         let i16_at = |at: usize| self.weight_value(weights, at);
         match self {
             WeightLayout::Oc4PairsI16 => i16_at(self.index(channel, tap, taps)),
-            // The kernel value from its Winograd block (tap = (ky * 3 + kx) * ic + i).
+            // The kernel value from its Winograd block (tap = (ky * 3 + kx) * ic + i); builds
+            // without the winograd-reference feature (the device) never read them one by one.
+            #[cfg(not(feature = "winograd-reference"))]
+            WeightLayout::Winograd2x2 => 0,
+            #[cfg(feature = "winograd-reference")]
             WeightLayout::Winograd2x2 => {
                 let ic = (taps / 9).max(1);
                 let (k, i) = (tap / ic, tap % ic);

@@ -24,6 +24,7 @@ pub struct Conv2d<'a> {
 /// The accumulator of output channel `c` at one pixel (its kernel windows `ky0..ky1` from `y0`,
 /// `kx0..kx1` from `x0`) for Winograd weights: each 3x3 kernel read back from its block once,
 /// for its nine taps.
+#[cfg(feature = "winograd-reference")]
 #[inline(never)]
 fn winograd_reference_acc(p: &Conv2d, input: &[i8], c: usize, (ky0, ky1, y0): (usize, usize, isize), (kx0, kx1, x0): (usize, usize, isize)) -> i32 {
     let (iw, ic) = (p.input.w as usize, p.input.c as usize);
@@ -62,6 +63,10 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
     let pad_left = p.padding.leading(iw, kw, sw, ow);
 
     let winograd = p.layout == WeightLayout::Winograd2x2;
+    #[cfg(not(feature = "winograd-reference"))]
+    if winograd {
+        return Err(Error::BadParameter { layer: 0, what: "Winograd weights outside the Winograd kernel (a build without the winograd-reference feature)" });
+    }
     let mut out = output.iter_mut();
     for oy in 0..oh {
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
@@ -69,6 +74,7 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
             for c in 0..oc {
                 let mut acc = 0i32;
+                #[cfg(feature = "winograd-reference")]
                 if winograd {
                     acc = winograd_reference_acc(p, input, c, (ky0, ky1, y0), (kx0, kx1, x0));
                 }

@@ -1556,13 +1556,14 @@ fn depthwise_taps(p: &DepthwiseConv2d) -> usize {
     (p.kernel_h as usize * p.kernel_w as usize).div_ceil(3) * 3
 }
 
-/// Words of the depthwise scratch: the pixel's tap table, a word of zero points per group (the
-/// taps outside the input read it), per group the widened weights (2 words a tap) and a block
-/// of 12 words (each channel's sum to start from, multiplier, `!shift`).
+/// Words of the depthwise scratch: two tap tables (of a window inside the input, and of the
+/// pixel at an edge), a word of zero points per group (the taps outside the input read it),
+/// per group the widened weights (2 words a tap) and a block of 12 words (each channel's sum to
+/// start from, multiplier, `!shift`).
 #[inline(always)]
 fn depthwise_scratch_words(p: &DepthwiseConv2d) -> usize {
     let (taps, groups) = (depthwise_taps(p), p.input.c as usize / 4);
-    taps + groups * (1 + 2 * taps + 12)
+    2 * taps + groups * (1 + 2 * taps + 12)
 }
 
 pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
@@ -1759,34 +1760,53 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     let words = depthwise_scratch_words(p);
     let all = scratch_words(scratch, words)?;
     let short = Error::BufferSize { expected: words, found: 0 };
-    let (table, rest) = all.split_at_mut_checked(taps).ok_or(short)?;
+    let (inner, rest) = all.split_at_mut_checked(taps).ok_or(short)?;
+    let (table, rest) = rest.split_at_mut_checked(taps).ok_or(short)?;
     let (zeros, rest) = rest.split_at_mut_checked(groups).ok_or(short)?;
     let (weights, blocks) = rest.split_at_mut_checked(2 * taps * groups).ok_or(short)?;
     zeros.fill(u32::from_ne_bytes([p.input_zp as u8; 4]));
     depthwise_prepare(p, taps, weights, blocks);
     let pads = (p.padding.leading(ih, kh, p.stride_h as usize, oh), p.padding.leading(iw, kw, p.stride_w as usize, ow));
+    // The taps of a window inside the input, from its first tap (which the extra taps read).
+    for (t, entry) in inner.iter_mut().enumerate() {
+        *entry = if t < kh * kw { (((t / kw.max(1)) * iw + t % kw.max(1)) * c) as u32 } else { 0 };
+    }
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
+        let (oy, ox) = (q / ow.max(1), q % ow.max(1));
+        let (y0, x0) = ((oy * p.stride_h as usize) as isize - pads.0 as isize, (ox * p.stride_w as usize) as isize - pads.1 as isize);
+        let inside = y0 >= 0 && x0 >= 0 && y0 as usize + kh <= ih && x0 as usize + kw <= iw;
+        // Inside: the fixed table from the window's first tap; at an edge, this pixel's table.
+        let from = if inside { (y0 as usize * iw + x0 as usize) * c } else { 0 };
         #[cfg(all(target_arch = "arm", feature = "dsp"))]
         {
             let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
-            let outside = (zeros.as_ptr() as usize).wrapping_sub(input as usize) as u32;
-            depthwise_table(p, (q / ow.max(1), q % ow.max(1)), pads, outside, table);
-            // SAFETY: the table's offsets address input pixels (shapes checked above) or the
-            // zero-point words, c bytes from each; pixel q's c output bytes lie in the output
-            // (q < oh x ow); weights and blocks hold every group's words.
-            unsafe { depthwise_pixel(table, input, weights.as_ptr(), blocks.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
+            let taps: &[u32] = if inside {
+                inner
+            } else {
+                depthwise_table(p, (oy, ox), pads, (zeros.as_ptr() as usize).wrapping_sub(input as usize) as u32, table);
+                table
+            };
+            // SAFETY: from `from`, the table's offsets address input pixels (a window inside the
+            // input, or the pixel's taps; shapes checked above) or the zero-point words, c bytes
+            // from each; pixel q's c output bytes lie in the output (q < oh x ow); weights and
+            // blocks hold every group's words.
+            unsafe { depthwise_pixel(taps, input.add(from), weights.as_ptr(), blocks.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
         }
         #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-        let outside = u32::MAX;
-        #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-        depthwise_table(p, (q / ow.max(1), q % ow.max(1)), pads, outside, table);
-        #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-        for g in 0..groups {
-            let (w, block) = (weights.get(2 * taps * g..).unwrap_or(&[]), blocks.get(12 * g..12 * g + 12).unwrap_or(&[]));
-            let out = depthwise_group(table, outside, io.input(), (p.input_zp, p.requant.output_zp), w, block, g);
-            for (o, v) in io.output(q * c + 4 * g, 4).iter_mut().zip(out) {
-                *o = v;
+        {
+            let taps: &[u32] = if inside {
+                inner
+            } else {
+                depthwise_table(p, (oy, ox), pads, u32::MAX, table);
+                table
+            };
+            for g in 0..groups {
+                let (w, block) = (weights.get(2 * depthwise_taps(p) * g..).unwrap_or(&[]), blocks.get(12 * g..12 * g + 12).unwrap_or(&[]));
+                let out = depthwise_group(taps, u32::MAX, io.input().get(from..).unwrap_or(&[]), (p.input_zp, p.requant.output_zp), w, block, g);
+                for (o, v) in io.output(q * c + 4 * g, 4).iter_mut().zip(out) {
+                    *o = v;
+                }
             }
         }
     }
