@@ -527,12 +527,51 @@ struct Requantizer<'r> {
     fast: Option<Fast>,
     /// The channels every section holds (what [`requant_n`] may read).
     sections: usize,
+    /// Empty, or per channel `2 bias`, then per channel `!shift` (see [`Requantizer::prepared`]).
+    prep: &'r [u32],
+}
+
+/// Words of a prepared requantization (see [`Requantizer::prepared`]), and bytes of scratch
+/// for it (with the slack to align it).
+fn prep_words(channels: usize) -> usize {
+    2 * channels
+}
+
+fn prep_scratch_bytes(channels: usize) -> usize {
+    4 * prep_words(channels) + 3
 }
 
 impl<'r> Requantizer<'r> {
     fn new(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize) -> Self {
         let sections = bias.len().min(requant.multipliers.len()).min(requant.shifts.len());
-        Requantizer { requant, bias, fast: fast_requant(requant, bias, taps), sections }
+        Requantizer { requant, bias, fast: fast_requant(requant, bias, taps), sections, prep: &[] }
+    }
+
+    /// [`Requantizer::new`] for a kernel with many pixels: where the paired loop of
+    /// [`requant_n`] runs (right shifts, full int8 clamp), `2 bias` and `!shift` of every channel
+    /// are laid out once in `scratch` (the front [`prep_scratch_bytes`] of it), which saves that
+    /// loop two instructions a channel, if `keep` bytes are left for the kernel. Returns the
+    /// scratch left.
+    fn prepared(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize, scratch: &'r mut [u8], keep: usize) -> (Self, &'r mut [u8]) {
+        let mut rq = Requantizer::new(requant, bias, taps);
+        let n = rq.sections;
+        if scratch.len() < prep_scratch_bytes(n).saturating_add(keep) {
+            return (rq, scratch);
+        }
+        let at = prep_scratch_bytes(n).min(scratch.len());
+        let (front, rest) = scratch.split_at_mut(at);
+        let pairs = rq.fast == Some(Fast::Right) && (requant.act_min, requant.act_max) == (i8::MIN, i8::MAX);
+        if let (true, Ok(prep)) = (pairs, scratch_words(front, prep_words(n))) {
+            let (twice, not_shift) = prep.split_at_mut(n.min(prep.len()));
+            for (to, b) in twice.iter_mut().zip(bias.iter()) {
+                *to = b.wrapping_mul(2) as u32;
+            }
+            for (to, s) in not_shift.iter_mut().zip(requant.shifts.iter()) {
+                *to = !s as u32;
+            }
+            rq.prep = prep;
+        }
+        (rq, rest)
     }
 
     /// One channel, TFLM's general arithmetic (the fast forms run a group or more at a time;
@@ -606,10 +645,13 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
         return;
     }
     let r = rq.requant;
-    // SAFETY: each section holds rq.sections >= first + n words (checked above).
+    let prepared = rq.prep.len() >= 2 * rq.sections;
+    // SAFETY: each section holds rq.sections >= first + n words (checked above), and so do
+    // both halves of a prepared requantization.
     let (b, m, s) = unsafe { (rq.bias.bytes().as_ptr().add(4 * first), r.multipliers.bytes().as_ptr().add(4 * first), r.shifts.bytes().as_ptr().add(4 * first)) };
+    let prep = unsafe { [rq.prep.as_ptr().add(first), rq.prep.as_ptr().add(rq.sections + first)] };
     // SAFETY: `acc` holds n words, the sections n from their pointers.
-    unsafe { requant_body(acc.as_ptr(), [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out) }
+    unsafe { requant_body(acc.as_ptr(), [b, m, s], prepared.then_some(prep), r.output_zp, r.act_min, r.act_max, fast, out) }
 }
 
 /// [`requant_n`]'s loops.
@@ -618,29 +660,26 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
 /// `out` holds at least one channel, and `acc` and each section at least `out.len()` words.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
+unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[*const u32; 2]>, zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
     let [pb, pm, ps] = sections;
     let mut n = out.len();
     let zp = 2 * zp + 1;
     let (mut pa, mut pb, mut pm, mut ps, mut po) = (acc, pb, pm, ps, out.as_mut_ptr());
     // Two channels per iteration (words by LDRD: word alignment is enough on the M4), the
-    // scaling of `right_scale` below; `$floor`: the lower clamp, if any (the upper one is SSAT's).
+    // scaling of `right_scale` below: `2 (acc + bias)` and `!shift` from the model's sections
+    // (`$scale`, `$shift`), or from a prepared requantization (`2 acc + 2 bias` in one ADD).
     macro_rules! pairs {
-        () => {
+        ($pb:expr, $ps:expr, $scale:literal, $shift:literal) => {
             core::arch::asm!(
                 "2:",
                 "ldrd {a}, {c}, [{pa}], #8",
                 "ldrd {t}, {u}, [{pb}], #8",
-                "add {a}, {a}, {t}",
-                "add {c}, {c}, {u}",
+                $scale,
                 "ldrd {t}, {u}, [{pm}], #8",
-                "lsl {a}, {a}, #1",
-                "lsl {c}, {c}, #1",
                 "smmulr {a}, {a}, {t}",
                 "smmulr {c}, {c}, {u}",
                 "ldrd {t}, {u}, [{ps}], #8",
-                "mvn {t}, {t}",
-                "mvn {u}, {u}",
+                $shift,
                 "add {a}, {a}, {a}, asr #31",
                 "add {c}, {c}, {c}, asr #31",
                 "asr {a}, {a}, {t}",
@@ -653,16 +692,24 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i
                 "strb {c}, [{po}], #1",
                 "subs {k}, {k}, #1",
                 "bne 2b",
-                pa = inout(reg) pa, pb = inout(reg) pb, pm = inout(reg) pm, ps = inout(reg) ps, po = inout(reg) po,
+                pa = inout(reg) pa, pb = inout(reg) $pb => _, pm = inout(reg) pm, ps = inout(reg) $ps => _, po = inout(reg) po,
                 k = inout(reg) n / 2 => _, zp = in(reg) zp, a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
                 options(nostack),
             )
         };
     }
     if matches!(fast, Fast::Right) && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
-        // SAFETY: reads 2 (n / 2) words of `acc` and of each section, writes as many bytes of
-        // `out` (the caller's guarantee); the pointers come back advanced past them.
-        unsafe { pairs!() };
+        let pairs = n / 2;
+        // SAFETY: reads 2 pairs words of `acc` and of each section (or prepared half), writes
+        // as many bytes of `out` (the caller's guarantee); `pa`, `pm`, `po` come back advanced
+        // past them, `pb` and `ps` are moved past them for the odd channel below.
+        unsafe {
+            match prep {
+                Some([twice, not_shift]) => pairs!(twice, not_shift, "add {a}, {t}, {a}, lsl #1\nadd {c}, {u}, {c}, lsl #1\n", ""),
+                None => pairs!(pb, ps, "add {a}, {a}, {t}\nadd {c}, {c}, {u}\nlsl {a}, {a}, #1\nlsl {c}, {c}, #1\n", "mvn {t}, {t}\nmvn {u}, {u}\n"),
+            }
+            (pb, ps) = (pb.add(8 * pairs), ps.add(8 * pairs));
+        }
         if n % 2 == 0 {
             return;
         }
@@ -774,7 +821,7 @@ pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
         WeightLayout::Oc4Int4 => blocked_scratch_bytes(patch_words(taps), pixels, taps, 1),
         _ => None,
     };
-    blocked.unwrap_or(4 * patch_words(taps) + 3)
+    prep_scratch_bytes(p.output.c as usize) + blocked.unwrap_or(4 * patch_words(taps) + 3)
 }
 
 /// VALID convolutions whose kernel rows are whole quads of input bytes: the fused kernels' patches.
@@ -796,30 +843,47 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32,
     }
 }
 
-/// `n` bytes of `v` into `raw` at `*at`, which moves past them.
+/// `n` bytes of `v` (a byte in each of its four) from `at`, a word at a time (the M4 stores
+/// unaligned words); returns the end.
+///
+/// # Safety
+/// `at..at + n` is writable.
 #[inline(always)]
-fn fill_bytes(raw: &mut [u8], at: &mut usize, v: u8, n: usize) {
-    for b in raw.iter_mut().skip(*at).take(n) {
-        *b = v;
+unsafe fn fill_raw(mut at: *mut u8, v: u32, n: usize) -> *mut u8 {
+    // SAFETY: every byte written lies in at..at + n (the caller's guarantee).
+    unsafe {
+        let end = at.add(n);
+        while end as usize - at as usize >= 4 {
+            (at as *mut u32).write_unaligned(v);
+            at = at.add(4);
+        }
+        while at < end {
+            *at = v as u8;
+            at = at.add(1);
+        }
+        end
     }
-    *at += n;
 }
 
-/// `src` into `raw` at `*at` (as much as fits), which moves past it; a word at a time (the M4
-/// loads and stores unaligned words), then the bytes left.
+/// `n` bytes from `src` to `at`, a word at a time; returns the end of the copy.
+///
+/// # Safety
+/// `src..src + n` is readable, `at..at + n` writable, and the two do not overlap.
 #[inline(always)]
-fn copy_bytes(raw: &mut [u8], at: &mut usize, src: &[i8]) {
-    let n = src.len().min(raw.len().saturating_sub(*at));
-    if let (Some(dst), Some(src)) = (raw.get_mut(*at..*at + n), src.get(..n)) {
-        let ((dw, dr), (sw, sr)) = (dst.as_chunks_mut::<4>(), src.as_chunks::<4>());
-        for (d, s) in dw.iter_mut().zip(sw) {
-            *d = u32::from_ne_bytes(s.map(|v| v as u8)).to_ne_bytes();
+unsafe fn copy_raw(mut at: *mut u8, mut src: *const i8, n: usize) -> *mut u8 {
+    // SAFETY: every byte read lies in src..src + n and every byte written in at..at + n.
+    unsafe {
+        let end = at.add(n);
+        while end as usize - at as usize >= 4 {
+            (at as *mut u32).write_unaligned((src as *const u32).read_unaligned());
+            (at, src) = (at.add(4), src.add(4));
         }
-        for (d, &s) in dr.iter_mut().zip(sr) {
-            *d = s as u8;
+        while at < end {
+            *at = *src as u8;
+            (at, src) = (at.add(1), src.add(1));
         }
+        end
     }
-    *at += src.len();
 }
 
 /// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
@@ -850,25 +914,30 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
     let first = (-x0).max(0).min(kw as isize) as usize;
     let last = (iw as isize - x0).min(kw as isize).max(first as isize) as usize;
     let half = patch.len() / 2;
-    let zp = p.input_zp as u8;
-    {
-        // SAFETY: a byte view of u32 words is always aligned, and any byte is valid.
-        let (_, bytes, _) = unsafe { patch.align_to_mut::<u8>() };
-        let raw = bytes.get_mut(4 * half..).unwrap_or(&mut []);
-        let mut at = 0;
+    let zp = u32::from_ne_bytes([p.input_zp as u8; 4]);
+    if input.len() < ih * iw * ic || 4 * (patch.len() - half) < kh * row {
+        patch.fill(0);
+        return;
+    }
+    // SAFETY: the raw area (the patch's second half, 4 (len - half) >= kh x row bytes, checked
+    // above) takes each window row's `row` bytes in turn and then zero points to its end; each
+    // copy reads input pixels iy * iw + x0 + first.. + last of an in-bounds row (x0 + last <= iw),
+    // inside the input's ih x iw x ic bytes (checked above).
+    unsafe {
+        let end = (patch.as_mut_ptr() as *mut u8).add(4 * patch.len());
+        let mut at = (patch.as_mut_ptr() as *mut u8).add(4 * half);
         for ky in 0..kh {
             let iy = y0 + ky as isize;
             if iy < 0 || iy as usize >= ih {
-                fill_bytes(raw, &mut at, zp, row);
+                at = fill_raw(at, zp, row);
                 continue;
             }
-            fill_bytes(raw, &mut at, zp, first * ic);
-            let start = (iy as usize * iw) as isize + x0 + first as isize;
-            copy_bytes(raw, &mut at, sub(input, start as usize * ic, (last - first) * ic));
-            fill_bytes(raw, &mut at, zp, (kw - last) * ic);
+            at = fill_raw(at, zp, first * ic);
+            let start = (iy * iw as isize + x0 + first as isize) as usize * ic;
+            at = copy_raw(at, input.as_ptr().add(start), (last - first) * ic);
+            at = fill_raw(at, zp, (kw - last) * ic);
         }
-        let rest = raw.len().saturating_sub(at);
-        fill_bytes(raw, &mut at, zp, rest);
+        fill_raw(at, zp, end as usize - at as usize);
     }
     let (mut to, mut from) = (patch.as_mut_ptr(), patch.as_mut_ptr().wrapping_add(half));
     for _ in 0..half {
@@ -957,10 +1026,10 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
     let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
-    let rq = Requantizer::new(&p.requant, p.bias, taps);
-    let input_offset = offset_pair(p.input_zp);
     let stored = p.layout.stored_taps(taps);
     let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
+    let (rq, scratch) = Requantizer::prepared(&p.requant, p.bias, taps, scratch, 4 * wpp + 3);
+    let input_offset = offset_pair(p.input_zp);
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
     let pointwise = is_pointwise(p) && stored == taps;
     if !b.widen {
@@ -1333,8 +1402,8 @@ pub fn conv2d_maxpool_s8_winograd(conv: &Conv2d, pool: &Pool, input: &[i8], outp
     let ic4 = ic.div_ceil(4) * 4;
     let per_position = (ic4 / 2).max(1);
     let v = scratch_words(scratch, 16 * per_position)?;
-    let group_words = (2 * 16 * ic4).max(1);
     let requantizer = Requantizer::new(&conv.requant, conv.bias, 9 * ic);
+    let group_words = (2 * 16 * ic4).max(1);
     let mut m = [[0i32; 4]; 16];
     for py in 0..ph {
         for px in 0..pw {
