@@ -204,6 +204,25 @@ proptest! {
         }}}
     }
 
+    /// Global average pools near and past the 256 taps the 16-bit lane sums hold, at the extreme
+    /// inputs (every tap -128 or 127) and at random ones.
+    #[test]
+    fn global_average_pools_of_many_taps((h, w) in prop_oneof![Just((16usize, 16usize)), Just((16, 17)), Just((25, 5)), (1usize..=20, 1usize..=20)], c in prop_oneof![Just(4usize), Just(8), Just(36)], fill in 0u8..3, seed in any::<u64>()) {
+        let mut rng = seed | 1;
+        let input: Vec<i8> = (0..h * w * c).map(|_| { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; match fill { 0 => -128, 1 => 127, _ => rng as i8 } }).collect();
+        let p = Pool {
+            input: Shape::new(h as u16, w as u16, c as u16), output: Shape::new(1, 1, c as u16),
+            kernel_h: h as u8, kernel_w: w as u8, stride_h: 1, stride_w: 1, padding: Padding::Valid, act_min: -128, act_max: 127,
+        };
+        let mut out = vec![0i8; c];
+        avg_pool_s8(&p, &input, &mut out, &mut []).unwrap();
+        for ch in 0..c {
+            let (sum, n) = ((0..h * w).map(|i| input[i * c + ch] as i64).sum::<i64>(), (h * w) as i64);
+            let mean = { let q = (2 * sum.abs() + n) / (2 * n); if sum < 0 { -q } else { q } };
+            prop_assert_eq!(out[ch] as i64, mean.clamp(-128, 127));
+        }
+    }
+
     #[test]
     fn softmax_tracks_the_real_softmax(row in prop::collection::vec(any::<i8>(), 1..=16), scale in 0.01f64..0.5) {
         // TFLM's setup for beta = 1 and this input scale (the host computes the same in lepton::lpk::arithmetic).

@@ -28,6 +28,7 @@ pub use fully_connected::{fully_connected_s8, fully_connected_s8_scratch_bytes, 
 pub use max_pool::{max_pool_s8, max_pool_s8_scratch_bytes};
 pub use softmax::{softmax_s8, softmax_s8_scratch_bytes, Softmax};
 
+use crate::dsp::{sxtab16, sxtab16_ror8};
 use crate::types::{expect_len, sub, sub_mut, Bounded, Padding, Shape};
 use crate::Error;
 
@@ -62,6 +63,8 @@ const POOL_CHANNELS: usize = 32;
 /// Max- or average-pooling (`average`), one loop for both: per output pixel and group of up to
 /// [`POOL_CHANNELS`] channels, the in-bounds taps folded pixel by pixel over contiguous channels,
 /// then the maximum, or the mean rounded half away from zero (TFLite), clamped to the activation.
+/// Averages of whole channel quads over at most 256 taps sum four channels per two SXTAB16
+/// (16-bit lanes: 256 x 128 fits).
 #[inline(never)]
 pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) -> Result<(), Error> {
     let (ih, iw, c) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
@@ -86,16 +89,29 @@ pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) 
                 let n = (c - first).min(POOL_CHANNELS);
                 let acc = acc.get_mut(..n).unwrap_or(&mut []);
                 acc.fill(if average { 0 } else { i8::MIN as i32 });
+                // Per quad the lane sums of channels (0, 2) and (1, 3), where they fit.
+                let lanes_fit = average && n % 4 == 0 && taps <= 256;
+                let mut lanes = [[0u32; 2]; POOL_CHANNELS / 4];
                 for ky in ky0..ky1 {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        let pixel = acc.iter_mut().zip(sub(input, (iy * iw + ix) * c + first, n));
-                        if average {
-                            pixel.for_each(|(a, &x)| *a += x as i32);
+                        let pixel = sub(input, (iy * iw + ix) * c + first, n);
+                        if lanes_fit {
+                            for (l, q) in lanes.iter_mut().zip(pixel.as_chunks::<4>().0) {
+                                let word = u32::from_le_bytes(q.map(|v| v as u8));
+                                *l = [sxtab16(l[0], word), sxtab16_ror8(l[1], word)];
+                            }
+                        } else if average {
+                            acc.iter_mut().zip(pixel).for_each(|(a, &x)| *a += x as i32);
                         } else {
-                            pixel.for_each(|(a, &x)| *a = (*a).max(x as i32));
+                            acc.iter_mut().zip(pixel).for_each(|(a, &x)| *a = (*a).max(x as i32));
                         }
+                    }
+                }
+                if lanes_fit {
+                    for (a, &[even, odd]) in acc.as_chunks_mut::<4>().0.iter_mut().zip(&lanes) {
+                        *a = [even as i16 as i32, odd as i16 as i32, (even >> 16) as i16 as i32, (odd >> 16) as i16 as i32];
                     }
                 }
                 for (o, &a) in sub_mut(output, (oy * ow + ox) * c + first, n).iter_mut().zip(acc.iter()) {
