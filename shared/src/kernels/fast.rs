@@ -1692,7 +1692,8 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 /// One output pixel's `groups` groups of four channels, from `input` (the table's offsets are
 /// from there; each next group is 4 bytes on), `weights` and `blocks` (see
 /// [`depthwise_prepare`]): per group the sums start from the block, per tap one LDR of input
-/// (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round, then
+/// (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round (a 3x3
+/// window unrolled), then
 /// the four channels are requantized ([`requant_smmulr`] of sums already doubled, int8 clamp:
 /// the `right_scale` of [`requant_n`] without its doubling) into `out`.
 ///
@@ -1746,10 +1747,11 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
             "ldrd {a2}, {a3}, [{t}, #8]",
             "ldr {tab}, [sp]",
             "ldr {k}, [sp, #20]",
-            "2:",
-            tap!(), tap!(), tap!(),
-            "subs {k}, {k}, #1",
-            "bne 2b",
+            // A 3x3 window (3 rounds, the common case) runs unrolled; others loop below.
+            "cmp {k}, #3",
+            "bne 8f",
+            tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(),
+            "7:",
             "ldr {tab}, [sp, #8]",
             "ldr {t}, [sp, #12]",
             "ldr {k}, [sp, #16]",
@@ -1765,6 +1767,13 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
             "subs {t}, {t}, #1",
             "str {t}, [sp, #4]",
             "bne 4b",
+            "b 9f",
+            "8:",
+            tap!(), tap!(), tap!(),
+            "subs {k}, {k}, #1",
+            "bne 8b",
+            "b 7b",
+            "9:",
             "add sp, sp, #24",
             tab = inout(reg) table.as_ptr() => _,
             pin = inout(reg) input => _,
