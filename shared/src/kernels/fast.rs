@@ -19,7 +19,6 @@
 //! reference kernels otherwise.
 
 use super::{Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
-#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 use crate::dsp::{smlabb, smlatt};
 use crate::dsp::{offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
 use crate::types::{as_i8_mut, expect_len, sub, sub_mut, I32Le, Padding, Requant, Shape, WeightLayout};
@@ -1647,18 +1646,17 @@ pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
 fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, weights: &mut [u32], blocks: &mut [u32]) {
     let (c, real) = (p.input.c as usize, p.kernel_h as usize * p.kernel_w as usize);
     for (g, (w, block)) in weights.chunks_exact_mut(2 * taps.max(1)).zip(blocks.chunks_exact_mut(12)).enumerate() {
-        let mut sums = [0i32; 4];
+        // Each channel's sum of doubled weights, lane by lane (SMLABB / SMLATT by 1).
+        let (mut s0, mut s1, mut s2, mut s3) = (0, 0, 0, 0);
         for (t, w) in w.as_chunks_mut::<2>().0.iter_mut().enumerate() {
-            let q = p.weights.get(t * c + 4 * g..t * c + 4 * g + 4).filter(|_| t < real).map_or(0, |q| u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]));
+            let q = p.weights.get(t * c + 4 * g..).and_then(|q| q.first_chunk::<4>()).filter(|_| t < real).map_or(0, |q| u32::from_le_bytes(q.map(|v| v as u8)));
             let (even, odd) = (sxtb16(q), sxtb16_ror8(q));
             let (even, odd) = (sadd16(even, even), sadd16(odd, odd));
             *w = [even, odd];
-            for (j, lanes) in [even, odd, even >> 16, odd >> 16].into_iter().enumerate() {
-                sums[j] += lanes as u16 as i16 as i32;
-            }
+            (s0, s1, s2, s3) = (smlabb(even, 1, s0), smlabb(odd, 1, s1), smlatt(even, 1 << 16, s2), smlatt(odd, 1 << 16, s3));
         }
-        // The doubled weights' sums: the start is 2 bias - zp x (sum of 2w).
-        for (j, &sum) in sums.iter().enumerate() {
+        // The start is 2 bias - zp x (sum of 2w).
+        for (j, &sum) in [s0, s1, s2, s3].iter().enumerate() {
             let ch = 4 * g + j;
             block[j] = sum.wrapping_mul(p.input_zp.wrapping_neg()).wrapping_add(p.bias.get(ch).wrapping_mul(2)) as u32;
             block[4 + j] = p.requant.multipliers.get(ch) as u32;
