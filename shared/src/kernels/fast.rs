@@ -1717,19 +1717,27 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
         "smlabb {a1}, {x}, {w1}, {a1}\n",
         "smlatt {a3}, {x}, {w1}, {a3}\n",
     ) } }
-    // Channel $a of the group: the block's multiplier at $m and `!shift` at $s (see requant_n).
-    macro_rules! requant { ($a:literal, $m:literal, $s:literal) => { concat!(
-        "ldr {x}, [{tab}, #", $m, "]\n",
-        "smmulr {", $a, "}, {", $a, "}, {x}\n",
-        "ldr {x}, [{tab}, #", $s, "]\n",
+    // Channels $a and $b of the group: the block's multipliers at $m and `!shift`s at $s (see
+    // requant_n), two words per LDRD.
+    macro_rules! scale2 { ($a:literal, $b:literal, $m:literal, $s:literal) => { concat!(
+        "ldrd {w0}, {w1}, [{tab}, #", $m, "]\n",
+        "smmulr {", $a, "}, {", $a, "}, {w0}\n",
+        "smmulr {", $b, "}, {", $b, "}, {w1}\n",
+        "ldrd {w0}, {w1}, [{tab}, #", $s, "]\n",
         "add {", $a, "}, {", $a, "}, {", $a, "}, asr #31\n",
-        "asr {", $a, "}, {", $a, "}, {x}\n",
-        "add {", $a, "}, {", $a, "}, {k}\n",
+        "add {", $b, "}, {", $b, "}, {", $b, "}, asr #31\n",
+        "asr {", $a, "}, {", $a, "}, {w0}\n",
+        "asr {", $b, "}, {", $b, "}, {w1}\n",
+    ) } }
+    // Channel $a: plus 2 zp + 1, halved and clamped to int8, stored.
+    macro_rules! store { ($a:literal) => { concat!(
+        "add {", $a, "}, {", $a, "}, {x}\n",
         "ssat {", $a, "}, #8, {", $a, "}, asr #1\n",
         "strb {", $a, "}, [{t}], #1\n",
     ) } }
-    // SAFETY: the caller's guarantees. The 24 bytes below sp hold the table start, the groups
-    // left, the block and output pointers, 2 zp + 1 and the rounds, restored before the end.
+    // SAFETY: the caller's guarantees. The 24 bytes below sp hold the table start, the end of
+    // the blocks, the block and output pointers, 2 zp + 1 and the rounds, restored before the
+    // end. `k` keeps the rounds through a 3x3 window (the round loop counts it down and reloads).
     unsafe {
         core::arch::asm!(
             "sub sp, sp, #24",
@@ -1744,7 +1752,6 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
             "ldrd {a0}, {a1}, [{t}]",
             "ldrd {a2}, {a3}, [{t}, #8]",
             "ldr {tab}, [sp]",
-            "ldr {k}, [sp, #20]",
             // A 3x3 window (3 rounds, the common case) runs unrolled; others loop below.
             "cmp {k}, #3",
             "bne 8f",
@@ -1752,31 +1759,31 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
             "7:",
             "ldr {tab}, [sp, #8]",
             "ldr {t}, [sp, #12]",
-            "ldr {k}, [sp, #16]",
-            requant!("a0", "16", "32"),
-            requant!("a1", "20", "36"),
-            requant!("a2", "24", "40"),
-            requant!("a3", "28", "44"),
+            "ldr {x}, [sp, #16]",
+            scale2!("a0", "a1", "16", "32"),
+            scale2!("a2", "a3", "24", "40"),
+            store!("a0"), store!("a1"), store!("a2"), store!("a3"),
             "str {t}, [sp, #12]",
             "add {tab}, {tab}, #48",
             "str {tab}, [sp, #8]",
             "adds {pin}, {pin}, #4",
             "ldr {t}, [sp, #4]",
-            "subs {t}, {t}, #1",
-            "str {t}, [sp, #4]",
+            "cmp {tab}, {t}",
             "bne 4b",
             "b 9f",
             "8:",
+            "ldr {k}, [sp, #20]",
+            "5:",
             tap!(), tap!(), tap!(),
             "subs {k}, {k}, #1",
-            "bne 8b",
+            "bne 5b",
             "b 7b",
             "9:",
             "add sp, sp, #24",
             tab = inout(reg) table.as_ptr() => _,
             pin = inout(reg) input => _,
             pw = inout(reg) weights => _,
-            t = inout(reg) groups => _,
+            t = inout(reg) blocks.wrapping_add(12 * groups) => _,
             x = inout(reg) blocks => _,
             w0 = inout(reg) out => _,
             w1 = inout(reg) 2 * zp + 1 => _,
