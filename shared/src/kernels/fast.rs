@@ -302,6 +302,7 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
     if rounds == 0 || quads == 0 || patch.len() < patch_words || weights.len() < 8 * quads * rounds {
         return;
     }
+    let sums = acc.as_mut_ptr();
     // `$reload`: each round's first patch word (the same patch again, or nothing: the patch
     // pointer has advanced to the next round's).
     macro_rules! rounds {
@@ -316,8 +317,7 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
                 $reload,
                 "movs {a0}, #0",
                 "movs {a1}, #0",
-                "movs {a2}, #0",
-                "movs {a3}, #0",
+                "umull {a2}, {a3}, {a0}, {a0}",
                 "lsrs {n}, {n}, #1",
                 "bcc 2f",
                 "adds {n}, {n}, #1",
@@ -331,19 +331,18 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
                 "strd {a0}, {a1}, [{pm}], #8",
                 "strd {a2}, {a3}, [{pm}], #8",
                 "ldr {n}, [sp, #4]",
-                "subs {n}, {n}, #1",
-                "str {n}, [sp, #4]",
+                "cmp {pm}, {n}",
                 "bne 4b",
                 "add sp, sp, #12",
                 pp = inout(reg) patch.as_ptr() => _,
                 pw = inout(reg) weights.as_ptr() => _,
-                pm = inout(reg) acc.as_mut_ptr() => _,
+                pm = inout(reg) sums => _,
                 n = inout(reg) quads => _,
                 p0 = out(reg) _,
                 p1 = out(reg) _,
                 w0 = out(reg) _,
                 w1 = out(reg) _,
-                a0 = inout(reg) rounds => _,
+                a0 = inout(reg) sums.wrapping_add(rounds) => _,
                 a1 = out(reg) _,
                 a2 = out(reg) _,
                 a3 = out(reg) _,
@@ -353,7 +352,7 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
     // SAFETY: reads `patch_words` patch words and 8 x `quads` x `rounds` weight words (both
     // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD and STRD
     // require it: scratch_words and words() guarantee it). The 12 bytes below sp hold the quad
-    // count, the rounds left and the patch start, restored before the end. An odd quad count
+    // count, the end of `acc` and the patch start, restored before the end. An odd quad count
     // runs the loop body once from its middle, as in dot_oc4_i16.
     unsafe {
         if ADVANCE {
@@ -634,8 +633,9 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
 /// for any integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the
 /// zero point (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is
 /// exact). `Fast::Right` with the full int8 clamp (TFLM's for ReLU and ReLU6 quantized to their
-/// range, and no activation) runs two channels per iteration, 12 instructions a channel; the
-/// rest one at a time (21 with a clamp, `Fast::Any` 24, 19 with the full clamp).
+/// range, and no activation) runs two channels per iteration, 12 instructions a channel (10
+/// with a prepared requantization); the rest one at a time by [`requant_smmulr_any`]'s loop
+/// (exact for right shifts too: 24 instructions a channel, 29 with a clamp).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut [i8]) {
@@ -714,17 +714,7 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[
         }
         n = 1;
     }
-    // acc + bias, times the multiplier, shifted by the channel's shift: a = x' >> (r - 1).
-    macro_rules! right_scale { () => { concat!(
-        "lsl {a}, {a}, #1\n",
-        "ldr {t}, [{pm}], #4\n",
-        "smmulr {a}, {a}, {t}\n",
-        "ldr {t}, [{ps}], #4\n",
-        "mvn {t}, {t}\n",
-        "add {a}, {a}, {a}, asr #31\n",
-        "asr {a}, {a}, {t}\n",
-    ) } }
-    // The same for any shift (see requant_smmulr_any): the left shift, the 64-bit product
+    // acc + bias, scaled for any shift (see requant_smmulr_any): the left shift, the 64-bit product
     // rounded to its bits 31..62 (`2 hi + ((lo >> 1) + 2^29) >> 30`), then `x' >> (r - 1)` or `2x`.
     // The flags of `cmp` live to the `ittte` (nothing between sets them).
     macro_rules! any_scale { () => { concat!(
@@ -786,10 +776,12 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[
     // guarantee, less what the pairs took; the sections are 4-byte aligned in the model) and
     // writes n bytes of `out`.
     unsafe {
-        match (fast, lo == i8::MIN && hi == i8::MAX) {
-            (Fast::Right, _) => run!(right_scale, partial),
-            (Fast::Any, true) => run!(any_scale, full),
-            (Fast::Any, false) => run!(any_scale, partial),
+        // Right shifts are a case of any shift (the Any bounds hold where Right's do); what the
+        // pairs left (an odd channel, or a clamp) runs the Any loops.
+        if (lo, hi) == (i8::MIN, i8::MAX) {
+            run!(any_scale, full)
+        } else {
+            run!(any_scale, partial)
         }
     }
 }
@@ -1773,8 +1765,9 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
             "b 9f",
             "8:",
             "ldr {k}, [sp, #20]",
+            "add {k}, {k}, {k}, lsl #1",
             "5:",
-            tap!(), tap!(), tap!(),
+            tap!(),
             "subs {k}, {k}, #1",
             "bne 5b",
             "b 7b",
