@@ -1031,10 +1031,27 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let patch = b.patches.get_mut(..wpp).ok_or(Error::BufferSize { expected: wpp, found: 0 })?;
         let group = group_words(p.layout, taps).max(1);
         let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
+        #[cfg(all(target_arch = "arm", feature = "dsp"))]
+        let in_len = io.input().len();
         for k in 0..pixels {
             let q = io.pixel(k, pixels);
-            pixel_patch(p, pointwise, io.input(), q, input_offset, patch);
-            let out = io.output(q * oc, oc);
+            // On the M4 both views from one call (the pixel loop's costliest overhead in the
+            // narrow layers), used one after the other.
+            #[cfg(all(target_arch = "arm", feature = "dsp"))]
+            let out = {
+                let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
+                // SAFETY: the input's in_len bytes are only read, and nothing is written while
+                // the patch is built from them.
+                pixel_patch(p, pointwise, unsafe { core::slice::from_raw_parts(input, in_len) }, q, input_offset, patch);
+                // SAFETY: pixel q's oc output bytes lie in the output (q < oh x ow, its length
+                // checked above), and the input is not read while they are written.
+                unsafe { core::slice::from_raw_parts_mut(output.add(q * oc), oc) }
+            };
+            #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+            let out = {
+                pixel_patch(p, pointwise, io.input(), q, input_offset, patch);
+                io.output(q * oc, oc)
+            };
             // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
             for (chunk, groups) in weights.chunks((group * CHANNEL_GROUPS).max(1)).enumerate() {
                 let n = 4 * dot_groups(patch, groups, group, p.layout, &mut acc);
