@@ -644,13 +644,12 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
         return;
     }
     let r = rq.requant;
-    let prepared = rq.prep.len() >= 2 * rq.sections;
     // SAFETY: each section holds rq.sections >= first + n words (checked above), and so do
-    // both halves of a prepared requantization.
+    // both halves of a prepared requantization (2 rq.sections words, checked here).
     let (b, m, s) = unsafe { (rq.bias.bytes().as_ptr().add(4 * first), r.multipliers.bytes().as_ptr().add(4 * first), r.shifts.bytes().as_ptr().add(4 * first)) };
-    let prep = unsafe { [rq.prep.as_ptr().add(first), rq.prep.as_ptr().add(rq.sections + first)] };
+    let prep = (rq.prep.len() >= 2 * rq.sections).then(|| unsafe { [rq.prep.as_ptr().add(first), rq.prep.as_ptr().add(rq.sections + first)] });
     // SAFETY: `acc` holds n words, the sections n from their pointers.
-    unsafe { requant_body(acc.as_ptr(), [b, m, s], prepared.then_some(prep), r.output_zp, r.act_min, r.act_max, fast, out) }
+    unsafe { requant_body(acc.as_ptr(), [b, m, s], prep, r.output_zp, r.act_min, r.act_max, fast, out) }
 }
 
 /// [`requant_n`]'s loops.
@@ -664,9 +663,9 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[
     let mut n = out.len();
     let zp = 2 * zp + 1;
     let (mut pa, mut pb, mut pm, mut ps, mut po) = (acc, pb, pm, ps, out.as_mut_ptr());
-    // Two channels per iteration (words by LDRD: word alignment is enough on the M4), the
-    // scaling of `right_scale` below: `2 (acc + bias)` and `!shift` from the model's sections
-    // (`$scale`, `$shift`), or from a prepared requantization (`2 acc + 2 bias` in one ADD).
+    // Two channels per iteration (words by LDRD: word alignment is enough on the M4) of
+    // requant_smmulr: `2 (acc + bias)` and `!shift` from the model's sections (`$scale`,
+    // `$shift`), or from a prepared requantization (`2 acc + 2 bias` in one ADD).
     macro_rules! pairs {
         ($pb:expr, $ps:expr, $scale:literal, $shift:literal) => {
             core::arch::asm!(
@@ -1628,7 +1627,7 @@ pub fn depthwise_conv2d_s8_fast_supported(p: &DepthwiseConv2d) -> bool {
 const CHANNEL_GROUPS: usize = 16;
 
 /// Taps per window, rounded up to whole rounds of 3 (the tap loop's unrolling; the extra taps
-/// read the zero-point word with weight 0).
+/// have weight 0 and read the window's first tap or the zero-point word).
 fn depthwise_taps(p: &DepthwiseConv2d) -> usize {
     (p.kernel_h as usize * p.kernel_w as usize).div_ceil(3) * 3
 }
@@ -1702,7 +1701,7 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 /// (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round (a 3x3
 /// window unrolled), then
 /// the four channels are requantized ([`requant_smmulr`] of sums already doubled, int8 clamp:
-/// the `right_scale` of [`requant_n`] without its doubling) into `out`.
+/// the paired loop of [`requant_n`] without its doubling) into `out`.
 ///
 /// # Safety
 /// Every table offset plus `4 g + 3` for `g < groups` addresses readable memory from `input`;
@@ -1827,10 +1826,9 @@ fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32
     out
 }
 
-/// Per output pixel: a table of its taps, then every group through [`depthwise_pixel`] (which
-/// requantizes inline where [`Fast::Right`] holds with the full int8 range), or up to
-/// [`CHANNEL_GROUPS`] groups at a time into sums that [`requant_n`] or TFLM's arithmetic
-/// requantizes.
+/// Per output pixel: a table of its taps (one shared by every window inside the input), then
+/// every group through [`depthwise_pixel`], which requantizes inline; for the layers
+/// [`depthwise_conv2d_s8_fast_supported`] takes (an error otherwise).
 pub fn depthwise_conv2d_s8_fast(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     depthwise_conv2d_s8_fast_io(p, &mut Io::Apart { input, output }, scratch)
 }
@@ -1874,7 +1872,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
         #[cfg(all(target_arch = "arm", feature = "dsp"))]
         {
             let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
-            let taps: &[u32] = if inside {
+            let tab: &[u32] = if inside {
                 inner
             } else {
                 depthwise_table(p, (oy, ox), pads, (zeros.as_ptr() as usize).wrapping_sub(input as usize) as u32, table);
@@ -1884,19 +1882,19 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
             // input, or the pixel's taps; shapes checked above) or the zero-point words, c bytes
             // from each; pixel q's c output bytes lie in the output (q < oh x ow); weights and
             // blocks hold every group's words.
-            unsafe { depthwise_pixel(taps, input.add(from), weights.as_ptr(), blocks.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
+            unsafe { depthwise_pixel(tab, input.add(from), weights.as_ptr(), blocks.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
         }
         #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
         {
-            let taps: &[u32] = if inside {
+            let tab: &[u32] = if inside {
                 inner
             } else {
                 depthwise_table(p, (oy, ox), pads, u32::MAX, table);
                 table
             };
             for g in 0..groups {
-                let (w, block) = (weights.get(2 * depthwise_taps(p) * g..).unwrap_or(&[]), blocks.get(12 * g..12 * g + 12).unwrap_or(&[]));
-                let out = depthwise_group(taps, u32::MAX, io.input().get(from..).unwrap_or(&[]), (p.input_zp, p.requant.output_zp), w, block, g);
+                let (w, block) = (weights.get(2 * taps * g..).unwrap_or(&[]), blocks.get(12 * g..12 * g + 12).unwrap_or(&[]));
+                let out = depthwise_group(tab, u32::MAX, io.input().get(from..).unwrap_or(&[]), (p.input_zp, p.requant.output_zp), w, block, g);
                 for (o, v) in io.output(q * c + 4 * g, 4).iter_mut().zip(out) {
                     *o = v;
                 }
