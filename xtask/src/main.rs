@@ -211,6 +211,8 @@ fn test(args: &[String]) -> Result<()> {
     // One release build serves the data step and every test binary.
     eprintln!("xtask: building the workspace and its tests (a first build compiles burn, tract and probe-rs: ~20 min on 2 cores)");
     status(cargo().args(["build", "--release", "--workspace", "--all-targets"]))?;
+    // That build made the CLI too: this process and every `cargo xtask` the tests start use it.
+    std::env::set_var(cli::PREBUILT_ENV, cli::release_binary());
     cli::lepton(&["data"])?;
     // The board build (USART, probe-rs runner) must keep compiling though no board is here.
     firmware::build_variant("board", false, &["board"], None)?;
