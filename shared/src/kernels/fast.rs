@@ -76,7 +76,8 @@ fn blocked_scratch_bytes(unit_words: usize, units: usize, taps: usize, min_units
 #[inline(never)]
 fn widen_group(quads: &[u32], wide: &mut [u32]) {
     let done = widen_words_fast(quads, wide);
-    for (&w, d) in quads.iter().zip(wide.as_chunks_mut::<2>().0).skip(done) {
+    let (rest, wide) = (quads.get(done..).unwrap_or(&[]), wide.get_mut(2 * done..).unwrap_or(&mut []));
+    for (&w, d) in rest.iter().zip(wide.as_chunks_mut::<2>().0) {
         *d = [sxtb16(w), sxtb16_ror8(w)];
     }
 }
@@ -303,29 +304,33 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
         return;
     }
     let sums = acc.as_mut_ptr();
-    // `$reload`: each round's first patch word (the same patch again, or nothing: the patch
-    // pointer has advanced to the next round's).
+    // The loop over one round's quads: `$entry` (2 quads a pass, entered in the middle for an
+    // odd count) or, for the pointwise rounds, 4 quads a pass entered at the address the call's
+    // setup stored at [sp, #12] (`$quads4`: the two more quads of the unrolled body).
     macro_rules! rounds {
-        ($reload:literal) => {
+        ($frame:literal, $setup:literal, $reload:literal, $entry:literal, $quads4:expr) => {
             core::arch::asm!(
-                "sub sp, sp, #12",
-                "str {n}, [sp]",
+                concat!("sub sp, sp, #", $frame),
                 "str {a0}, [sp, #4]",
                 "str {pp}, [sp, #8]",
+                $setup,
+                "str {n}, [sp]",
                 "4:",
                 "ldr {n}, [sp]",
                 $reload,
                 "movs {a0}, #0",
                 "movs {a1}, #0",
                 "umull {a2}, {a3}, {a0}, {a0}",
-                "lsrs {n}, {n}, #1",
-                "bcc 2f",
-                "adds {n}, {n}, #1",
-                "b 3f",
+                $entry,
                 "2:",
                 oc4_i16_quad!(),
                 "3:",
+                // The pointwise entry takes a quad as 52 bytes (13 wide instructions).
+                ".if 3b - 2b - 52",
+                ".error \"oc4_i16_quad is not 52 bytes\"",
+                ".endif",
                 oc4_i16_quad!(),
+                $quads4,
                 "subs {n}, {n}, #1",
                 "bne 2b",
                 "strd {a0}, {a1}, [{pm}], #8",
@@ -333,7 +338,7 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
                 "ldr {n}, [sp, #4]",
                 "cmp {pm}, {n}",
                 "bne 4b",
-                "add sp, sp, #12",
+                concat!("add sp, sp, #", $frame),
                 pp = inout(reg) patch.as_ptr() => _,
                 pw = inout(reg) weights.as_ptr() => _,
                 pm = inout(reg) sums => _,
@@ -351,14 +356,23 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
     }
     // SAFETY: reads `patch_words` patch words and 8 x `quads` x `rounds` weight words (both
     // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD and STRD
-    // require it: scratch_words and words() guarantee it). The 12 bytes below sp hold the quad
-    // count, the end of `acc` and the patch start, restored before the end. An odd quad count
-    // runs the loop body once from its middle, as in dot_oc4_i16.
+    // require it: scratch_words and words() guarantee it). The bytes below sp hold the passes
+    // per round (or the quad count), the end of `acc`, the patch start and (pointwise) the
+    // loop's entry, restored before the end. Winograd's odd quad count runs the 2-quad body once
+    // from its middle, as in dot_oc4_i16; the pointwise loop, for a quad count not a multiple
+    // of 4, enters its 4-quad body `(-quads) & 3` quads after its start (each quad is the same
+    // length, measured between the labels; the Thumb bit set for the `ldr pc`).
     unsafe {
         if ADVANCE {
-            rounds!("");
+            rounds!("12", "", "", "lsrs {n}, {n}, #1\nbcc 2f\nadds {n}, {n}, #1\nb 3f", "");
         } else {
-            rounds!("ldr {pp}, [sp, #8]");
+            rounds!(
+                "16",
+                "adr {a2}, 2f\nmovs {a3}, #52\nrsbs {a1}, {n}, #0\nand {a1}, {a1}, #3\nmla {a2}, {a1}, {a3}, {a2}\norr {a2}, {a2}, #1\nstr {a2}, [sp, #12]\nadds {n}, {n}, #3\nlsrs {n}, {n}, #2",
+                "ldr {pp}, [sp, #8]",
+                "ldr pc, [sp, #12]",
+                concat!(oc4_i16_quad!(), "\n", oc4_i16_quad!())
+            );
         }
     }
 }
@@ -892,9 +906,7 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
             let start = ((y0 as usize + ky) * iw + x0 as usize) * ic;
             widen(sub(input, start, row), input_offset, sub_mut(patch, ky * row / 2, row / 2));
         }
-        for w in patch.iter_mut().skip(kh * row / 2) {
-            *w = 0;
-        }
+        patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
         return;
     }
     // The raw int8 taps go to the patch's second half (padding taps are the zero point, which
@@ -1632,14 +1644,20 @@ fn depthwise_taps(p: &DepthwiseConv2d) -> usize {
     (p.kernel_h as usize * p.kernel_w as usize).div_ceil(3) * 3
 }
 
+/// Words of one channel group's unit in the depthwise scratch: each channel's sum to start
+/// from (4), the widened weights (2 a tap), then multipliers and `!shift`s (8), in the order
+/// [`depthwise_pixel`] reads them.
+fn depthwise_unit_words(taps: usize) -> usize {
+    2 * taps + 12
+}
+
 /// Words of the depthwise scratch: two tap tables (of a window inside the input, and of the
 /// pixel at an edge), a word of zero points per group (the taps outside the input read it),
-/// per group the widened weights (2 words a tap) and a block of 12 words (each channel's sum to
-/// start from, multiplier, `!shift`).
+/// and every group's unit ([`depthwise_unit_words`]).
 #[inline(always)]
 fn depthwise_scratch_words(p: &DepthwiseConv2d) -> usize {
     let (taps, groups) = (depthwise_taps(p), p.input.c as usize / 4);
-    2 * taps + groups * (1 + 2 * taps + 12)
+    2 * taps + groups * (1 + depthwise_unit_words(taps))
 }
 
 pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
@@ -1650,10 +1668,12 @@ pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
 /// and widened, and a start of `2 (bias - zp x (sum of the channel's weights))`, so that the
 /// sum over every tap (those outside the input read the zero point, adding 0 as TFLite's
 /// skipped taps do) is `2 (acc + bias)`, what [`requant_smmulr`] multiplies (exact under
-/// [`Fast::Right`]); then each channel's multiplier and `!shift`.
-fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, weights: &mut [u32], blocks: &mut [u32]) {
+/// [`Fast::Right`]); then the multipliers and `!shift`s of channels 0 and 1, then of 2 and 3.
+fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, units: &mut [u32]) {
     let (c, real) = (p.input.c as usize, p.kernel_h as usize * p.kernel_w as usize);
-    for (g, (w, block)) in weights.chunks_exact_mut(2 * taps.max(1)).zip(blocks.chunks_exact_mut(12)).enumerate() {
+    for (g, unit) in units.chunks_exact_mut(depthwise_unit_words(taps)).enumerate() {
+        let Some((start, rest)) = unit.split_first_chunk_mut::<4>() else { continue };
+        let Some((w, scale)) = rest.split_last_chunk_mut::<8>() else { continue };
         // Each channel's sum of doubled weights, lane by lane (SMLABB / SMLATT by 1).
         let (mut s0, mut s1, mut s2, mut s3) = (0, 0, 0, 0);
         for (t, w) in w.as_chunks_mut::<2>().0.iter_mut().enumerate() {
@@ -1664,11 +1684,11 @@ fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, weights: &mut [u32], bloc
             (s0, s1, s2, s3) = (smlabb(even, 1, s0), smlabb(odd, 1, s1), smlatt(even, 1 << 16, s2), smlatt(odd, 1 << 16, s3));
         }
         // The start is 2 bias - zp x (sum of 2w).
-        for (j, &sum) in [s0, s1, s2, s3].iter().enumerate() {
-            let ch = 4 * g + j;
-            block[j] = sum.wrapping_mul(p.input_zp.wrapping_neg()).wrapping_add(p.bias.get(ch).wrapping_mul(2)) as u32;
-            block[4 + j] = p.requant.multipliers.get(ch) as u32;
-            block[8 + j] = !p.requant.shifts.get(ch) as u32;
+        for (j, sum) in [s0, s1, s2, s3].into_iter().enumerate() {
+            let (ch, at) = (4 * g + j, 4 * (j / 2) + j % 2);
+            start[j & 3] = sum.wrapping_mul(p.input_zp.wrapping_neg()).wrapping_add(p.bias.get(ch).wrapping_mul(2)) as u32;
+            scale[at & 7] = p.requant.multipliers.get(ch) as u32;
+            scale[(at + 2) & 7] = !p.requant.shifts.get(ch) as u32;
         }
     }
 }
@@ -1696,20 +1716,19 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 }
 
 /// One output pixel's `groups` groups of four channels, from `input` (the table's offsets are
-/// from there; each next group is 4 bytes on), `weights` and `blocks` (see
-/// [`depthwise_prepare`]): per group the sums start from the block, per tap one LDR of input
+/// from there; each next group is 4 bytes on) and `units` (see [`depthwise_prepare`], read in
+/// one pass): per group the sums start from the unit's first 4 words, per tap one LDR of input
 /// (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round (a 3x3
-/// window unrolled), then
-/// the four channels are requantized ([`requant_smmulr`] of sums already doubled, int8 clamp:
-/// the paired loop of [`requant_n`] without its doubling) into `out`.
+/// window unrolled), then the four channels are requantized ([`requant_smmulr`] of sums already
+/// doubled, int8 clamp: the paired loop of [`requant_n`] without its doubling) into `out`.
 ///
 /// # Safety
 /// Every table offset plus `4 g + 3` for `g < groups` addresses readable memory from `input`;
-/// `weights` holds `groups x 2 x table.len()` words and `blocks` `12 groups` (word-aligned);
-/// `out` holds `4 groups` bytes. `table.len()` is a multiple of 3.
+/// `units` holds `groups` units of [`depthwise_unit_words`]`(table.len())` words
+/// (word-aligned); `out` holds `4 groups` bytes. `table.len()` is a multiple of 3.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, blocks: *const u32, out: *mut i8, groups: usize, zp: i32) {
+unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, out: *mut i8, groups: usize, zp: i32) {
     let rounds = table.len() / 3;
     if groups == 0 || rounds == 0 {
         return;
@@ -1725,13 +1744,13 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
         "smlabb {a1}, {x}, {w1}, {a1}\n",
         "smlatt {a3}, {x}, {w1}, {a3}\n",
     ) } }
-    // Channels $a and $b of the group: the block's multipliers at $m and `!shift`s at $s (see
-    // requant_n), two words per LDRD.
-    macro_rules! scale2 { ($a:literal, $b:literal, $m:literal, $s:literal) => { concat!(
-        "ldrd {w0}, {w1}, [{tab}, #", $m, "]\n",
+    // Channels $a and $b of the group: their multipliers, then their `!shift`s (see
+    // requant_n), the unit's next two LDRDs.
+    macro_rules! scale2 { ($a:literal, $b:literal) => { concat!(
+        "ldrd {w0}, {w1}, [{pw}], #8\n",
         "smmulr {", $a, "}, {", $a, "}, {w0}\n",
         "smmulr {", $b, "}, {", $b, "}, {w1}\n",
-        "ldrd {w0}, {w1}, [{tab}, #", $s, "]\n",
+        "ldrd {w0}, {w1}, [{pw}], #8\n",
         "add {", $a, "}, {", $a, "}, {", $a, "}, asr #31\n",
         "add {", $b, "}, {", $b, "}, {", $b, "}, asr #31\n",
         "asr {", $a, "}, {", $a, "}, {w0}\n",
@@ -1744,43 +1763,39 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
         "strb {", $a, "}, [{t}], #1\n",
     ) } }
     // SAFETY: the caller's guarantees. The 24 bytes below sp hold the table start, the end of
-    // the blocks, the block and output pointers, 2 zp + 1 and the rounds, restored before the
-    // end. `k` keeps the rounds through a 3x3 window (the round loop counts it down and reloads).
+    // the units, the output pointer, 2 zp + 1 and the rounds, restored before the end. `k`
+    // keeps the rounds through a 3x3 window (the round loop counts it down to 0, which is
+    // not 3: the next group reloads it).
     unsafe {
         core::arch::asm!(
             "sub sp, sp, #24",
             "str {tab}, [sp]",
             "str {t}, [sp, #4]",
-            "str {x}, [sp, #8]",
-            "str {w0}, [sp, #12]",
-            "str {w1}, [sp, #16]",
-            "str {k}, [sp, #20]",
+            "str {w0}, [sp, #8]",
+            "str {w1}, [sp, #12]",
+            "str {k}, [sp, #16]",
             "4:",
-            "ldr {t}, [sp, #8]",
-            "ldrd {a0}, {a1}, [{t}]",
-            "ldrd {a2}, {a3}, [{t}, #8]",
+            "ldrd {a0}, {a1}, [{pw}], #8",
+            "ldrd {a2}, {a3}, [{pw}], #8",
             "ldr {tab}, [sp]",
             // A 3x3 window (3 rounds, the common case) runs unrolled; others loop below.
             "cmp {k}, #3",
             "bne 8f",
             tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(),
             "7:",
-            "ldr {tab}, [sp, #8]",
-            "ldr {t}, [sp, #12]",
-            "ldr {x}, [sp, #16]",
-            scale2!("a0", "a1", "16", "32"),
-            scale2!("a2", "a3", "24", "40"),
+            "ldr {t}, [sp, #8]",
+            "ldr {x}, [sp, #12]",
+            scale2!("a0", "a1"),
+            scale2!("a2", "a3"),
             store!("a0"), store!("a1"), store!("a2"), store!("a3"),
-            "str {t}, [sp, #12]",
-            "add {tab}, {tab}, #48",
-            "str {tab}, [sp, #8]",
+            "str {t}, [sp, #8]",
             "adds {pin}, {pin}, #4",
             "ldr {t}, [sp, #4]",
-            "cmp {tab}, {t}",
+            "cmp {pw}, {t}",
             "bne 4b",
             "b 9f",
             "8:",
-            "ldr {k}, [sp, #20]",
+            "ldr {k}, [sp, #16]",
             "add {k}, {k}, {k}, lsl #1",
             "5:",
             tap!(),
@@ -1791,9 +1806,9 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
             "add sp, sp, #24",
             tab = inout(reg) table.as_ptr() => _,
             pin = inout(reg) input => _,
-            pw = inout(reg) weights => _,
-            t = inout(reg) blocks.wrapping_add(12 * groups) => _,
-            x = inout(reg) blocks => _,
+            pw = inout(reg) units => _,
+            t = inout(reg) units.wrapping_add(depthwise_unit_words(table.len()) * groups) => _,
+            x = out(reg) _,
             w0 = inout(reg) out => _,
             w1 = inout(reg) 2 * zp + 1 => _,
             k = inout(reg) rounds => _,
@@ -1805,9 +1820,11 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, weights: *const u32, 
 /// Portable [`depthwise_pixel`] of group `g`: its four requantized channels. `outside` marks
 /// the zero-point taps.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32, i32), weights: &[u32], block: &[u32], g: usize) -> [i8; 4] {
+fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32, i32), unit: &[u32], g: usize) -> [i8; 4] {
+    let (start, rest) = unit.split_at(4.min(unit.len()));
+    let (weights, scale) = rest.split_at((2 * table.len()).min(rest.len()));
     let mut acc = [0i32; 4];
-    for (a, &b) in acc.iter_mut().zip(block) {
+    for (a, &b) in acc.iter_mut().zip(start) {
         *a = b as i32;
     }
     for (&entry, w) in table.iter().zip(weights.chunks_exact(2)) {
@@ -1818,7 +1835,8 @@ fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32
     }
     let mut out = [0i8; 4];
     for (j, (o, &a)) in out.iter_mut().zip(&acc).enumerate() {
-        let (m, not_shift) = (block.get(4 + j).map_or(0, |&v| v as i32), block.get(8 + j).map_or(0, |&v| v as i32));
+        let at = 4 * (j / 2) + j % 2;
+        let (m, not_shift) = (scale.get(at).map_or(0, |&v| v as i32), scale.get(at + 2).map_or(0, |&v| v as i32));
         let x = smmulr(a, m);
         let v = (x + (x >> 31)) >> (not_shift & 31);
         *o = ((v + 2 * out_zp + 1) >> 1).bounded(-128, 127) as i8;
@@ -1854,14 +1872,14 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     let (inner, rest) = all.split_at_mut_checked(taps).ok_or(short)?;
     let (table, rest) = rest.split_at_mut_checked(taps).ok_or(short)?;
     let (zeros, rest) = rest.split_at_mut_checked(groups).ok_or(short)?;
-    let (weights, blocks) = rest.split_at_mut_checked(2 * taps * groups).ok_or(short)?;
+    let units = rest.get_mut(..depthwise_unit_words(taps) * groups).ok_or(short)?;
     zeros.fill(u32::from_ne_bytes([p.input_zp as u8; 4]));
-    depthwise_prepare(p, taps, weights, blocks);
+    depthwise_prepare(p, taps, units);
     let pads = (p.padding.leading(ih, kh, p.stride_h as usize, oh), p.padding.leading(iw, kw, p.stride_w as usize, ow));
-    // The taps of a window inside the input, from its first tap (which the extra taps read).
-    for (t, entry) in inner.iter_mut().enumerate() {
-        *entry = if t < kh * kw { (((t / kw.max(1)) * iw + t % kw.max(1)) * c) as u32 } else { 0 };
-    }
+    // The taps of a window inside the input, from its first tap (which the extra taps read):
+    // the table of a window at the input's corner, with 0 for "outside" (no pixel is inside
+    // if a tap of that window is outside).
+    depthwise_table(p, (0, 0), (0, 0), 0, inner);
     for k in 0..oh * ow {
         let q = io.pixel(k, oh * ow);
         let (oy, ox) = (q / ow.max(1), q % ow.max(1));
@@ -1880,9 +1898,9 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
             };
             // SAFETY: from `from`, the table's offsets address input pixels (a window inside the
             // input, or the pixel's taps; shapes checked above) or the zero-point words, c bytes
-            // from each; pixel q's c output bytes lie in the output (q < oh x ow); weights and
-            // blocks hold every group's words.
-            unsafe { depthwise_pixel(tab, input.add(from), weights.as_ptr(), blocks.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
+            // from each; pixel q's c output bytes lie in the output (q < oh x ow); `units` holds
+            // every group's unit.
+            unsafe { depthwise_pixel(tab, input.add(from), units.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
         }
         #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
         {
@@ -1893,8 +1911,8 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
                 table
             };
             for g in 0..groups {
-                let (w, block) = (weights.get(2 * taps * g..).unwrap_or(&[]), blocks.get(12 * g..12 * g + 12).unwrap_or(&[]));
-                let out = depthwise_group(tab, u32::MAX, io.input().get(from..).unwrap_or(&[]), (p.input_zp, p.requant.output_zp), w, block, g);
+                let unit = units.chunks_exact(depthwise_unit_words(taps)).nth(g).unwrap_or(&[]);
+                let out = depthwise_group(tab, u32::MAX, io.input().get(from..).unwrap_or(&[]), (p.input_zp, p.requant.output_zp), unit, g);
                 for (o, v) in io.output(q * c + 4 * g, 4).iter_mut().zip(out) {
                     *o = v;
                 }
@@ -2097,7 +2115,7 @@ pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i
     let (patch, wide) = all.split_at_mut_checked(patch_words(stored)).ok_or(Error::BufferSize { expected: patch_words(stored), found: 0 })?;
     let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
     widen(input, offset_pair(p.input_zp), patch);
-    for w in patch.iter_mut().skip(p.input_len / 2) {
+    for w in patch.get_mut(p.input_len / 2..).unwrap_or(&mut []) {
         *w = 0; // the stored taps beyond the inputs (int4 octets)
     }
     for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len).max(1)).enumerate() {
