@@ -362,7 +362,7 @@ fn pool_after(conv: &Conv2d, (k, s): (usize, usize), act: (i8, i8)) -> Pool {
 /// Reference conv then reference max-pool.
 fn reference_conv_pool(conv: &Conv2d, pool: Option<&Pool>, input: &[i8]) -> Vec<i8> {
     let mut out = vec![0i8; conv.output.len().unwrap()];
-    conv2d_s8(conv, input, &mut out, &mut []).unwrap();
+    conv2d_s8(conv, input, &mut out, &mut vec![0u8; conv2d_s8_scratch_bytes(conv)]).unwrap();
     match pool {
         None => out,
         Some(p) => {

@@ -21,35 +21,51 @@ pub struct Conv2d<'a> {
     pub requant: Requant<'a>,
 }
 
-/// The accumulator of output channel `c` at one pixel (its kernel windows `ky0..ky1` from `y0`,
-/// `kx0..kx1` from `x0`) for Winograd weights: each 3x3 kernel read back from its block once,
-/// for its nine taps.
+/// Winograd weights read back through their exact inverse transform, once per call: every
+/// output channel's 3x3 kernels into `scratch` as little-endian i32s in canonical order
+/// (`[out][ky][kx][in]`), so the main loop reads them like any other layout's (decoding per
+/// output pixel costs 16 loads and a transform per 9 MACs).
 #[cfg(feature = "winograd-reference")]
-#[inline(never)]
-fn winograd_reference_acc(p: &Conv2d, input: &[i8], c: usize, (ky0, ky1, y0): (usize, usize, isize), (kx0, kx1, x0): (usize, usize, isize)) -> i32 {
-    let (iw, ic) = (p.input.w as usize, p.input.c as usize);
+fn decode_winograd(p: &Conv2d, scratch: &mut [u8]) -> Result<(), Error> {
+    let (ic, oc) = (p.input.c as usize, p.output.c as usize);
     let taps = 9 * ic;
-    let mut acc = 0i32;
-    for i in 0..ic {
-        let u: [i32; 16] = core::array::from_fn(|q| p.layout.weight_value(p.weights, WeightLayout::winograd_index(c, i, q, taps)));
-        let g = crate::types::winograd_kernel(&u).unwrap_or([0; 9]);
-        for ky in ky0..ky1 {
-            for kx in kx0..kx1 {
-                let (iy, ix) = ((y0 + ky as isize) as usize, (x0 + kx as isize) as usize);
-                let x = input.get((iy * iw + ix) * ic + i).map_or(0, |&x| x as i32);
-                acc = acc.wrapping_add(g.get(ky * 3 + kx).copied().unwrap_or(0) * (x - p.input_zp));
+    let needed = oc * taps * 4;
+    let found = scratch.len();
+    let decoded = scratch.get_mut(..needed).ok_or(Error::BufferSize { expected: needed, found })?;
+    for (c, channel) in decoded.chunks_exact_mut(taps * 4).enumerate() {
+        for i in 0..ic {
+            let u: [i32; 16] = core::array::from_fn(|q| p.layout.weight_value(p.weights, WeightLayout::winograd_index(c, i, q, taps)));
+            let g = crate::types::winograd_kernel(&u).unwrap_or([0; 9]);
+            for (k, w) in g.iter().enumerate() {
+                if let Some(slot) = channel.get_mut((k * ic + i) * 4..(k * ic + i + 1) * 4) {
+                    slot.copy_from_slice(&w.to_le_bytes());
+                }
             }
         }
     }
-    acc
+    Ok(())
 }
 
-pub fn conv2d_s8_scratch_bytes(_p: &Conv2d) -> usize {
-    0
+/// Decoded weight `tap` of channel `c` (see `decode_winograd`); 0 outside the scratch.
+#[inline(always)]
+fn decoded_weight(scratch: &[u8], c: usize, tap: usize, taps: usize) -> i32 {
+    let at = (c * taps + tap) * 4;
+    scratch.get(at..at + 4).map_or(0, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// None, except with Winograd weights (decoded once per call, see `decode_winograd`), which
+/// only the host's reference engine reads here: the optimized engine runs them with the
+/// Winograd kernel, and device builds refuse them in this one.
+pub fn conv2d_s8_scratch_bytes(p: &Conv2d) -> usize {
+    if cfg!(feature = "winograd-reference") && p.layout == WeightLayout::Winograd2x2 {
+        p.output.c as usize * 9 * p.input.c as usize * 4
+    } else {
+        0
+    }
 }
 
 /// `output[oy, ox, oc] = requant(bias[oc] + sum w[oc, ky, kx, ic] * (input[iy, ix, ic] - input_zp))`.
-pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8]) -> Result<(), Error> {
+pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
@@ -67,6 +83,10 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
     if winograd {
         return Err(Error::BadParameter { layer: 0, what: "Winograd weights outside the Winograd kernel (a build without the winograd-reference feature)" });
     }
+    #[cfg(feature = "winograd-reference")]
+    if winograd {
+        decode_winograd(p, scratch)?;
+    }
     let mut out = output.iter_mut();
     for oy in 0..oh {
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
@@ -74,18 +94,20 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], _scratch: &mut [u8
             let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
             for c in 0..oc {
                 let mut acc = 0i32;
-                #[cfg(feature = "winograd-reference")]
-                if winograd {
-                    acc = winograd_reference_acc(p, input, c, (ky0, ky1, y0), (kx0, kx1, x0));
-                }
-                for ky in (ky0..ky1).filter(|_| !winograd) {
+                for ky in ky0..ky1 {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
                         let pixel = sub(input, (iy * iw + ix) * ic, ic);
                         for (i, &x) in pixel.iter().enumerate() {
-                            let w = p.layout.weight(p.weights, c, (ky * kw + kx) * ic + i, taps);
-                            acc += w * (x as i32 - p.input_zp);
+                            let tap = (ky * kw + kx) * ic + i;
+                            // Winograd sums wrap, as the Winograd kernel's do (the plan checks
+                            // its accumulator bound; a crafted blob must not panic here).
+                            acc = if winograd {
+                                acc.wrapping_add(decoded_weight(scratch, c, tap, taps).wrapping_mul(x as i32 - p.input_zp))
+                            } else {
+                                acc + p.layout.weight(p.weights, c, tap, taps) * (x as i32 - p.input_zp)
+                            };
                         }
                     }
                 }
