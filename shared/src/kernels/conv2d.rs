@@ -27,9 +27,9 @@ pub struct Conv2d<'a> {
 /// output pixel costs 16 loads and a transform per 9 MACs).
 #[cfg(feature = "winograd-reference")]
 fn decode_winograd(p: &Conv2d, scratch: &mut [u8]) -> Result<(), Error> {
-    let (ic, oc) = (p.input.c as usize, p.output.c as usize);
+    let ic = p.input.c as usize;
     let taps = 9 * ic;
-    let needed = oc * taps * 4;
+    let needed = conv2d_s8_scratch_bytes(p);
     let found = scratch.len();
     let decoded = scratch.get_mut(..needed).ok_or(Error::BufferSize { expected: needed, found })?;
     for (c, channel) in decoded.chunks_exact_mut(taps * 4).enumerate() {
