@@ -361,14 +361,17 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
     // loop's entry, restored before the end. Winograd's odd quad count runs the 2-quad body once
     // from its middle, as in dot_oc4_i16; the pointwise loop, for a quad count not a multiple
     // of 4, enters its 4-quad body `(-quads) & 3` quads after its start (each quad is the same
-    // length, measured between the labels; the Thumb bit set for the `ldr pc`).
+    // length, measured between the labels; the Thumb bit set for the `ldr pc`). The `.p2align`
+    // before the ADR makes the function's section 4-byte aligned: ADR adds its offset to the
+    // PC rounded down to a word, and the assembler resolves it for the section as it assumes it
+    // aligned, so a function placed 2 bytes off a word entered the loop 2 bytes off a quad.
     unsafe {
         if ADVANCE {
             rounds!("12", "", "", "lsrs {n}, {n}, #1\nbcc 2f\nadds {n}, {n}, #1\nb 3f", "");
         } else {
             rounds!(
                 "16",
-                "adr {a2}, 2f\nmovs {a3}, #52\nrsbs {a1}, {n}, #0\nand {a1}, {a1}, #3\nmla {a2}, {a1}, {a3}, {a2}\norr {a2}, {a2}, #1\nstr {a2}, [sp, #12]\nadds {n}, {n}, #3\nlsrs {n}, {n}, #2",
+                ".p2align 2\nadr {a2}, 2f\nmovs {a3}, #52\nrsbs {a1}, {n}, #0\nand {a1}, {a1}, #3\nmla {a2}, {a1}, {a3}, {a2}\norr {a2}, {a2}, #1\nstr {a2}, [sp, #12]\nadds {n}, {n}, #3\nlsrs {n}, {n}, #2",
                 "ldr {pp}, [sp, #8]",
                 "ldr pc, [sp, #12]",
                 concat!(oc4_i16_quad!(), "\n", oc4_i16_quad!())
