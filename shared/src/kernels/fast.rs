@@ -850,47 +850,47 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32,
     }
 }
 
-/// `n` bytes of `v` (a byte in each of its four) from `at`, a word at a time (the M4 stores
-/// unaligned words); returns the end.
-///
-/// # Safety
-/// `at..at + n` is writable.
-#[inline(always)]
-unsafe fn fill_raw(mut at: *mut u8, v: u32, n: usize) -> *mut u8 {
-    // SAFETY: every byte written lies in at..at + n (the caller's guarantee).
-    unsafe {
-        let end = at.add(n);
-        while end as usize - at as usize >= 4 {
-            (at as *mut u32).write_unaligned(v);
-            at = at.add(4);
-        }
-        while at < end {
-            *at = v as u8;
-            at = at.add(1);
-        }
-        end
-    }
-}
-
-/// `n` bytes from `src` to `at`, a word at a time; returns the end of the copy.
+/// `n` bytes from `src` to `at`: a window row's in-bounds taps. On the M4 a word at a time (it
+/// loads and stores unaligned words) in assembly: LLVM turns the same loop in Rust into a
+/// `memcpy` call, whose call and size dispatch cost more than a row of a few words.
 ///
 /// # Safety
 /// `src..src + n` is readable, `at..at + n` writable, and the two do not overlap.
 #[inline(always)]
-unsafe fn copy_raw(mut at: *mut u8, mut src: *const i8, n: usize) -> *mut u8 {
-    // SAFETY: every byte read lies in src..src + n and every byte written in at..at + n.
+unsafe fn copy_raw(at: *mut u8, src: *const i8, n: usize) {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    // SAFETY: reads src..src + n and writes at..at + n (the caller's guarantee): n / 4 words,
+    // then n % 4 bytes.
     unsafe {
-        let end = at.add(n);
-        while end as usize - at as usize >= 4 {
-            (at as *mut u32).write_unaligned((src as *const u32).read_unaligned());
-            (at, src) = (at.add(4), src.add(4));
-        }
-        while at < end {
-            *at = *src as u8;
-            (at, src) = (at.add(1), src.add(1));
-        }
-        end
-    }
+        core::arch::asm!(
+            "subs {n}, {n}, #4",
+            "blo 3f",
+            "2:",
+            "ldr {t}, [{s}], #4",
+            "subs {n}, {n}, #4",
+            "str {t}, [{d}], #4",
+            "bhs 2b",
+            "3:",
+            "adds {n}, {n}, #4",
+            "beq 5f",
+            "4:",
+            "ldrb {t}, [{s}], #1",
+            "subs {n}, {n}, #1",
+            "strb {t}, [{d}], #1",
+            "bne 4b",
+            "5:",
+            d = inout(reg) at => _,
+            s = inout(reg) src => _,
+            n = inout(reg) n => _,
+            t = out(reg) _,
+            options(nostack),
+        );
+    };
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        core::ptr::copy_nonoverlapping(src as *const u8, at, n);
+    };
 }
 
 /// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
@@ -919,30 +919,26 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
     let first = (-x0).max(0).min(kw as isize) as usize;
     let last = (iw as isize - x0).min(kw as isize).max(first as isize) as usize;
     let half = patch.len() / 2;
-    let zp = u32::from_ne_bytes([p.input_zp as u8; 4]);
     if input.len() < ih * iw * ic || 4 * (patch.len() - half) < kh * row {
         patch.fill(0);
         return;
     }
-    // SAFETY: the raw area (the patch's second half, 4 (len - half) >= kh x row bytes, checked
-    // above) takes each window row's `row` bytes in turn and then zero points to its end; each
-    // copy reads input pixels iy * iw + x0 + first.. + last of an in-bounds row (x0 + last <= iw),
-    // inside the input's ih x iw x ic bytes (checked above).
-    unsafe {
-        let end = (patch.as_mut_ptr() as *mut u8).add(4 * patch.len());
-        let mut at = (patch.as_mut_ptr() as *mut u8).add(4 * half);
-        for ky in 0..kh {
-            let iy = y0 + ky as isize;
-            if iy < 0 || iy as usize >= ih {
-                at = fill_raw(at, zp, row);
-                continue;
-            }
-            at = fill_raw(at, zp, first * ic);
-            let start = (iy * iw as isize + x0 + first as isize) as usize * ic;
-            at = copy_raw(at, input.as_ptr().add(start), (last - first) * ic);
-            at = fill_raw(at, zp, (kw - last) * ic);
+    let zp = u32::from_ne_bytes([p.input_zp as u8; 4]);
+    for w in patch[half..].iter_mut() {
+        *w = zp;
+    }
+    let raw = patch[half..].as_mut_ptr() as *mut u8;
+    for ky in 0..kh {
+        let iy = y0 + ky as isize;
+        if iy < 0 || iy as usize >= ih {
+            continue;
         }
-        fill_raw(at, zp, end as usize - at as usize);
+        let start = (iy as usize * iw + (x0 + first as isize) as usize) * ic;
+        // SAFETY: the row's in-bounds taps go to bytes ky row + first ic.. + (last - first) ic
+        // <= (ky + 1) row <= kh row of the raw area (4 (len - half) bytes, checked above); they
+        // are read from input pixels iy iw + x0 + first.. + last of an in-bounds row
+        // (x0 + last <= iw), inside the input's ih x iw x ic bytes (checked above).
+        unsafe { copy_raw(raw.add(ky * row + first * ic), input.as_ptr().add(start), (last - first) * ic) }
     }
     let (mut to, mut from) = (patch.as_mut_ptr(), patch.as_mut_ptr().wrapping_add(half));
     for _ in 0..half {
