@@ -923,8 +923,11 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
         patch.fill(0);
         return;
     }
+    // A window with no padding tap has its rows copied over the raw area's first kh x row
+    // bytes: only the words from there on need the zero point.
     let zp = u32::from_ne_bytes([p.input_zp as u8; 4]);
-    for w in patch[half..].iter_mut() {
+    let copied = if inside { kh * row / 4 } else { 0 };
+    for w in patch.get_mut(half + copied..).unwrap_or(&mut []) {
         *w = zp;
     }
     let raw = patch[half..].as_mut_ptr() as *mut u8;
@@ -947,8 +950,7 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
         // already read (2q + 1 <= half + q).
         unsafe {
             let (lo, hi) = widen_quad(*from, input_offset);
-            *to = lo;
-            *to.add(1) = hi;
+            (to as *mut [u32; 2]).write([lo, hi]);
             from = from.add(1);
             to = to.add(2);
         }
