@@ -489,9 +489,16 @@ fn accumulator_bound(bias: i64, taps: usize) -> i64 {
 /// positive) below 2^31 - 512, or below 2^30 - 256 for a channel without right shift: see
 /// [`requant_smmulr_any`]. A channel with multiplier 0 needs no bound (its product is 0 whatever
 /// `v` is, wrapped or not): the VWW MobileNet has such dead channels, with biases near 2^30.
+///
+/// `Wide`: `Any`, with a right shift on every live channel (multiplier not 0): `acc + bias`
+/// fits in int32 but `2 (acc + bias)` may not (the VWW MobileNet's live channels with biases
+/// near ±2^30 and shifts of -26 to -31), so [`requant_n`]'s paired loop takes the product in 64
+/// bits (SMULL) and rounds it to its bits 31..62; a dead channel's product is 0 whatever its
+/// shift, and so is what the rounding shift makes of it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fast {
     Right,
+    Wide,
     Any,
 }
 
@@ -506,7 +513,8 @@ fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
         let limit = if s < 0 { (1i64 << 31) - 512 } else { (1i64 << 30) - 256 };
         (-31..=30).contains(&s) && (m == 0 || accumulator_bound(b as i64, taps) < limit >> s.max(0))
     });
-    any.then_some(Fast::Any)
+    let live_right = r.shifts.iter().zip(r.multipliers.iter()).all(|(s, m)| m == 0 || s < 0);
+    any.then_some(if live_right { Fast::Wide } else { Fast::Any })
 }
 
 /// TFLM's requantization of `acc` for a channel with multiplier `m` and right shift `-shift`
@@ -542,7 +550,8 @@ struct Requantizer<'r> {
     fast: Option<Fast>,
     /// The channels every section holds (what [`requant_n`] may read).
     sections: usize,
-    /// Empty, or per channel `2 bias`, then per channel `!shift` (see [`Requantizer::prepared`]).
+    /// Empty, or per channel `2 bias` (`bias` for [`Fast::Wide`]), then per channel `!shift`
+    /// (see [`Requantizer::prepared`]).
     prep: &'r [u32],
 }
 
@@ -575,11 +584,13 @@ impl<'r> Requantizer<'r> {
         }
         let at = prep_scratch_bytes(n).min(scratch.len());
         let (front, rest) = scratch.split_at_mut(at);
-        let pairs = rq.fast == Some(Fast::Right) && (requant.act_min, requant.act_max) == (i8::MIN, i8::MAX);
+        let pairs = matches!(rq.fast, Some(Fast::Right | Fast::Wide)) && (requant.act_min, requant.act_max) == (i8::MIN, i8::MAX);
+        // Right's loop doubles the accumulator and adds 2 bias; Wide's adds the bias.
+        let factor = if rq.fast == Some(Fast::Wide) { 1 } else { 2 };
         if let (true, Ok(prep)) = (pairs, scratch_words(front, prep_words(n))) {
             let (twice, not_shift) = prep.split_at_mut(n.min(prep.len()));
             for (to, b) in twice.iter_mut().zip(bias.iter()) {
-                *to = b.wrapping_mul(2) as u32;
+                *to = b.wrapping_mul(factor) as u32;
             }
             for (to, s) in not_shift.iter_mut().zip(requant.shifts.iter()) {
                 *to = !s as u32;
@@ -637,22 +648,23 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
     let (zp, lo, hi) = (r.output_zp, r.act_min, r.act_max);
     let one = match fast {
         Fast::Right => requant_smmulr,
-        Fast::Any => requant_smmulr_any,
+        Fast::Wide | Fast::Any => requant_smmulr_any,
     };
     for ((((o, &a), b), m), s) in out.iter_mut().zip(acc).zip(b).zip(m).zip(s) {
         *o = one(a.wrapping_add(i32::from_le_bytes(*b)), i32::from_le_bytes(*m), i32::from_le_bytes(*s), zp, lo as i32, hi as i32);
     }
 }
 
-/// [`requant_smmulr`] (`Fast::Right`) or [`requant_smmulr_any`] (`Fast::Any`) of the channels
-/// of `out`. The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1`
+/// [`requant_smmulr`] (`Fast::Right`) or [`requant_smmulr_any`] (`Fast::Wide`, `Fast::Any`) of
+/// the channels of `out`. The rounding shift by `r = -shift` is done as `((x' >> (r - 1)) + 1 + 2 zp) >> 1`
 /// with `x' = x - [x < 0]`: `floor((floor(y / 2^(r-1)) + 1) / 2) = floor((y + 2^(r-1)) / 2^r)`
 /// for any integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the
 /// zero point (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is
 /// exact). `Fast::Right` with the full int8 clamp (TFLM's for ReLU and ReLU6 quantized to their
 /// range, and no activation) runs two channels per iteration, 12 instructions a channel (10
-/// with a prepared requantization); the rest one at a time by [`requant_smmulr_any`]'s loop
-/// (exact for right shifts too: 24 instructions a channel, 29 with a clamp).
+/// with a prepared requantization), and so does `Fast::Wide` from a prepared requantization
+/// (13 a channel: the product by SMULL); the rest one at a time by [`requant_smmulr_any`]'s
+/// loop (exact for right shifts too: 24 instructions a channel, 29 with a clamp).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut [i8]) {
@@ -682,17 +694,18 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[
     let (mut pa, mut pb, mut pm, mut ps, mut po) = (acc, pb, pm, ps, out.as_mut_ptr());
     // Two channels per iteration (words by LDRD: word alignment is enough on the M4) of
     // requant_smmulr: `2 (acc + bias)` and `!shift` from the model's sections (`$scale`,
-    // `$shift`), or from a prepared requantization (`2 acc + 2 bias` in one ADD).
+    // `$shift`), or from a prepared requantization (`2 acc + 2 bias` in one ADD); `$mul` is
+    // SMMULR of the doubled sum (Right) or the 64-bit product of the sum rounded to its bits
+    // 31..62, `2 hi + bit 31 of lo + bit 30 of lo` (Wide: LSLS puts bit 31 in the carry).
     macro_rules! pairs {
-        ($pb:expr, $ps:expr, $scale:literal, $shift:literal) => {
+        ($pb:expr, $ps:expr, $scale:literal, $shift:literal, $mul:expr) => {
             core::arch::asm!(
                 "2:",
                 "ldrd {a}, {c}, [{pa}], #8",
                 "ldrd {t}, {u}, [{pb}], #8",
                 $scale,
                 "ldrd {t}, {u}, [{pm}], #8",
-                "smmulr {a}, {a}, {t}",
-                "smmulr {c}, {c}, {u}",
+                $mul,
                 "ldrd {t}, {u}, [{ps}], #8",
                 $shift,
                 "add {a}, {a}, {a}, asr #31",
@@ -713,15 +726,29 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[
             )
         };
     }
-    if matches!(fast, Fast::Right) && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
+    // Wide runs paired only from a prepared requantization (the Any loop below otherwise).
+    let paired = match fast {
+        Fast::Right => true,
+        Fast::Wide => prep.is_some(),
+        Fast::Any => false,
+    };
+    if paired && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
         let pairs = n / 2;
+        macro_rules! smmulr { () => { "smmulr {a}, {a}, {t}\nsmmulr {c}, {c}, {u}\n" } }
         // SAFETY: reads 2 pairs words of `acc` and of each section (or prepared half), writes
         // as many bytes of `out` (the caller's guarantee); `pa`, `pm`, `po` come back advanced
         // past them, `pb` and `ps` are moved past them for the odd channel below.
         unsafe {
             match prep {
-                Some([twice, not_shift]) => pairs!(twice, not_shift, "add {a}, {t}, {a}, lsl #1\nadd {c}, {u}, {c}, lsl #1\n", ""),
-                None => pairs!(pb, ps, "add {a}, {a}, {t}\nadd {c}, {c}, {u}\nlsl {a}, {a}, #1\nlsl {c}, {c}, #1\n", "mvn {t}, {t}\nmvn {u}, {u}\n"),
+                Some([once, not_shift]) if fast == Fast::Wide => pairs!(
+                    once,
+                    not_shift,
+                    "add {a}, {t}, {a}\nadd {c}, {u}, {c}\n",
+                    "",
+                    "smull {t}, {a}, {a}, {t}\nsmull {u}, {c}, {c}, {u}\nlsls {t}, {t}, #1\nadc {a}, {a}, {a}\nlsls {u}, {u}, #1\nadc {c}, {c}, {c}\nadd {a}, {a}, {t}, lsr #31\nadd {c}, {c}, {u}, lsr #31\n"
+                ),
+                Some([twice, not_shift]) => pairs!(twice, not_shift, "add {a}, {t}, {a}, lsl #1\nadd {c}, {u}, {c}, lsl #1\n", "", smmulr!()),
+                None => pairs!(pb, ps, "add {a}, {a}, {t}\nadd {c}, {c}, {u}\nlsl {a}, {a}, #1\nlsl {c}, {c}, #1\n", "mvn {t}, {t}\nmvn {u}, {u}\n", smmulr!()),
             }
             (pb, ps) = (pb.add(8 * pairs), ps.add(8 * pairs));
         }
@@ -2166,6 +2193,52 @@ mod tests {
                 assert_eq!(requant_smmulr_any(acc, 0, shift, zp, lo as i32, hi as i32), crate::fixedpoint::requantize(acc, 0, shift, zp, lo, hi));
             }
         }
+    }
+
+    /// The M4 paired loop's Wide form (see requant_body): the 64-bit product rounded to its bits
+    /// 31..62 as `2 hi + bit 31 of lo + bit 30 of lo`, then the halving rounding shift, equals
+    /// TFLM's for every right shift and accumulators up to Any's bound, where doubling them
+    /// would overflow.
+    #[test]
+    fn wide_requantization_is_tflms() {
+        let mut next = words(0x1B87_3593);
+        let limit: i64 = (1 << 31) - 512;
+        for shift in -31..=-1 {
+            for k in 0..20_000 {
+                let m = (next() >> 1) as i32;
+                let acc = if k % 16 == 0 { (limit - 1) as i32 * if k % 32 == 0 { 1 } else { -1 } } else { (next() as i64 % limit) as i32 };
+                let zp = (next() % 256) as i32 - 128;
+                let product = acc as i64 * m as i64;
+                let (hi, lo) = ((product >> 32) as i32, product as u32);
+                let x = hi.wrapping_mul(2).wrapping_add((lo >> 31) as i32).wrapping_add(((lo << 1) >> 31) as i32);
+                let halved = (((x + (x >> 31)) >> !shift) + 2 * zp + 1) >> 1;
+                assert_eq!(halved.clamp(-128, 127) as i8, crate::fixedpoint::requantize(acc, m, shift, zp, -128, 127), "acc {acc} m {m} shift {shift} zp {zp}");
+            }
+        }
+    }
+
+    /// Which fast requantization a layer gets: Right while `2 (acc + bias)` fits, Wide for a
+    /// bias near 2^30 with right shifts (a dead channel's shift does not matter), Any once a live
+    /// channel shifts left or not at all, none where that channel's shifted sum could overflow.
+    #[test]
+    fn fast_requantization_is_chosen_by_bias_and_shifts() {
+        let le = |v: [i32; 2]| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&v[0].to_le_bytes());
+            b[4..].copy_from_slice(&v[1].to_le_bytes());
+            b
+        };
+        let choose = |bias: [i32; 2], multipliers: [i32; 2], shifts: [i32; 2]| {
+            let (b, m, s) = (le(bias), le(multipliers), le(shifts));
+            let r = Requant { multipliers: I32Le::new(&m), shifts: I32Le::new(&s), output_zp: 0, act_min: -128, act_max: 127 };
+            fast_requant(&r, I32Le::new(&b), 64)
+        };
+        let m = 1 << 30;
+        assert!(choose([1000, -1000], [m, m], [-7, -9]) == Some(Fast::Right));
+        assert!(choose([1 << 30, -(1 << 30)], [m, m], [-27, -26]) == Some(Fast::Wide));
+        assert!(choose([1 << 30, 5], [m, 0], [-27, 0]) == Some(Fast::Wide));
+        assert!(choose([1 << 30, 5], [m, m], [-27, 0]) == Some(Fast::Any));
+        assert!(choose([5, 1 << 30], [m, m], [-27, 2]) == None);
     }
 
     /// The SMMULR requantization equals TFLM's on accumulators below 2^30, for every right shift.
