@@ -509,12 +509,17 @@ fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
     if r.shifts.iter().all(|s| (-31..=-1).contains(&s)) && accumulator_bound(max_bias as i64, taps) < 1 << 30 {
         return Some(Fast::Right);
     }
-    let any = r.shifts.iter().zip(bias.iter()).zip(r.multipliers.iter()).all(|((s, b), m)| {
+    let mut fast = Fast::Wide;
+    for ((s, b), m) in r.shifts.iter().zip(bias.iter()).zip(r.multipliers.iter()) {
         let limit = if s < 0 { (1i64 << 31) - 512 } else { (1i64 << 30) - 256 };
-        (-31..=30).contains(&s) && (m == 0 || accumulator_bound(b as i64, taps) < limit >> s.max(0))
-    });
-    let live_right = r.shifts.iter().zip(r.multipliers.iter()).all(|(s, m)| m == 0 || s < 0);
-    any.then_some(if live_right { Fast::Wide } else { Fast::Any })
+        if !(-31..=30).contains(&s) || (m != 0 && accumulator_bound(b as i64, taps) >= limit >> s.max(0)) {
+            return None;
+        }
+        if m != 0 && s >= 0 {
+            fast = Fast::Any;
+        }
+    }
+    Some(fast)
 }
 
 /// TFLM's requantization of `acc` for a channel with multiplier `m` and right shift `-shift`
@@ -877,38 +882,57 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32,
     }
 }
 
-/// `n` bytes from `src` to `at`: a window row's in-bounds taps. On the M4 a word at a time (it
-/// loads and stores unaligned words) in assembly: LLVM turns the same loop in Rust into a
-/// `memcpy` call, whose call and size dispatch cost more than a row of a few words.
+/// `rows` runs of `n` bytes, the first from `src` to `at`, each next `src_pitch` bytes on in
+/// the source and `at_pitch` on in the destination: a window's in-bounds taps, row by row. On
+/// the M4 a word at a time (it loads and stores unaligned words) in assembly: LLVM turns the
+/// same loop in Rust into `memcpy` calls, whose call and size dispatch cost more than a row of
+/// a few words.
 ///
 /// # Safety
-/// `src..src + n` is readable, `at..at + n` writable, and the two do not overlap.
+/// For every `r < rows`, `src + r src_pitch..+ n` is readable, `at + r at_pitch..+ n` writable,
+/// and no two of these ranges overlap.
 #[inline(always)]
-unsafe fn copy_raw(at: *mut u8, src: *const i8, n: usize) {
+unsafe fn copy_rows(at: *mut u8, src: *const i8, n: usize, (src_pitch, at_pitch): (usize, usize), rows: usize) {
     #[cfg(all(target_arch = "arm", feature = "dsp"))]
-    // SAFETY: reads src..src + n and writes at..at + n (the caller's guarantee): n / 4 words,
-    // then n % 4 bytes.
+    // SAFETY: per row reads src..src + n and writes at..at + n (the caller's guarantee): n / 4
+    // words, then n % 4 bytes.
     unsafe {
+        if rows == 0 {
+            return;
+        }
         core::arch::asm!(
-            "subs {n}, {n}, #4",
+            "1:",
+            "mov {d}, {at}",
+            "mov {s}, {src}",
+            "subs {k}, {n}, #4",
             "blo 3f",
             "2:",
             "ldr {t}, [{s}], #4",
-            "subs {n}, {n}, #4",
+            "subs {k}, {k}, #4",
             "str {t}, [{d}], #4",
             "bhs 2b",
             "3:",
-            "adds {n}, {n}, #4",
+            "adds {k}, {k}, #4",
             "beq 5f",
             "4:",
             "ldrb {t}, [{s}], #1",
-            "subs {n}, {n}, #1",
+            "subs {k}, {k}, #1",
             "strb {t}, [{d}], #1",
             "bne 4b",
             "5:",
-            d = inout(reg) at => _,
-            s = inout(reg) src => _,
-            n = inout(reg) n => _,
+            "add {at}, {at}, {ap}",
+            "add {src}, {src}, {sp_}",
+            "subs {rows}, {rows}, #1",
+            "bne 1b",
+            at = inout(reg) at => _,
+            src = inout(reg) src => _,
+            n = in(reg) n,
+            ap = in(reg) at_pitch,
+            sp_ = in(reg) src_pitch,
+            rows = inout(reg) rows => _,
+            d = out(reg) _,
+            s = out(reg) _,
+            k = out(reg) _,
             t = out(reg) _,
             options(nostack),
         );
@@ -916,25 +940,53 @@ unsafe fn copy_raw(at: *mut u8, src: *const i8, n: usize) {
     #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
     // SAFETY: the caller's guarantee.
     unsafe {
-        core::ptr::copy_nonoverlapping(src as *const u8, at, n);
+        for r in 0..rows {
+            core::ptr::copy_nonoverlapping(src.add(r * src_pitch) as *const u8, at.add(r * at_pitch), n);
+        }
     };
+}
+
+/// What the patch of any pixel of a conv needs, worked out once per call (the narrow layers
+/// of the MLPerf Tiny models build thousands of small patches, where recomputing the padding
+/// and the window's bounds cost more than copying the taps).
+struct Window<'a> {
+    p: &'a Conv2d<'a>,
+    top: usize,
+    left: usize,
+    /// The input's zero point in every byte (a padding tap, before widening).
+    zp: u32,
+    /// `-zp` in both halfwords (see [`widen_quad`]).
+    offset: u32,
+    pointwise: bool,
+}
+
+impl<'a> Window<'a> {
+    fn new(p: &'a Conv2d<'a>, pointwise: bool) -> Self {
+        Window {
+            p,
+            top: p.padding.leading(p.input.h as usize, p.kernel_h as usize, p.stride_h as usize, p.output.h as usize),
+            left: p.padding.leading(p.input.w as usize, p.kernel_w as usize, p.stride_w as usize, p.output.w as usize),
+            zp: u32::from_ne_bytes([p.input_zp as u8; 4]),
+            offset: offset_pair(p.input_zp),
+            pointwise,
+        }
+    }
 }
 
 /// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
 /// minus its zero point, 0 where the window leaves the input (TFLite skips those taps: the same
 /// sum), zeros up to the stored taps.
-fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32, patch: &mut [u32]) {
+fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut [u32]) {
+    let p = w.p;
     let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
-    let top = p.padding.leading(ih, kh, p.stride_h as usize, p.output.h as usize);
-    let left = p.padding.leading(iw, kw, p.stride_w as usize, p.output.w as usize);
-    let (y0, x0) = ((oy * p.stride_h as usize) as isize - top as isize, (ox * p.stride_w as usize) as isize - left as isize);
+    let (y0, x0) = ((oy * p.stride_h as usize) as isize - w.top as isize, (ox * p.stride_w as usize) as isize - w.left as isize);
     let inside = y0 >= 0 && x0 >= 0 && y0 as usize + kh <= ih && x0 as usize + kw <= iw;
-    let row = kw * ic;
+    let (row, pitch) = (kw * ic, iw * ic);
     if inside && row.is_multiple_of(4) {
+        let start = (y0 as usize * iw + x0 as usize) * ic;
         for ky in 0..kh {
-            let start = ((y0 as usize + ky) * iw + x0 as usize) * ic;
-            widen(sub(input, start, row), input_offset, sub_mut(patch, ky * row / 2, row / 2));
+            widen(sub(input, start + ky * pitch, row), w.offset, sub_mut(patch, ky * row / 2, row / 2));
         }
         patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
         return;
@@ -943,40 +995,39 @@ fn conv_patch_padded(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offse
     // widens to 0), then widen forward in place: quad q is read from word half + q before words
     // 2q and 2q + 1 are written, and 2q + 1 <= half + q for every quad (the patch has an even
     // number of words: stored taps are a multiple of 4).
-    let first = (-x0).max(0).min(kw as isize) as usize;
-    let last = (iw as isize - x0).min(kw as isize).max(first as isize) as usize;
     let half = patch.len() / 2;
-    if input.len() < ih * iw * ic || 4 * (patch.len() - half) < kh * row {
+    if input.len() < ih * pitch || 4 * (patch.len() - half) < kh * row {
         patch.fill(0);
         return;
     }
     // A window with no padding tap has its rows copied over the raw area's first kh x row
     // bytes: only the words from there on need the zero point.
-    let zp = u32::from_ne_bytes([p.input_zp as u8; 4]);
     let copied = if inside { kh * row / 4 } else { 0 };
-    for w in patch.get_mut(half + copied..).unwrap_or(&mut []) {
-        *w = zp;
+    for word in patch.get_mut(half + copied..).unwrap_or(&mut []) {
+        *word = w.zp;
     }
-    let raw = patch[half..].as_mut_ptr() as *mut u8;
-    for ky in 0..kh {
-        let iy = y0 + ky as isize;
-        if iy < 0 || iy as usize >= ih {
-            continue;
-        }
-        let start = (iy as usize * iw + (x0 + first as isize) as usize) * ic;
-        // SAFETY: the row's in-bounds taps go to bytes ky row + first ic.. + (last - first) ic
-        // <= (ky + 1) row <= kh row of the raw area (4 (len - half) bytes, checked above); they
-        // are read from input pixels iy iw + x0 + first.. + last of an in-bounds row
-        // (x0 + last <= iw), inside the input's ih x iw x ic bytes (checked above).
-        unsafe { copy_raw(raw.add(ky * row + first * ic), input.as_ptr().add(start), (last - first) * ic) }
-    }
-    let (mut to, mut from) = (patch.as_mut_ptr(), patch.as_mut_ptr().wrapping_add(half));
+    let raw = patch.as_mut_ptr().wrapping_add(half) as *mut u8;
+    // The window's in-bounds taps: rows top..bottom, columns first..last of it.
+    let (first, last, top, bottom) = if inside {
+        (0, kw, 0, kh)
+    } else {
+        let first = (-x0).max(0).min(kw as isize) as usize;
+        let top = (-y0).max(0).min(kh as isize) as usize;
+        (first, (iw as isize - x0).min(kw as isize).max(first as isize) as usize, top, (ih as isize - y0).min(kh as isize).max(top as isize) as usize)
+    };
+    let start = (y0 + top as isize) as usize * pitch + (x0 + first as isize) as usize * ic;
+    // SAFETY: window row ky's in-bounds taps go to bytes ky row + first ic.. + (last - first) ic
+    // <= (ky + 1) row <= kh row of the raw area (4 (len - half) bytes, checked above), the rows
+    // apart; they are read from input pixels x0 + first.. x0 + last <= iw of row y0 + ky, which
+    // lies in 0..ih for top <= ky < bottom, inside the input's ih x iw x ic bytes (checked above).
+    unsafe { copy_rows(raw.add(top * row + first * ic), input.as_ptr().add(start), (last - first) * ic, (pitch, row), bottom - top) }
+    let (mut to, mut from) = (patch.as_mut_ptr(), raw as *const u32);
     for _ in 0..half {
         // SAFETY: with half = len / 2, quad q is read from word half + q < len and written to
         // words 2q and 2q + 1 < len; quad q is read before those are written, which hold quads
         // already read (2q + 1 <= half + q).
         unsafe {
-            let (lo, hi) = widen_quad(*from, input_offset);
+            let (lo, hi) = widen_quad(*from, w.offset);
             (to as *mut [u32; 2]).write([lo, hi]);
             from = from.add(1);
             to = to.add(2);
@@ -992,13 +1043,13 @@ fn is_pointwise(p: &Conv2d) -> bool {
 /// The widened patch of output pixel `q` (row-major). Out of line: both loops of
 /// [`conv2d_s8_fast_io`] share one copy.
 #[inline(never)]
-fn pixel_patch(p: &Conv2d, pointwise: bool, input: &[i8], q: usize, input_offset: u32, patch: &mut [u32]) {
-    let ic = p.input.c as usize;
-    if pointwise {
-        widen(sub(input, q * ic, ic), input_offset, patch);
+fn pixel_patch(w: &Window, input: &[i8], q: usize, patch: &mut [u32]) {
+    if w.pointwise {
+        let ic = w.p.input.c as usize;
+        widen(sub(input, q * ic, ic), w.offset, patch);
     } else {
-        let ow = (p.output.w as usize).max(1);
-        conv_patch_padded(p, input, q / ow, q % ow, input_offset, patch);
+        let ow = (w.p.output.w as usize).max(1);
+        conv_patch_padded(w, input, q / ow, q % ow, patch);
     }
 }
 
@@ -1059,9 +1110,8 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let stored = p.layout.stored_taps(taps);
     let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
     let (rq, scratch) = Requantizer::prepared(&p.requant, p.bias, taps, scratch, 4 * wpp + 3);
-    let input_offset = offset_pair(p.input_zp);
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
-    let pointwise = is_pointwise(p) && stored == taps;
+    let window = Window::new(p, is_pointwise(p) && stored == taps);
     if !b.widen {
         if p.layout == WeightLayout::Oc4Int4 {
             return Err(Error::BufferSize { expected: wpp + 2 * stored, found: 0 });
@@ -1081,14 +1131,14 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
                 let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
                 // SAFETY: the input's in_len bytes are only read, and nothing is written while
                 // the patch is built from them.
-                pixel_patch(p, pointwise, unsafe { core::slice::from_raw_parts(input, in_len) }, q, input_offset, patch);
+                pixel_patch(&window, unsafe { core::slice::from_raw_parts(input, in_len) }, q, patch);
                 // SAFETY: pixel q's oc output bytes lie in the output (q < oh x ow, its length
                 // checked above), and the input is not read while they are written.
                 unsafe { core::slice::from_raw_parts_mut(output.add(q * oc), oc) }
             };
             #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
             let out = {
-                pixel_patch(p, pointwise, io.input(), q, input_offset, patch);
+                pixel_patch(&window, io.input(), q, patch);
                 io.output(q * oc, oc)
             };
             // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
@@ -1106,7 +1156,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let count = b.block.min(pixels - first);
         for (i, patch) in b.patches.chunks_exact_mut(wpp).take(count).enumerate() {
             let q = io.pixel(first + i, pixels);
-            pixel_patch(p, pointwise, io.input(), q, input_offset, patch);
+            pixel_patch(&window, io.input(), q, patch);
         }
         for (g, group) in weights.chunks_exact(group_words(p.layout, taps).max(1)).enumerate() {
             widen_any(p.layout, group, b.wide);
