@@ -229,6 +229,70 @@ fn call_graph_and_sites(elf: &[u8], roots: &[&str]) -> Result<(Vec<Reached>, Vec
     Ok((reached, sites))
 }
 
+/// The length of the Thumb-2 instruction whose first halfword is `hw1` (2 or 4 bytes).
+fn thumb_len(hw1: u16) -> usize {
+    if hw1 >> 11 >= 0x1D {
+        4
+    } else {
+        2
+    }
+}
+
+/// Whether the Thumb-2 instruction whose first halfword is `hw1` reads the PC rounded down
+/// to a word: ADR (T1 `1010 0`, T2 `F2AF`, T3 `F20F`, `i` at bit 10), a literal load (LDR T1
+/// `0100 1`; LDR, LDRB, LDRH and their signed forms T2 `1111 100S U SZ 1 1111`; LDRD
+/// `1110 100P U1W1 1111`) or VLDR literal (`1110 1101 UD01 1111`).
+pub fn reads_aligned_pc(hw1: u16) -> bool {
+    let adr = hw1 >> 11 == 0x14 || hw1 & 0xFBFF == 0xF2AF || hw1 & 0xFBFF == 0xF20F;
+    let load = hw1 >> 11 == 0x09 || (hw1 & 0xFE1F == 0xF81F && hw1 & 0x60 != 0x60) || hw1 & 0xFE5F == 0xE85F || hw1 & 0xFF3F == 0xED1F;
+    adr || load
+}
+
+/// A function that reads the PC rounded down to a word (ADR or LDR literal, see
+/// [`reads_aligned_pc`]): its name, start address (without the Thumb bit) and the address of
+/// its first such instruction.
+#[derive(Clone, Debug)]
+pub struct PcRelative {
+    pub name: String,
+    pub address: u64,
+    pub site: u64,
+}
+
+impl PcRelative {
+    /// The assembler resolves a label in the same section against the section's start as if
+    /// it were word-aligned: in a function placed 2 bytes off a word, an ADR of a label in the
+    /// function (a computed entry into an unrolled loop) lands 2 bytes off its target. LLVM
+    /// aligns the functions with constant pools, and `.p2align 2` before an `adr` in asm
+    /// raises its function's alignment; a function for which this is false is a latent bug.
+    pub fn is_word_aligned(&self) -> bool {
+        self.address % 4 == 0
+    }
+}
+
+/// Every function of the firmware that reads the PC rounded down to a word (decoded from its
+/// start, instruction by instruction).
+pub fn pc_relative_functions(elf: &[u8]) -> Result<Vec<PcRelative>> {
+    let file = object::File::parse(elf).context("firmware is not an ELF file")?;
+    let mut found = Vec::new();
+    for (address, size, name) in functions(elf)? {
+        let Some(section) = file.sections().find(|s| s.address() <= address && address + size <= s.address() + s.size()) else { continue };
+        let Ok(data) = section.data() else { continue };
+        let at = (address - section.address()) as usize;
+        let Some(code) = data.get(at..at + size as usize) else { continue };
+        let halfword = |k: usize| code.get(k..k + 2).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+        let mut k = 0;
+        while k + 2 <= code.len() {
+            let hw1 = halfword(k);
+            if reads_aligned_pc(hw1) {
+                found.push(PcRelative { name, address, site: address + k as u64 });
+                break;
+            }
+            k += thumb_len(hw1);
+        }
+    }
+    Ok(found)
+}
+
 /// Every call from the firmware's own code into a panic entry point (`core::panicking`, failed
 /// slice indexing, the panic handler) that the functions named by `roots` can reach: each as
 /// "caller -> panic at address", the address of the call for `addr2line`.
@@ -516,5 +580,32 @@ pub fn parse_results(bytes: &[u8]) -> Result<DeviceRun> {
             }
             None => bail!("results stream ends without a summary"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encodings that read the word-aligned PC, as the GNU and LLVM assemblers write them,
+    /// and neighbours that do not.
+    #[test]
+    fn pc_relative_reads_are_decoded() {
+        // adr r2, label (T1); adr.w r2, label (T3, add); adr.w r2, label (T2, sub); the same with i set.
+        for hw1 in [0xA202, 0xF20F, 0xF2AF, 0xF60F, 0xF6AF] {
+            assert!(reads_aligned_pc(hw1), "{hw1:#06x}");
+        }
+        // ldr r3, [pc, #4] (T1); ldr.w r3, [pc, #-4] / [pc, #4] (T2); ldrb, ldrsh; ldrd r0, r1,
+        // [pc, #8]; vldr s0, [pc, #8].
+        for hw1 in [0x4B01, 0xF85F, 0xF8DF, 0xF89F, 0xF93F, 0xE9DF, 0xED9F] {
+            assert!(reads_aligned_pc(hw1), "{hw1:#06x}");
+        }
+        // push {r4, lr}; add r2, sp, #8 (T1 `1010 1`); ldr r3, [r1] (T1 `0110 1`); ldr.w r3, [r1, #4]
+        // (`F8D1`); addw r2, r3, #1 (`F203`); b.w / bl (`F000`).
+        // ldrd r0, r1, [r2, #8] (`E9D2`); vldr s0, [r3] (`ED93`).
+        for hw1 in [0xB510, 0xAA02, 0x680B, 0xF8D1, 0xF203, 0xF000, 0xE9D2, 0xED93] {
+            assert!(!reads_aligned_pc(hw1), "{hw1:#06x}");
+        }
+        assert_eq!((thumb_len(0xA202), thumb_len(0xF20F), thumb_len(0xE7FE)), (2, 4, 2));
     }
 }

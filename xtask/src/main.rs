@@ -175,9 +175,23 @@ fn no_panic() -> Result<()> {
     }
     anyhow::ensure!(panics.is_empty(), "{} calls into panic entry points reachable from {}", panics.len(), INFERENCE_ROOTS.join(", "));
     println!("call graph: no panic reachable from {}", INFERENCE_ROOTS.join(", "));
+    pc_relative_check(&bytes)?;
     firmware::build_variant("no-panic", true, &["no-panic"], None)
         .context("the no-panic build did not link: a panic is reachable from parse, plan_model or infer (its panic handler calls an undefined symbol)")?;
     println!("link proof: the no-panic firmware (parse, plan_model, infer; panic handler calling an undefined symbol) links");
+    Ok(())
+}
+
+/// Every function that reads the word-aligned PC (ADR, LDR literal) starts on a word (see
+/// `lepton_core::device::PcRelative`): a computed entry into an unrolled asm loop placed 2
+/// bytes off a word computed garbage on the device (dot_rounds_i16, fixed by `.p2align 2`).
+/// The kernel with that ADR must be among them, or the decoder missed it.
+fn pc_relative_check(elf: &[u8]) -> Result<()> {
+    let found = lepton_core::device::pc_relative_functions(elf)?;
+    let misaligned: Vec<String> = found.iter().filter(|f| !f.is_word_aligned()).map(|f| format!("{} at {:#010x} (PC read at {:#010x})", f.name, f.address, f.site)).collect();
+    anyhow::ensure!(misaligned.is_empty(), "functions that read the word-aligned PC (ADR/LDR literal) but start 2 bytes off a word, so a label in them resolves 2 bytes off: {}", misaligned.join("; "));
+    anyhow::ensure!(found.iter().any(|f| f.name.contains("dot_rounds_i16")), "no ADR found in dot_rounds_i16: the PC-relative decoder (lepton_core::device::reads_aligned_pc) missed it");
+    println!("alignment: {} functions read the word-aligned PC (ADR/LDR literal), every one on a word", found.len());
     Ok(())
 }
 
