@@ -1120,6 +1120,10 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let patch = b.patches.get_mut(..wpp).ok_or(Error::BufferSize { expected: wpp, found: 0 })?;
         let group = group_words(p.layout, taps).max(1);
         let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
+        // All of a pixel's groups in one round loop and one requantization call (no chunk
+        // bookkeeping per pixel): i16 weights, at most CHANNEL_GROUPS groups.
+        let (quads, groups) = (patch.len() / 2, weights.len() / group);
+        let single = p.layout == WeightLayout::Oc4PairsI16 && group == 8 * quads && groups <= CHANNEL_GROUPS && 4 * groups >= oc;
         #[cfg(all(target_arch = "arm", feature = "dsp"))]
         let in_len = io.input().len();
         for k in 0..pixels {
@@ -1141,6 +1145,11 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
                 pixel_patch(&window, io.input(), q, patch);
                 io.output(q * oc, oc)
             };
+            if single {
+                dot_rounds_i16::<false>(patch, weights, quads, acc.get_mut(..groups).unwrap_or(&mut []));
+                rq.channels(acc.as_flattened(), 0, out);
+                continue;
+            }
             // Up to CHANNEL_GROUPS groups' sums, then one requantization call for them.
             for (chunk, groups) in weights.chunks((group * CHANNEL_GROUPS).max(1)).enumerate() {
                 let n = 4 * dot_groups(patch, groups, group, p.layout, &mut acc);
@@ -1800,15 +1809,20 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 /// window unrolled), then the four channels are requantized ([`requant_smmulr`] of sums already
 /// doubled, int8 clamp: the paired loop of [`requant_n`] without its doubling) into `out`.
 ///
+/// `pixels` such output pixels of a row, the same table for all: after a pixel, the input
+/// pointer moves `in_step` bytes on from past its last group and the output pointer `out_step`
+/// bytes on from past its last output (both wrapping: a run backwards has them negative).
+///
 /// # Safety
-/// Every table offset plus `4 g + 3` for `g < groups` addresses readable memory from `input`;
-/// `units` holds `groups` units of [`depthwise_unit_words`]`(table.len())` words
-/// (word-aligned); `out` holds `4 groups` bytes. `table.len()` is a multiple of 3.
+/// Every table offset plus `4 g + 3` for `g < groups` addresses readable memory from
+/// each pixel's input pointer; `units` holds `groups` units of
+/// [`depthwise_unit_words`]`(table.len())` words (word-aligned); each pixel's output pointer
+/// has `4 groups` bytes. `table.len()` is a multiple of 3.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, out: *mut i8, groups: usize, zp: i32) {
+unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, out: *mut i8, (groups, zp): (usize, i32), (pixels, in_step, out_step): (usize, usize, usize)) {
     let rounds = table.len() / 3;
-    if groups == 0 || rounds == 0 {
+    if groups == 0 || rounds == 0 || pixels == 0 {
         return;
     }
     macro_rules! tap { () => { concat!(
@@ -1840,18 +1854,22 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
         "ssat {", $a, "}, #8, {", $a, "}, asr #1\n",
         "strb {", $a, "}, [{t}], #1\n",
     ) } }
-    // SAFETY: the caller's guarantees. The 24 bytes below sp hold the table start, the end of
-    // the units, the output pointer, 2 zp + 1 and the rounds, restored before the end. `k`
-    // keeps the rounds through a 3x3 window (the round loop counts it down to 0, which is
-    // not 3: the next group reloads it).
+    // SAFETY: the caller's guarantees. The 40 bytes below sp hold the table start, the end of
+    // the units, the output pointer, 2 zp + 1, the rounds, the pixels left, the units' start
+    // and the two steps, restored before the end. `k` keeps the rounds through a 3x3 window
+    // (the round loop counts it down to 0, which is not 3: the next group reloads it).
     unsafe {
         core::arch::asm!(
-            "sub sp, sp, #24",
+            "sub sp, sp, #40",
             "str {tab}, [sp]",
             "str {t}, [sp, #4]",
             "str {w0}, [sp, #8]",
             "str {w1}, [sp, #12]",
             "str {k}, [sp, #16]",
+            "str {a0}, [sp, #20]",
+            "str {pw}, [sp, #24]",
+            "str {a1}, [sp, #28]",
+            "str {a2}, [sp, #32]",
             "4:",
             "ldrd {a0}, {a1}, [{pw}], #8",
             "ldrd {a2}, {a3}, [{pw}], #8",
@@ -1871,7 +1889,18 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
             "ldr {t}, [sp, #4]",
             "cmp {pw}, {t}",
             "bne 4b",
-            "b 9f",
+            "ldr {t}, [sp, #20]",
+            "subs {t}, {t}, #1",
+            "beq 9f",
+            "str {t}, [sp, #20]",
+            "ldr {t}, [sp, #28]",
+            "add {pin}, {pin}, {t}",
+            "ldr {t}, [sp, #8]",
+            "ldr {x}, [sp, #32]",
+            "add {t}, {t}, {x}",
+            "str {t}, [sp, #8]",
+            "ldr {pw}, [sp, #24]",
+            "b 4b",
             "8:",
             "ldr {k}, [sp, #16]",
             "add {k}, {k}, {k}, lsl #1",
@@ -1881,7 +1910,7 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
             "bne 5b",
             "b 7b",
             "9:",
-            "add sp, sp, #24",
+            "add sp, sp, #40",
             tab = inout(reg) table.as_ptr() => _,
             pin = inout(reg) input => _,
             pw = inout(reg) units => _,
@@ -1890,7 +1919,7 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
             w0 = inout(reg) out => _,
             w1 = inout(reg) 2 * zp + 1 => _,
             k = inout(reg) rounds => _,
-            a0 = out(reg) _, a1 = out(reg) _, a2 = out(reg) _, a3 = out(reg) _,
+            a0 = inout(reg) pixels => _, a1 = inout(reg) in_step => _, a2 = inout(reg) out_step => _, a3 = out(reg) _,
         );
     }
 }
@@ -1958,7 +1987,14 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     // the table of a window at the input's corner, with 0 for "outside" (no pixel is inside
     // if a tap of that window is outside).
     depthwise_table(p, (0, 0), (0, 0), 0, inner);
-    for k in 0..oh * ow {
+    // On the M4, a run of pixels of a row whose windows are inside the input (columns
+    // first_inside..=last_inside) in one call, in the order the loop takes them.
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    let (sw, reverse) = ((p.stride_w as usize).max(1), matches!(io, Io::Shared { reverse: true, .. }));
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    let (first_inside, last_inside) = (pads.1.div_ceil(sw), (iw + pads.1).saturating_sub(kw) / sw);
+    let mut k = 0;
+    while k < oh * ow {
         let q = io.pixel(k, oh * ow);
         let (oy, ox) = (q / ow.max(1), q % ow.max(1));
         let (y0, x0) = ((oy * p.stride_h as usize) as isize - pads.0 as isize, (ox * p.stride_w as usize) as isize - pads.1 as isize);
@@ -1966,7 +2002,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
         // Inside: the fixed table from the window's first tap; at an edge, this pixel's table.
         let from = if inside { (y0 as usize * iw + x0 as usize) * c } else { 0 };
         #[cfg(all(target_arch = "arm", feature = "dsp"))]
-        {
+        let run = {
             let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
             let tab: &[u32] = if inside {
                 inner
@@ -1974,14 +2010,24 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
                 depthwise_table(p, (oy, ox), pads, (zeros.as_ptr() as usize).wrapping_sub(input as usize) as u32, table);
                 table
             };
-            // SAFETY: from `from`, the table's offsets address input pixels (a window inside the
-            // input, or the pixel's taps; shapes checked above) or the zero-point words, c bytes
-            // from each; pixel q's c output bytes lie in the output (q < oh x ow); `units` holds
-            // every group's unit.
-            unsafe { depthwise_pixel(tab, input.add(from), units.as_ptr(), output.add(q * c), groups, p.requant.output_zp) };
-        }
+            // Inside, so first_inside <= ox <= last_inside: the run goes on to the end of the
+            // inside columns (or back to their start) within the row.
+            let run = match (inside, reverse) {
+                (false, _) => 1,
+                (true, false) => (last_inside + 1).min(ow).saturating_sub(ox).max(1),
+                (true, true) => (ox + 1).saturating_sub(first_inside).max(1),
+            };
+            let (window, pixel) = if reverse { ((sw * c).wrapping_neg(), c.wrapping_neg()) } else { (sw * c, c) };
+            // SAFETY: run j's window starts at from + j window (a window inside the input, or
+            // the pixel's taps), whose table offsets address input pixels (shapes checked
+            // above) or the zero-point words, c bytes from each; its output pixel q + j pixel
+            // lies in the same row (ox + j <= min(last_inside, ow - 1), or ox - j >=
+            // first_inside), c bytes in the output; `units` holds every group's unit.
+            unsafe { depthwise_pixel(tab, input.add(from), units.as_ptr(), output.add(q * c), (groups, p.requant.output_zp), (run, window.wrapping_sub(c), pixel.wrapping_sub(c))) };
+            run
+        };
         #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-        {
+        let run = {
             let tab: &[u32] = if inside {
                 inner
             } else {
@@ -1995,7 +2041,9 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
                     *o = v;
                 }
             }
-        }
+            1
+        };
+        k += run;
     }
     Ok(())
 }
