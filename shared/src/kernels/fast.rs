@@ -190,7 +190,7 @@ fn dot_oc4(patch: &[u32], weights: &[u32], layout: WeightLayout) -> [i32; 4] {
 // The dot products are kept out of line on purpose: inlined into a large caller, LLVM spills the
 // four accumulators to the stack on every step; as leaf functions they stay in registers.
 
-/// One quad of [`dot_oc4_i16`]'s loop: a patch LDRD, then per channel a weight LDRD and two SMLAD.
+/// One quad of the Winograd rounds of [`dot_rounds_i16`]: a patch LDRD, then per channel a weight LDRD and two SMLAD.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 macro_rules! oc4_i16_quad {
     () => {
@@ -212,14 +212,40 @@ macro_rules! oc4_i16_quad {
     };
 }
 
+/// One quad of [`dot_oc4_i16_body`] and [`pointwise_rounds`]: the patch pair by LDRD, each two channels' four weight
+/// words by one LDM (ascending registers, loaded in address order: channel 0's pair of words
+/// then channel 1's), eight SMLAD. 11 instructions (44 bytes) for 16 MACs, where two LDRD per
+/// two channels took 13.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+macro_rules! oc4_i16_quad_ldm {
+    () => {
+        concat!(
+            "ldrd r10, r11, [r12], #8\n",
+            "ldm lr!, {{r4, r5, r8, r9}}\n",
+            "smlad r0, r10, r4, r0\n",
+            "smlad r0, r11, r5, r0\n",
+            "smlad r1, r10, r8, r1\n",
+            "smlad r1, r11, r9, r1\n",
+            "ldm lr!, {{r4, r5, r8, r9}}\n",
+            "smlad r2, r10, r4, r2\n",
+            "smlad r2, r11, r5, r2\n",
+            "smlad r3, r10, r8, r3\n",
+            "smlad r3, r11, r9, r3\n",
+        )
+    };
+}
+
 /// [`dot_oc4`] for pre-widened weights: per quad 8 words, `(w0, w2), (w1, w3)` per channel.
-/// On the M4: one LDRD of patch, four LDRD of weights and eight SMLAD per 16 MACs.
+/// On the M4: one LDRD of patch, two LDM of weights and eight SMLAD per 16 MACs.
 #[inline(never)]
 fn dot_oc4_i16(patch: &[u32], weights: &[u32]) -> [i32; 4] {
     dot_oc4_i16_body(patch, weights)
 }
 
-/// [`dot_oc4_i16`]'s body, for callers that loop over many dot products themselves.
+/// [`dot_oc4_i16`]'s body, for callers that loop over many dot products themselves: quads as
+/// in [`oc4_i16_quad_ldm`], two a pass (an odd count enters the second), until the patch
+/// pointer reaches the patch's end (kept on the stack: the twelve registers hold the patch pair,
+/// four weight words, the four sums and the two pointers).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
 fn dot_oc4_i16_body(patch: &[u32], weights: &[u32]) -> [i32; 4] {
@@ -229,32 +255,37 @@ fn dot_oc4_i16_body(patch: &[u32], weights: &[u32]) -> [i32; 4] {
         return [0; 4];
     }
     // SAFETY: reads `quads` x 2 patch words and `quads` x 8 weight words, all in bounds; both
-    // slices are word-aligned (LDRD requires it): scratch_words and words() guarantee that.
-    // An odd quad count runs the loop body once from its middle; then two quads per iteration.
+    // slices are word-aligned (LDRD and LDM require it): scratch_words and words() guarantee
+    // that. The word below sp holds the patch's end, restored before the end.
     unsafe {
         core::arch::asm!(
-            "lsrs {n}, {n}, #1",
-            "bcc 2f",
-            "adds {n}, {n}, #1",
+            "sub sp, sp, #8",
+            "add r4, r12, r5, lsl #3",
+            "str r4, [sp]",
+            "tst r5, #1",
+            "beq 2f",
             "b 3f",
             "2:",
-            oc4_i16_quad!(),
+            oc4_i16_quad_ldm!(),
             "3:",
-            oc4_i16_quad!(),
-            "subs {n}, {n}, #1",
+            oc4_i16_quad_ldm!(),
+            "ldr r4, [sp]",
+            "cmp r12, r4",
             "bne 2b",
-            pp = inout(reg) patch.as_ptr() => _,
-            pw = inout(reg) weights.as_ptr() => _,
-            n = inout(reg) quads => _,
-            p0 = out(reg) _,
-            p1 = out(reg) _,
-            w0 = out(reg) _,
-            w1 = out(reg) _,
-            a0 = inout(reg) a0,
-            a1 = inout(reg) a1,
-            a2 = inout(reg) a2,
-            a3 = inout(reg) a3,
-            options(nostack, readonly),
+            "add sp, sp, #8",
+            inout("r0") a0,
+            inout("r1") a1,
+            inout("r2") a2,
+            inout("r3") a3,
+            out("r4") _,
+            inout("r5") quads => _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            inout("r12") patch.as_ptr() => _,
+            inout("lr") weights.as_ptr() => _,
+            options(readonly),
         );
     }
     [a0, a1, a2, a3]
@@ -305,8 +336,8 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
     }
     let sums = acc.as_mut_ptr();
     // The loop over one round's quads: `$entry` (2 quads a pass, entered in the middle for an
-    // odd count) or, for the pointwise rounds, 4 quads a pass entered at the address the call's
-    // setup stored at [sp, #12] (`$quads4`: the two more quads of the unrolled body).
+    // odd count; `$setup`, `$reload` and `$quads4` empty: the pointwise rounds that also used
+    // this loop have their own, see pointwise_rounds).
     macro_rules! rounds {
         ($frame:literal, $setup:literal, $reload:literal, $entry:literal, $quads4:expr) => {
             core::arch::asm!(
@@ -355,28 +386,92 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
         };
     }
     // SAFETY: reads `patch_words` patch words and 8 x `quads` x `rounds` weight words (both
-    // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD and STRD
-    // require it: scratch_words and words() guarantee it). The bytes below sp hold the passes
-    // per round (or the quad count), the end of `acc`, the patch start and (pointwise) the
-    // loop's entry, restored before the end. Winograd's odd quad count runs the 2-quad body once
-    // from its middle, as in dot_oc4_i16; the pointwise loop, for a quad count not a multiple
-    // of 4, enters its 4-quad body `(-quads) & 3` quads after its start (each quad is the same
-    // length, measured between the labels; the Thumb bit set for the `ldr pc`). The `.p2align`
-    // before the ADR makes the function's section 4-byte aligned: ADR adds its offset to the
-    // PC rounded down to a word, and the assembler resolves it for the section as it assumes it
-    // aligned, so a function placed 2 bytes off a word entered the loop 2 bytes off a quad.
+    // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD, LDM and
+    // STRD require it: scratch_words and words() guarantee it). The bytes below sp hold the
+    // passes per round, the end of `acc` and the patch start, restored before the end.
+    // Winograd's odd quad count runs the 2-quad body once from its middle, as in dot_oc4_i16.
+    // The same patch every round: pointwise_rounds, whose guarantees these checks are.
     unsafe {
         if ADVANCE {
             rounds!("12", "", "", "lsrs {n}, {n}, #1\nbcc 2f\nadds {n}, {n}, #1\nb 3f", "");
         } else {
-            rounds!(
-                "16",
-                ".p2align 2\nadr {a2}, 2f\nmovs {a3}, #52\nrsbs {a1}, {n}, #0\nand {a1}, {a1}, #3\nmla {a2}, {a1}, {a3}, {a2}\norr {a2}, {a2}, #1\nstr {a2}, [sp, #12]\nadds {n}, {n}, #3\nlsrs {n}, {n}, #2",
-                "ldr {pp}, [sp, #8]",
-                "ldr pc, [sp, #12]",
-                concat!(oc4_i16_quad!(), "\n", oc4_i16_quad!())
-            );
+            pointwise_rounds(patch.as_ptr(), weights.as_ptr(), quads, sums, rounds);
         }
+    }
+}
+
+/// [`dot_rounds_i16`] with the same patch every round (the channel groups of one pixel): per
+/// round the four sums start at 0, the quads run 4 a pass in [`oc4_i16_quad_ldm`]'s body,
+/// entered `(-quads) & 3` quads after its start for a count not a multiple of 4, until the patch
+/// pointer reaches the patch's end (no counter: the twelve registers hold the patch pair, four
+/// weight words, four sums and the two pointers), and the sums are stored by one STM.
+///
+/// # Safety
+/// `patch` holds `2 quads` words, `weights` `8 quads rounds`, `sums` `4 rounds`; all
+/// word-aligned; `quads` and `rounds` are at least 1.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(always)]
+unsafe fn pointwise_rounds(patch: *const u32, weights: *const u32, quads: usize, sums: *mut [i32; 4], rounds: usize) {
+    // SAFETY: the caller's guarantees. The 24 bytes below sp hold the sums pointer, the sums'
+    // end, the patch start, the loop's entry (Thumb bit set for the `ldr pc`) and the patch's
+    // end, restored before the end. The `.p2align` before the ADR makes the function's section
+    // 4-byte aligned: ADR adds its offset to the PC rounded down to a word, and the assembler
+    // resolves it as if the section were aligned (see `cargo xtask no-panic`'s alignment check).
+    unsafe {
+        core::arch::asm!(
+            "sub sp, sp, #24",
+            "str r0, [sp]",
+            "str r1, [sp, #4]",
+            "str r12, [sp, #8]",
+            "add r1, r12, r2, lsl #3",
+            "str r1, [sp, #16]",
+            ".p2align 2",
+            "adr r1, 2f",
+            "rsbs r2, r2, #0",
+            "and r2, r2, #3",
+            "movs r3, #44",
+            "mla r1, r2, r3, r1",
+            "orr r1, r1, #1",
+            "str r1, [sp, #12]",
+            "4:",
+            "ldr r12, [sp, #8]",
+            "movs r0, #0",
+            "movs r1, #0",
+            "umull r2, r3, r0, r0",
+            "ldr pc, [sp, #12]",
+            "2:",
+            oc4_i16_quad_ldm!(),
+            "3:",
+            // The entry takes a quad as 44 bytes (11 wide instructions).
+            ".if 3b - 2b - 44",
+            ".error \"oc4_i16_quad_ldm is not 44 bytes\"",
+            ".endif",
+            oc4_i16_quad_ldm!(),
+            oc4_i16_quad_ldm!(),
+            oc4_i16_quad_ldm!(),
+            "ldr r4, [sp, #16]",
+            "cmp r12, r4",
+            "bne 2b",
+            "ldr r4, [sp]",
+            "stm r4!, {{r0, r1, r2, r3}}",
+            "str r4, [sp]",
+            "ldr r5, [sp, #4]",
+            "cmp r4, r5",
+            "bne 4b",
+            "add sp, sp, #24",
+            inout("r0") sums => _,
+            inout("r1") sums.wrapping_add(rounds) => _,
+            inout("r2") quads => _,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            inout("r12") patch => _,
+            inout("lr") weights => _,
+        )
     }
 }
 
