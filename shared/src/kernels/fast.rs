@@ -708,6 +708,7 @@ impl<'r> Requantizer<'r> {
     }
 
     /// Channels `first..first + out.len()` from their accumulators.
+    #[inline(always)]
     fn channels(&self, acc: &[i32], first: usize, out: &mut [i8]) {
         if let Some(fast) = self.fast {
             return requant_n(self, fast, acc, first, out);
@@ -773,84 +774,112 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
         return;
     }
     let r = rq.requant;
-    // SAFETY: each section holds rq.sections >= first + n words (checked above), and so do
-    // both halves of a prepared requantization (2 rq.sections words, checked here).
+    // A prepared requantization (Right or Wide with the full int8 clamp, see
+    // Requantizer::prepared) of whole pairs first, with nothing else to decide.
+    if n % 2 == 0 && rq.prep.len() >= 2 * rq.sections {
+        // SAFETY: the multipliers and both halves of the prepared requantization (2 sections
+        // words) hold first + n words from their starts (checked above); `acc` holds n.
+        unsafe {
+            let (m, once, not_shift) = (r.multipliers.bytes().as_ptr().add(4 * first), rq.prep.as_ptr().add(first), rq.prep.as_ptr().add(rq.sections + first));
+            return prepared_pairs(acc.as_ptr(), m, [once, not_shift], 2 * r.output_zp + 1, fast == Fast::Wide, out);
+        }
+    }
+    // SAFETY: each section holds rq.sections >= first + n words (checked above).
     let (b, m, s) = unsafe { (rq.bias.bytes().as_ptr().add(4 * first), r.multipliers.bytes().as_ptr().add(4 * first), r.shifts.bytes().as_ptr().add(4 * first)) };
-    let prep = (rq.prep.len() >= 2 * rq.sections).then(|| unsafe { [rq.prep.as_ptr().add(first), rq.prep.as_ptr().add(rq.sections + first)] });
     // SAFETY: `acc` holds n words, the sections n from their pointers.
-    unsafe { requant_body(acc.as_ptr(), [b, m, s], prep, r.output_zp, r.act_min, r.act_max, fast, out) }
+    unsafe { requant_body(acc.as_ptr(), [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out) }
 }
 
-/// [`requant_n`]'s loops.
+/// Two channels per iteration (words by LDRD: word alignment is enough on the M4) of
+/// requant_smmulr: `2 (acc + bias)` and `!shift` from the model's sections (`$scale`, `$shift`),
+/// or from a prepared requantization (`2 acc + 2 bias` in one ADD); `$mul` is SMMULR of the
+/// doubled sum (Right) or the 64-bit product of the sum rounded to its bits 31..62,
+/// `2 hi + bit 31 of lo + bit 30 of lo` (Wide: LSLS puts bit 31 in the carry). `zp` is
+/// `2 zp + 1`. Evaluates to the pointers past what it read and wrote.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+macro_rules! requant_pairs {
+    ($pa:expr, $pb:expr, $pm:expr, $ps:expr, $po:expr, $pairs:expr, $zp:expr, $scale:literal, $shift:literal, $mul:expr) => {{
+        let (mut pa, mut pb, mut pm, mut ps, mut po) = ($pa, $pb, $pm, $ps, $po);
+        core::arch::asm!(
+            "2:",
+            "ldrd {a}, {c}, [{pa}], #8",
+            "ldrd {t}, {u}, [{pb}], #8",
+            $scale,
+            "ldrd {t}, {u}, [{pm}], #8",
+            $mul,
+            "ldrd {t}, {u}, [{ps}], #8",
+            $shift,
+            "add {a}, {a}, {a}, asr #31",
+            "add {c}, {c}, {c}, asr #31",
+            "asr {a}, {a}, {t}",
+            "asr {c}, {c}, {u}",
+            "add {a}, {a}, {zp}",
+            "add {c}, {c}, {zp}",
+            "ssat {a}, #8, {a}, asr #1",
+            "ssat {c}, #8, {c}, asr #1",
+            "strb {a}, [{po}], #1",
+            "strb {c}, [{po}], #1",
+            "subs {k}, {k}, #1",
+            "bne 2b",
+            pa = inout(reg) pa, pb = inout(reg) pb, pm = inout(reg) pm, ps = inout(reg) ps, po = inout(reg) po,
+            k = inout(reg) $pairs => _, zp = in(reg) $zp, a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
+            options(nostack),
+        );
+        (pa, pb, pm, ps, po)
+    }};
+}
+
+/// [`requant_n`] of an even number of channels from a prepared requantization: `prep` the
+/// channels' `2 bias` (`bias`, `wide`) and `!shift`, `zp` is `2 zp + 1`.
+///
+/// # Safety
+/// `acc`, `m` and both prepared halves hold `out.len()` words from their pointers.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(always)]
+unsafe fn prepared_pairs(acc: *const i32, m: *const u8, [once, not_shift]: [*const u32; 2], zp: i32, wide: bool, out: &mut [i8]) {
+    let pairs = out.len() / 2;
+    if pairs == 0 {
+        return;
+    }
+    // SAFETY: reads 2 pairs words from each pointer, writes 2 pairs bytes of `out` (the
+    // caller's guarantee).
+    unsafe {
+        if wide {
+            requant_pairs!(
+                acc,
+                once,
+                m,
+                not_shift,
+                out.as_mut_ptr(),
+                pairs,
+                zp,
+                "add {a}, {t}, {a}\nadd {c}, {u}, {c}\n",
+                "",
+                "smull {t}, {a}, {a}, {t}\nsmull {u}, {c}, {c}, {u}\nlsls {t}, {t}, #1\nadc {a}, {a}, {a}\nlsls {u}, {u}, #1\nadc {c}, {c}, {c}\nadd {a}, {a}, {t}, lsr #31\nadd {c}, {c}, {u}, lsr #31\n"
+            );
+        } else {
+            requant_pairs!(acc, once, m, not_shift, out.as_mut_ptr(), pairs, zp, "add {a}, {t}, {a}, lsl #1\nadd {c}, {u}, {c}, lsl #1\n", "", "smmulr {a}, {a}, {t}\nsmmulr {c}, {c}, {u}\n");
+        }
+    }
+}
+
+/// [`requant_n`]'s loops from the model's sections: Right's pairs (the full int8 clamp), then
+/// what they left (an odd channel, a clamp, Wide or Any) one at a time.
 ///
 /// # Safety
 /// `out` holds at least one channel, and `acc` and each section at least `out.len()` words.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], prep: Option<[*const u32; 2]>, zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
+unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i8, hi: i8, fast: Fast, out: &mut [i8]) {
     let [pb, pm, ps] = sections;
     let mut n = out.len();
     let zp = 2 * zp + 1;
     let (mut pa, mut pb, mut pm, mut ps, mut po) = (acc, pb, pm, ps, out.as_mut_ptr());
-    // Two channels per iteration (words by LDRD: word alignment is enough on the M4) of
-    // requant_smmulr: `2 (acc + bias)` and `!shift` from the model's sections (`$scale`,
-    // `$shift`), or from a prepared requantization (`2 acc + 2 bias` in one ADD); `$mul` is
-    // SMMULR of the doubled sum (Right) or the 64-bit product of the sum rounded to its bits
-    // 31..62, `2 hi + bit 31 of lo + bit 30 of lo` (Wide: LSLS puts bit 31 in the carry).
-    macro_rules! pairs {
-        ($pb:expr, $ps:expr, $scale:literal, $shift:literal, $mul:expr) => {
-            core::arch::asm!(
-                "2:",
-                "ldrd {a}, {c}, [{pa}], #8",
-                "ldrd {t}, {u}, [{pb}], #8",
-                $scale,
-                "ldrd {t}, {u}, [{pm}], #8",
-                $mul,
-                "ldrd {t}, {u}, [{ps}], #8",
-                $shift,
-                "add {a}, {a}, {a}, asr #31",
-                "add {c}, {c}, {c}, asr #31",
-                "asr {a}, {a}, {t}",
-                "asr {c}, {c}, {u}",
-                "add {a}, {a}, {zp}",
-                "add {c}, {c}, {zp}",
-                "ssat {a}, #8, {a}, asr #1",
-                "ssat {c}, #8, {c}, asr #1",
-                "strb {a}, [{po}], #1",
-                "strb {c}, [{po}], #1",
-                "subs {k}, {k}, #1",
-                "bne 2b",
-                pa = inout(reg) pa, pb = inout(reg) $pb => _, pm = inout(reg) pm, ps = inout(reg) $ps => _, po = inout(reg) po,
-                k = inout(reg) n / 2 => _, zp = in(reg) zp, a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
-                options(nostack),
-            )
-        };
-    }
-    // Wide runs paired only from a prepared requantization (the Any loop below otherwise).
-    let paired = match fast {
-        Fast::Right => true,
-        Fast::Wide => prep.is_some(),
-        Fast::Any => false,
-    };
-    if paired && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
-        let pairs = n / 2;
-        macro_rules! smmulr { () => { "smmulr {a}, {a}, {t}\nsmmulr {c}, {c}, {u}\n" } }
-        // SAFETY: reads 2 pairs words of `acc` and of each section (or prepared half), writes
-        // as many bytes of `out` (the caller's guarantee); `pa`, `pm`, `po` come back advanced
-        // past them, `pb` and `ps` are moved past them for the odd channel below.
+    if fast == Fast::Right && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
+        // SAFETY: reads 2 (n / 2) words of `acc` and of each section, writes as many bytes of
+        // `out` (the caller's guarantee); the pointers come back past them for the odd channel.
         unsafe {
-            match prep {
-                Some([once, not_shift]) if fast == Fast::Wide => pairs!(
-                    once,
-                    not_shift,
-                    "add {a}, {t}, {a}\nadd {c}, {u}, {c}\n",
-                    "",
-                    "smull {t}, {a}, {a}, {t}\nsmull {u}, {c}, {c}, {u}\nlsls {t}, {t}, #1\nadc {a}, {a}, {a}\nlsls {u}, {u}, #1\nadc {c}, {c}, {c}\nadd {a}, {a}, {t}, lsr #31\nadd {c}, {c}, {u}, lsr #31\n"
-                ),
-                Some([twice, not_shift]) => pairs!(twice, not_shift, "add {a}, {t}, {a}, lsl #1\nadd {c}, {u}, {c}, lsl #1\n", "", smmulr!()),
-                None => pairs!(pb, ps, "add {a}, {a}, {t}\nadd {c}, {c}, {u}\nlsl {a}, {a}, #1\nlsl {c}, {c}, #1\n", "mvn {t}, {t}\nmvn {u}, {u}\n", smmulr!()),
-            }
-            (pb, ps) = (pb.add(8 * pairs), ps.add(8 * pairs));
+            (pa, pb, pm, ps, po) = requant_pairs!(pa, pb, pm, ps, po, n / 2, zp, "add {a}, {a}, {t}\nadd {c}, {c}, {u}\nlsl {a}, {a}, #1\nlsl {c}, {c}, #1\n", "mvn {t}, {t}\nmvn {u}, {u}\n", "smmulr {a}, {a}, {t}\nsmmulr {c}, {c}, {u}\n");
         }
         if n % 2 == 0 {
             return;
