@@ -650,15 +650,15 @@ struct Requantizer<'r> {
     fast: Option<Fast>,
     /// The channels every section holds (what [`requant_n`] may read).
     sections: usize,
-    /// Empty, or per channel `2 bias` (`bias` for [`Fast::Wide`]), then per channel `!shift`
-    /// (see [`Requantizer::prepared`]).
+    /// Empty, or per pair of channels their `2 bias` (`bias` for [`Fast::Wide`]) and their
+    /// `!shift`s, four words (see [`Requantizer::prepared`]).
     prep: &'r [u32],
 }
 
 /// Words of a prepared requantization (see [`Requantizer::prepared`]), and bytes of scratch
 /// for it (with the slack to align it).
 fn prep_words(channels: usize) -> usize {
-    2 * channels
+    4 * channels.div_ceil(2)
 }
 
 fn prep_scratch_bytes(channels: usize) -> usize {
@@ -688,12 +688,11 @@ impl<'r> Requantizer<'r> {
         // Right's loop doubles the accumulator and adds 2 bias; Wide's adds the bias.
         let factor = if rq.fast == Some(Fast::Wide) { 1 } else { 2 };
         if let (true, Ok(prep)) = (pairs, scratch_words(front, prep_words(n))) {
-            let (twice, not_shift) = prep.split_at_mut(n.min(prep.len()));
-            for (to, b) in twice.iter_mut().zip(bias.iter()) {
-                *to = b.wrapping_mul(factor) as u32;
-            }
-            for (to, s) in not_shift.iter_mut().zip(requant.shifts.iter()) {
-                *to = !s as u32;
+            for (j, words) in prep.chunks_exact_mut(4).enumerate() {
+                for i in 0..2 {
+                    words[i] = bias.get(2 * j + i).wrapping_mul(factor) as u32;
+                    words[2 + i] = !requant.shifts.get(2 * j + i) as u32;
+                }
             }
             rq.prep = prep;
         }
@@ -776,12 +775,12 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
     let r = rq.requant;
     // A prepared requantization (Right or Wide with the full int8 clamp, see
     // Requantizer::prepared) of whole pairs first, with nothing else to decide.
-    if n % 2 == 0 && rq.prep.len() >= 2 * rq.sections {
-        // SAFETY: the multipliers and both halves of the prepared requantization (2 sections
-        // words) hold first + n words from their starts (checked above); `acc` holds n.
+    if (n | first) % 2 == 0 && rq.prep.len() >= prep_words(rq.sections) {
+        // SAFETY: the multipliers hold first + n words, and the prepared requantization
+        // 2 (first + n) words (first + n <= sections, checked above); `acc` holds n.
         unsafe {
-            let (m, once, not_shift) = (r.multipliers.bytes().as_ptr().add(4 * first), rq.prep.as_ptr().add(first), rq.prep.as_ptr().add(rq.sections + first));
-            return prepared_pairs(acc.as_ptr(), m, [once, not_shift], 2 * r.output_zp + 1, fast == Fast::Wide, out);
+            let (m, prep) = (r.multipliers.bytes().as_ptr().add(4 * first), rq.prep.as_ptr().add(2 * first));
+            return prepared_pairs(acc.as_ptr(), m, prep, 2 * r.output_zp + 1, fast == Fast::Wide, out);
         }
     }
     // SAFETY: each section holds rq.sections >= first + n words (checked above).
@@ -829,36 +828,58 @@ macro_rules! requant_pairs {
     }};
 }
 
-/// [`requant_n`] of an even number of channels from a prepared requantization: `prep` the
-/// channels' `2 bias` (`bias`, `wide`) and `!shift`, `zp` is `2 zp + 1`.
+/// [`requant_n`] of an even number of channels from a prepared requantization: per pair, one
+/// LDM of its four prepared words (`2 bias` or `bias` for `wide`, then `!shift`: explicit
+/// ascending registers, loaded in address order), its multipliers by LDRD, then the pairs loop
+/// of [`requant_pairs`]. `zp` is `2 zp + 1`.
 ///
 /// # Safety
-/// `acc`, `m` and both prepared halves hold `out.len()` words from their pointers.
+/// `acc` and `m` hold `out.len()` words from their pointers, `prep` `2 out.len()`.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-unsafe fn prepared_pairs(acc: *const i32, m: *const u8, [once, not_shift]: [*const u32; 2], zp: i32, wide: bool, out: &mut [i8]) {
+unsafe fn prepared_pairs(acc: *const i32, m: *const u8, prep: *const u32, zp: i32, wide: bool, out: &mut [i8]) {
     let pairs = out.len() / 2;
     if pairs == 0 {
         return;
     }
-    // SAFETY: reads 2 pairs words from each pointer, writes 2 pairs bytes of `out` (the
-    // caller's guarantee).
+    macro_rules! prepared {
+        ($scale:literal, $mul:literal) => {
+            core::arch::asm!(
+                "2:",
+                "ldrd {a}, {c}, [{pa}], #8",
+                "ldm {pp}!, {{r8, r9, r10, r11}}",
+                $scale,
+                "ldrd r8, r9, [{pm}], #8",
+                $mul,
+                "add {a}, {a}, {a}, asr #31",
+                "add {c}, {c}, {c}, asr #31",
+                "asr {a}, {a}, r10",
+                "asr {c}, {c}, r11",
+                "add {a}, {a}, {zp}",
+                "add {c}, {c}, {zp}",
+                "ssat {a}, #8, {a}, asr #1",
+                "ssat {c}, #8, {c}, asr #1",
+                "strb {a}, [{po}], #1",
+                "strb {c}, [{po}], #1",
+                "subs {k}, {k}, #1",
+                "bne 2b",
+                pa = inout(reg) acc => _, pp = inout(reg) prep => _, pm = inout(reg) m => _, po = inout(reg) out.as_mut_ptr() => _,
+                k = inout(reg) pairs => _, zp = in(reg) zp, a = out(reg) _, c = out(reg) _,
+                out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                options(nostack),
+            )
+        };
+    }
+    // SAFETY: reads 2 pairs words of `acc` and `m` and 4 pairs of `prep`, writes 2 pairs bytes
+    // of `out` (the caller's guarantee).
     unsafe {
         if wide {
-            requant_pairs!(
-                acc,
-                once,
-                m,
-                not_shift,
-                out.as_mut_ptr(),
-                pairs,
-                zp,
-                "add {a}, {t}, {a}\nadd {c}, {u}, {c}\n",
-                "",
-                "smull {t}, {a}, {a}, {t}\nsmull {u}, {c}, {c}, {u}\nlsls {t}, {t}, #1\nadc {a}, {a}, {a}\nlsls {u}, {u}, #1\nadc {c}, {c}, {c}\nadd {a}, {a}, {t}, lsr #31\nadd {c}, {c}, {u}, lsr #31\n"
+            prepared!(
+                "add {a}, r8, {a}\nadd {c}, r9, {c}\n",
+                "smull r8, {a}, {a}, r8\nsmull r9, {c}, {c}, r9\nlsls r8, r8, #1\nadc {a}, {a}, {a}\nlsls r9, r9, #1\nadc {c}, {c}, {c}\nadd {a}, {a}, r8, lsr #31\nadd {c}, {c}, r9, lsr #31\n"
             );
         } else {
-            requant_pairs!(acc, once, m, not_shift, out.as_mut_ptr(), pairs, zp, "add {a}, {t}, {a}, lsl #1\nadd {c}, {u}, {c}, lsl #1\n", "", "smmulr {a}, {a}, {t}\nsmmulr {c}, {c}, {u}\n");
+            prepared!("add {a}, r8, {a}, lsl #1\nadd {c}, r9, {c}, lsl #1\n", "smmulr {a}, {a}, r8\nsmmulr {c}, {c}, r9\n");
         }
     }
 }
@@ -1082,6 +1103,9 @@ struct Window<'a> {
     /// `-zp` in both halfwords (see [`widen_quad`]).
     offset: u32,
     pointwise: bool,
+    /// Bytes of a window row (`kw ic`) and of an input row (`iw ic`).
+    row: usize,
+    pitch: usize,
 }
 
 impl<'a> Window<'a> {
@@ -1093,6 +1117,8 @@ impl<'a> Window<'a> {
             zp: u32::from_ne_bytes([p.input_zp as u8; 4]),
             offset: offset_pair(p.input_zp),
             pointwise,
+            row: p.kernel_w as usize * p.input.c as usize,
+            pitch: p.input.w as usize * p.input.c as usize,
         }
     }
 }
@@ -1106,52 +1132,67 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
     let (y0, x0) = ((oy * p.stride_h as usize) as isize - w.top as isize, (ox * p.stride_w as usize) as isize - w.left as isize);
     let inside = y0 >= 0 && x0 >= 0 && y0 as usize + kh <= ih && x0 as usize + kw <= iw;
-    let (row, pitch) = (kw * ic, iw * ic);
-    if inside && row.is_multiple_of(4) {
-        let start = (y0 as usize * iw + x0 as usize) * ic;
-        for ky in 0..kh {
-            widen(sub(input, start + ky * pitch, row), w.offset, sub_mut(patch, ky * row / 2, row / 2));
+    let (row, pitch) = (w.row, w.pitch);
+    let half = patch.len() / 2;
+    if inside {
+        let start = y0 as usize * pitch + x0 as usize * ic;
+        if row.is_multiple_of(4) {
+            for ky in 0..kh {
+                widen(sub(input, start + ky * pitch, row), w.offset, sub_mut(patch, ky * row / 2, row / 2));
+            }
+            patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
+            return;
         }
-        patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
-        return;
+        // No padding tap: the rows straight into the raw area (see below), the zero point only
+        // past them.
+        let end = start + kh.saturating_sub(1) * pitch + row;
+        if end <= input.len() && kh * row <= 4 * (patch.len() - half) {
+            for word in patch.get_mut(half + kh * row / 4..).unwrap_or(&mut []) {
+                *word = w.zp;
+            }
+            let raw = patch.as_mut_ptr().wrapping_add(half) as *mut u8;
+            // SAFETY: window row ky goes to raw bytes ky row.. (ky + 1) row <= kh row of the
+            // raw area, from input bytes start + ky pitch.. + row <= end (both checked above).
+            unsafe { copy_rows(raw, input.as_ptr().add(start), row, (pitch, row), kh) }
+            return widen_raw(patch, w.offset);
+        }
     }
     // The raw int8 taps go to the patch's second half (padding taps are the zero point, which
     // widens to 0), then widen forward in place: quad q is read from word half + q before words
     // 2q and 2q + 1 are written, and 2q + 1 <= half + q for every quad (the patch has an even
     // number of words: stored taps are a multiple of 4).
-    let half = patch.len() / 2;
     if input.len() < ih * pitch || 4 * (patch.len() - half) < kh * row {
         patch.fill(0);
         return;
     }
-    // A window with no padding tap has its rows copied over the raw area's first kh x row
-    // bytes: only the words from there on need the zero point.
-    let copied = if inside { kh * row / 4 } else { 0 };
-    for word in patch.get_mut(half + copied..).unwrap_or(&mut []) {
+    for word in patch.get_mut(half..).unwrap_or(&mut []) {
         *word = w.zp;
     }
     let raw = patch.as_mut_ptr().wrapping_add(half) as *mut u8;
     // The window's in-bounds taps: rows top..bottom, columns first..last of it.
-    let (first, last, top, bottom) = if inside {
-        (0, kw, 0, kh)
-    } else {
-        let first = (-x0).max(0).min(kw as isize) as usize;
-        let top = (-y0).max(0).min(kh as isize) as usize;
-        (first, (iw as isize - x0).min(kw as isize).max(first as isize) as usize, top, (ih as isize - y0).min(kh as isize).max(top as isize) as usize)
-    };
+    let first = (-x0).max(0).min(kw as isize) as usize;
+    let top = (-y0).max(0).min(kh as isize) as usize;
+    let (last, bottom) = ((iw as isize - x0).min(kw as isize).max(first as isize) as usize, (ih as isize - y0).min(kh as isize).max(top as isize) as usize);
     let start = (y0 + top as isize) as usize * pitch + (x0 + first as isize) as usize * ic;
     // SAFETY: window row ky's in-bounds taps go to bytes ky row + first ic.. + (last - first) ic
     // <= (ky + 1) row <= kh row of the raw area (4 (len - half) bytes, checked above), the rows
     // apart; they are read from input pixels x0 + first.. x0 + last <= iw of row y0 + ky, which
     // lies in 0..ih for top <= ky < bottom, inside the input's ih x iw x ic bytes (checked above).
     unsafe { copy_rows(raw.add(top * row + first * ic), input.as_ptr().add(start), (last - first) * ic, (pitch, row), bottom - top) }
-    let (mut to, mut from) = (patch.as_mut_ptr(), raw as *const u32);
+    widen_raw(patch, w.offset)
+}
+
+/// The patch's raw int8 taps (its second half) widened forward in place over the whole patch.
+#[inline(never)]
+fn widen_raw(patch: &mut [u32], offset: u32) {
+    let half = patch.len() / 2;
+    let (mut to, mut from) = (patch.as_mut_ptr(), patch.as_mut_ptr().wrapping_add(half) as *const u32);
     for _ in 0..half {
         // SAFETY: with half = len / 2, quad q is read from word half + q < len and written to
         // words 2q and 2q + 1 < len; quad q is read before those are written, which hold quads
         // already read (2q + 1 <= half + q).
         unsafe {
-            let (lo, hi) = widen_quad(*from, w.offset);
+            let (lo, hi) = widen_quad(*from, offset);
             (to as *mut [u32; 2]).write([lo, hi]);
             from = from.add(1);
             to = to.add(2);
@@ -1164,12 +1205,50 @@ fn is_pointwise(p: &Conv2d) -> bool {
     p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && p.input.c.is_multiple_of(4)
 }
 
+/// `quads` quads of int8 from `src` widened to `dst` with `offset` added (a pointwise conv's
+/// patch), on the M4.
+///
+/// # Safety
+/// `src` holds `4 quads` readable bytes, `dst` `2 quads` writable words (word-aligned);
+/// `quads` is at least 1.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+unsafe fn widen_pixel(src: *const i8, dst: *mut u32, quads: usize, offset: u32) {
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldr {t}, [{s}], #4",
+            "sxtab16 {lo}, {off}, {t}",
+            "sxtab16 {hi}, {off}, {t}, ror #8",
+            "strd {lo}, {hi}, [{d}], #8",
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            s = inout(reg) src => _,
+            d = inout(reg) dst => _,
+            n = inout(reg) quads => _,
+            off = in(reg) offset,
+            t = out(reg) _,
+            lo = out(reg) _,
+            hi = out(reg) _,
+            options(nostack),
+        );
+    }
+}
+
 /// The widened patch of output pixel `q` (row-major). Out of line: both loops of
 /// [`conv2d_s8_fast_io`] share one copy.
 #[inline(never)]
 fn pixel_patch(w: &Window, input: &[i8], q: usize, patch: &mut [u32]) {
     if w.pointwise {
         let ic = w.p.input.c as usize;
+        // On the M4 a tail call to the leaf loop, without this function's prologue.
+        #[cfg(all(target_arch = "arm", feature = "dsp"))]
+        if (q + 1) * ic <= input.len() && ic <= 2 * patch.len() && ic >= 4 {
+            // SAFETY: the ic bytes of input pixel q are in bounds, and the patch holds ic / 2
+            // words (both checked).
+            return unsafe { widen_pixel(input.as_ptr().add(q * ic), patch.as_mut_ptr(), ic / 4, w.offset) };
+        }
         widen(sub(input, q * ic, ic), w.offset, patch);
     } else {
         let ow = (w.p.output.w as usize).max(1);
@@ -1259,7 +1338,8 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
                 let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
                 // SAFETY: the input's in_len bytes are only read, and nothing is written while
                 // the patch is built from them.
-                pixel_patch(&window, unsafe { core::slice::from_raw_parts(input, in_len) }, q, patch);
+                let input = unsafe { core::slice::from_raw_parts(input, in_len) };
+                pixel_patch(&window, input, q, patch);
                 // SAFETY: pixel q's oc output bytes lie in the output (q < oh x ow, its length
                 // checked above), and the input is not read while they are written.
                 unsafe { core::slice::from_raw_parts_mut(output.add(q * oc), oc) }
