@@ -842,25 +842,39 @@ unsafe fn prepared_pairs(acc: *const i32, m: *const u8, prep: *const u32, zp: i3
     if pairs == 0 {
         return;
     }
+    // One pair of channels; the loop runs two a pass (an odd count enters the second).
+    macro_rules! pair {
+        ($scale:literal, $mul:literal) => {
+            concat!(
+                "ldrd {a}, {c}, [{pa}], #8\n",
+                "ldm {pp}!, {{r8, r9, r10, r11}}\n",
+                $scale,
+                "ldrd r8, r9, [{pm}], #8\n",
+                $mul,
+                "add {a}, {a}, {a}, asr #31\n",
+                "add {c}, {c}, {c}, asr #31\n",
+                "asr {a}, {a}, r10\n",
+                "asr {c}, {c}, r11\n",
+                "add {a}, {a}, {zp}\n",
+                "add {c}, {c}, {zp}\n",
+                "ssat {a}, #8, {a}, asr #1\n",
+                "ssat {c}, #8, {c}, asr #1\n",
+                "strb {a}, [{po}], #1\n",
+                "strb {c}, [{po}], #1\n",
+            )
+        };
+    }
     macro_rules! prepared {
         ($scale:literal, $mul:literal) => {
             core::arch::asm!(
+                "lsrs {k}, {k}, #1",
+                "bcc 2f",
+                "adds {k}, {k}, #1",
+                "b 3f",
                 "2:",
-                "ldrd {a}, {c}, [{pa}], #8",
-                "ldm {pp}!, {{r8, r9, r10, r11}}",
-                $scale,
-                "ldrd r8, r9, [{pm}], #8",
-                $mul,
-                "add {a}, {a}, {a}, asr #31",
-                "add {c}, {c}, {c}, asr #31",
-                "asr {a}, {a}, r10",
-                "asr {c}, {c}, r11",
-                "add {a}, {a}, {zp}",
-                "add {c}, {c}, {zp}",
-                "ssat {a}, #8, {a}, asr #1",
-                "ssat {c}, #8, {c}, asr #1",
-                "strb {a}, [{po}], #1",
-                "strb {c}, [{po}], #1",
+                pair!($scale, $mul),
+                "3:",
+                pair!($scale, $mul),
                 "subs {k}, {k}, #1",
                 "bne 2b",
                 pa = inout(reg) acc => _, pp = inout(reg) prep => _, pm = inout(reg) m => _, po = inout(reg) out.as_mut_ptr() => _,
