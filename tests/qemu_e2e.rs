@@ -65,6 +65,16 @@ fn the_compact_int4_and_tiny_models_are_bit_exact_with_the_host() {
     }
 }
 
+/// Channel counts no committed model has (odd pairs of output channels, input channels that
+/// are not whole quads: `tests/data/odd-pairs`, provenance in `tests/data/README.md`): the
+/// device's kernels take their partial paths and still equal the host's reference kernels.
+#[test]
+fn odd_channel_counts_run_on_the_device_bit_exact_with_the_host() {
+    let r = report_of_success(xtask_qemu(["--model", "tests/data/odd-pairs/int8.lpk", "--images", "300", "--json"]), "odd-pairs");
+    assert_eq!(r["images"], 300);
+    assert_eq!(r["mismatches"], 0, "odd-pairs: {r}");
+}
+
 #[test]
 fn missing_or_corrupt_model_stops_the_firmware_cleanly() {
     let dir = tempfile_dir();
