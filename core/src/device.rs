@@ -241,10 +241,11 @@ fn thumb_len(hw1: u16) -> usize {
 /// Whether the Thumb-2 instruction whose first halfword is `hw1` reads the PC rounded down
 /// to a word: ADR (T1 `1010 0`, T2 `F2AF`, T3 `F20F`, `i` at bit 10), a literal load (LDR T1
 /// `0100 1`; LDR, LDRB, LDRH and their signed forms T2 `1111 100S U SZ 1 1111`; LDRD
-/// `1110 100P U1W1 1111`) or VLDR literal (`1110 1101 UD01 1111`).
+/// `1110 100P U1W1 1111` with P or W set: with both clear it is TBB/TBH or an exclusive load,
+/// which read the PC unaligned) or VLDR literal (`1110 1101 UD01 1111`).
 pub fn reads_aligned_pc(hw1: u16) -> bool {
     let adr = hw1 >> 11 == 0x14 || hw1 & 0xFBFF == 0xF2AF || hw1 & 0xFBFF == 0xF20F;
-    let load = hw1 >> 11 == 0x09 || (hw1 & 0xFE1F == 0xF81F && hw1 & 0x60 != 0x60) || hw1 & 0xFE5F == 0xE85F || hw1 & 0xFF3F == 0xED1F;
+    let load = hw1 >> 11 == 0x09 || (hw1 & 0xFE1F == 0xF81F && hw1 & 0x60 != 0x60) || (hw1 & 0xFE5F == 0xE85F && hw1 & 0x0120 != 0) || hw1 & 0xFF3F == 0xED1F;
     adr || load
 }
 
@@ -602,8 +603,9 @@ mod tests {
         }
         // push {r4, lr}; add r2, sp, #8 (T1 `1010 1`); ldr r3, [r1] (T1 `0110 1`); ldr.w r3, [r1, #4]
         // (`F8D1`); addw r2, r3, #1 (`F203`); b.w / bl (`F000`).
-        // ldrd r0, r1, [r2, #8] (`E9D2`); vldr s0, [r3] (`ED93`).
-        for hw1 in [0xB510, 0xAA02, 0x680B, 0xF8D1, 0xF203, 0xF000, 0xE9D2, 0xED93] {
+        // ldrd r0, r1, [r2, #8] (`E9D2`); vldr s0, [r3] (`ED93`); tbb [pc, r0] (`E8DF`), which
+        // reads the PC unaligned.
+        for hw1 in [0xB510, 0xAA02, 0x680B, 0xF8D1, 0xF203, 0xF000, 0xE9D2, 0xED93, 0xE8DF] {
             assert!(!reads_aligned_pc(hw1), "{hw1:#06x}");
         }
         assert_eq!((thumb_len(0xA202), thumb_len(0xF20F), thumb_len(0xE7FE)), (2, 4, 2));

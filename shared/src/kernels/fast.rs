@@ -356,7 +356,7 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
                 "2:",
                 oc4_i16_quad!(),
                 "3:",
-                // The pointwise entry takes a quad as 52 bytes (13 wide instructions).
+                // A quad is 52 bytes (13 wide instructions): the 2-quad body's halves match.
                 ".if 3b - 2b - 52",
                 ".error \"oc4_i16_quad is not 52 bytes\"",
                 ".endif",
@@ -388,7 +388,7 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
     // SAFETY: reads `patch_words` patch words and 8 x `quads` x `rounds` weight words (both
     // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD, LDM and
     // STRD require it: scratch_words and words() guarantee it). The bytes below sp hold the
-    // passes per round, the end of `acc` and the patch start, restored before the end.
+    // quad count, the end of `acc` and the patch start, restored before the end.
     // Winograd's odd quad count runs the 2-quad body once from its middle, as in dot_oc4_i16.
     // The same patch every round: pointwise_rounds, whose guarantees these checks are.
     unsafe {
@@ -672,10 +672,11 @@ impl<'r> Requantizer<'r> {
     }
 
     /// [`Requantizer::new`] for a kernel with many pixels: where the paired loop of
-    /// [`requant_n`] runs (right shifts, full int8 clamp), `2 bias` and `!shift` of every channel
-    /// are laid out once in `scratch` (the front [`prep_scratch_bytes`] of it), which saves that
-    /// loop two instructions a channel, if `keep` bytes are left for the kernel. Returns the
-    /// scratch left.
+    /// [`requant_n`] runs (Right or Wide, full int8 clamp), each pair of channels' `2 bias`
+    /// (Wide: `bias`) and `!shift`s are laid out once in `scratch` (the front
+    /// [`prep_scratch_bytes`] of it), interleaved for one LDM a pair, which saves that loop
+    /// five instructions a pair, if `keep` bytes are left for the kernel. Returns the scratch
+    /// left.
     fn prepared(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize, scratch: &'r mut [u8], keep: usize) -> (Self, &'r mut [u8]) {
         let mut rq = Requantizer::new(requant, bias, taps);
         let n = rq.sections;
@@ -834,7 +835,8 @@ macro_rules! requant_pairs {
 /// of [`requant_pairs`]. `zp` is `2 zp + 1`.
 ///
 /// # Safety
-/// `acc` and `m` hold `out.len()` words from their pointers, `prep` `2 out.len()`.
+/// `out.len()` is even (an odd last channel would be left unwritten), and `acc` and `m` hold
+/// `out.len()` words from their pointers, `prep` `2 out.len()`.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
 unsafe fn prepared_pairs(acc: *const i32, m: *const u8, prep: *const u32, zp: i32, wide: bool, out: &mut [i8]) {
@@ -1100,7 +1102,7 @@ unsafe fn copy_rows(at: *mut u8, src: *const i8, n: usize, (src_pitch, at_pitch)
     // SAFETY: the caller's guarantee.
     unsafe {
         for r in 0..rows {
-            core::ptr::copy_nonoverlapping(src.add(r * src_pitch) as *const u8, at.add(r * at_pitch), n);
+            core::ptr::copy_nonoverlapping(src.wrapping_add(r * src_pitch) as *const u8, at.wrapping_add(r * at_pitch), n);
         }
     };
 }
@@ -1191,8 +1193,11 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
     // SAFETY: window row ky's in-bounds taps go to bytes ky row + first ic.. + (last - first) ic
     // <= (ky + 1) row <= kh row of the raw area (4 (len - half) bytes, checked above), the rows
     // apart; they are read from input pixels x0 + first.. x0 + last <= iw of row y0 + ky, which
-    // lies in 0..ih for top <= ky < bottom, inside the input's ih x iw x ic bytes (checked above).
-    unsafe { copy_rows(raw.add(top * row + first * ic), input.as_ptr().add(start), (last - first) * ic, (pitch, row), bottom - top) }
+    // lies in 0..ih for top <= ky < bottom, inside the input's ih x iw x ic bytes (checked
+    // above). A window with no in-bounds tap (only a shape larger than its padding allows) has
+    // `start` past the input: wrapping_add forms that pointer without dereferencing it (no
+    // rows or no bytes are copied).
+    unsafe { copy_rows(raw.wrapping_add(top * row + first * ic), input.as_ptr().wrapping_add(start), (last - first) * ic, (pitch, row), bottom - top) }
     widen_raw(patch, w.offset)
 }
 
