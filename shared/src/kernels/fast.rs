@@ -190,7 +190,8 @@ fn dot_oc4(patch: &[u32], weights: &[u32], layout: WeightLayout) -> [i32; 4] {
 // The dot products are kept out of line on purpose: inlined into a large caller, LLVM spills the
 // four accumulators to the stack on every step; as leaf functions they stay in registers.
 
-/// One quad of the Winograd rounds of [`dot_rounds_i16`]: a patch LDRD, then per channel a weight LDRD and two SMLAD.
+/// One quad of the Winograd rounds of [`dot_rounds_i16`]: a patch LDRD, then per channel a
+/// weight LDRD and two SMLAD.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 macro_rules! oc4_i16_quad {
     () => {
@@ -212,10 +213,10 @@ macro_rules! oc4_i16_quad {
     };
 }
 
-/// One quad of [`dot_oc4_i16_body`] and [`pointwise_rounds`]: the patch pair by LDRD, each two channels' four weight
-/// words by one LDM (ascending registers, loaded in address order: channel 0's pair of words
-/// then channel 1's), eight SMLAD. 11 instructions (44 bytes) for 16 MACs, where two LDRD per
-/// two channels took 13.
+/// One quad of [`dot_oc4_i16_body`] and [`pointwise_rounds`]: the patch pair by LDRD, each two
+/// channels' four weight words by one LDM (ascending registers, loaded in address order:
+/// channel 0's pair of words then channel 1's), eight SMLAD. 11 instructions (44 bytes) for 16
+/// MACs, where two LDRD per two channels took 13.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 macro_rules! oc4_i16_quad_ldm {
     () => {
@@ -335,68 +336,59 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
         return;
     }
     let sums = acc.as_mut_ptr();
-    // The loop over one round's quads: `$entry` (2 quads a pass, entered in the middle for an
-    // odd count; `$setup`, `$reload` and `$quads4` empty: the pointwise rounds that also used
-    // this loop have their own, see pointwise_rounds).
-    macro_rules! rounds {
-        ($frame:literal, $setup:literal, $reload:literal, $entry:literal, $quads4:expr) => {
-            core::arch::asm!(
-                concat!("sub sp, sp, #", $frame),
-                "str {a0}, [sp, #4]",
-                "str {pp}, [sp, #8]",
-                $setup,
-                "str {n}, [sp]",
-                "4:",
-                "ldr {n}, [sp]",
-                $reload,
-                "movs {a0}, #0",
-                "movs {a1}, #0",
-                "umull {a2}, {a3}, {a0}, {a0}",
-                $entry,
-                "2:",
-                oc4_i16_quad!(),
-                "3:",
-                // A quad is 52 bytes (13 wide instructions): the 2-quad body's halves match.
-                ".if 3b - 2b - 52",
-                ".error \"oc4_i16_quad is not 52 bytes\"",
-                ".endif",
-                oc4_i16_quad!(),
-                $quads4,
-                "subs {n}, {n}, #1",
-                "bne 2b",
-                "strd {a0}, {a1}, [{pm}], #8",
-                "strd {a2}, {a3}, [{pm}], #8",
-                "ldr {n}, [sp, #4]",
-                "cmp {pm}, {n}",
-                "bne 4b",
-                concat!("add sp, sp, #", $frame),
-                pp = inout(reg) patch.as_ptr() => _,
-                pw = inout(reg) weights.as_ptr() => _,
-                pm = inout(reg) sums => _,
-                n = inout(reg) quads => _,
-                p0 = out(reg) _,
-                p1 = out(reg) _,
-                w0 = out(reg) _,
-                w1 = out(reg) _,
-                a0 = inout(reg) sums.wrapping_add(rounds) => _,
-                a1 = out(reg) _,
-                a2 = out(reg) _,
-                a3 = out(reg) _,
-            )
-        };
+    if !ADVANCE {
+        // SAFETY: the checks above are pointwise_rounds' guarantees.
+        return unsafe { pointwise_rounds(patch.as_ptr(), weights.as_ptr(), quads, sums, rounds) };
     }
     // SAFETY: reads `patch_words` patch words and 8 x `quads` x `rounds` weight words (both
-    // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD, LDM and
-    // STRD require it: scratch_words and words() guarantee it). The bytes below sp hold the
-    // quad count, the end of `acc` and the patch start, restored before the end.
-    // Winograd's odd quad count runs the 2-quad body once from its middle, as in dot_oc4_i16.
-    // The same patch every round: pointwise_rounds, whose guarantees these checks are.
+    // checked above), writes the 4 x `rounds` words of `acc`; all word-aligned (LDRD and STRD
+    // require it: scratch_words and words() guarantee it). The 8 bytes below sp hold the quad
+    // count and the end of `acc`, restored before the end. Per round, the 2-quad body runs from
+    // its middle for an odd quad count, as in dot_oc4_i16; the patch runs on from round to
+    // round (the Winograd tile's next position).
     unsafe {
-        if ADVANCE {
-            rounds!("12", "", "", "lsrs {n}, {n}, #1\nbcc 2f\nadds {n}, {n}, #1\nb 3f", "");
-        } else {
-            pointwise_rounds(patch.as_ptr(), weights.as_ptr(), quads, sums, rounds);
-        }
+        core::arch::asm!(
+            "sub sp, sp, #8",
+            "str {a0}, [sp, #4]",
+            "str {n}, [sp]",
+            "4:",
+            "ldr {n}, [sp]",
+            "movs {a0}, #0",
+            "movs {a1}, #0",
+            "umull {a2}, {a3}, {a0}, {a0}",
+            "lsrs {n}, {n}, #1",
+            "bcc 2f",
+            "adds {n}, {n}, #1",
+            "b 3f",
+            "2:",
+            oc4_i16_quad!(),
+            "3:",
+            // A quad is 52 bytes (13 wide instructions): the 2-quad body's halves match.
+            ".if 3b - 2b - 52",
+            ".error \"oc4_i16_quad is not 52 bytes\"",
+            ".endif",
+            oc4_i16_quad!(),
+            "subs {n}, {n}, #1",
+            "bne 2b",
+            "strd {a0}, {a1}, [{pm}], #8",
+            "strd {a2}, {a3}, [{pm}], #8",
+            "ldr {n}, [sp, #4]",
+            "cmp {pm}, {n}",
+            "bne 4b",
+            "add sp, sp, #8",
+            pp = inout(reg) patch.as_ptr() => _,
+            pw = inout(reg) weights.as_ptr() => _,
+            pm = inout(reg) sums => _,
+            n = inout(reg) quads => _,
+            p0 = out(reg) _,
+            p1 = out(reg) _,
+            w0 = out(reg) _,
+            w1 = out(reg) _,
+            a0 = inout(reg) sums.wrapping_add(rounds) => _,
+            a1 = out(reg) _,
+            a2 = out(reg) _,
+            a3 = out(reg) _,
+        )
     }
 }
 
@@ -762,9 +754,9 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
 /// for any integer `y`, so this is [`requant_smmulr`]'s `(x + 2^(r-1) - [x < 0]) >> r` plus the
 /// zero point (`r - 1` is `!shift`; `2 zp` is even, so adding it before the last halving is
 /// exact). `Fast::Right` with the full int8 clamp (TFLM's for ReLU and ReLU6 quantized to their
-/// range, and no activation) runs two channels per iteration, 12 instructions a channel (10
-/// with a prepared requantization), and so does `Fast::Wide` from a prepared requantization
-/// (13 a channel: the product by SMULL); the rest one at a time by [`requant_smmulr_any`]'s
+/// range, and no activation) runs two channels per iteration, 12 instructions a channel (9
+/// from a prepared requantization), and so does `Fast::Wide` from a prepared requantization
+/// (12 a channel: the product by SMULL); the rest one at a time by [`requant_smmulr_any`]'s
 /// loop (exact for right shifts too: 24 instructions a channel, 29 with a clamp).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
@@ -790,49 +782,33 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
     unsafe { requant_body(acc.as_ptr(), [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out) }
 }
 
-/// Two channels per iteration (words by LDRD: word alignment is enough on the M4) of
-/// requant_smmulr: `2 (acc + bias)` and `!shift` from the model's sections (`$scale`, `$shift`),
-/// or from a prepared requantization (`2 acc + 2 bias` in one ADD); `$mul` is SMMULR of the
-/// doubled sum (Right) or the 64-bit product of the sum rounded to its bits 31..62,
-/// `2 hi + bit 31 of lo + bit 30 of lo` (Wide: LSLS puts bit 31 in the carry). `zp` is
-/// `2 zp + 1`. Evaluates to the pointers past what it read and wrote.
+/// The end of a pair of channels in [`requant_n`]'s paired loops, once `{a}` and `{c}` hold
+/// their rounded products: the halving rounding shift by the `!shift`s in `$sa` and `$sc` (see
+/// [`requant_n`]), `2 zp + 1` from `{zp}`, the int8 clamp, the two stores through `{po}`.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
-macro_rules! requant_pairs {
-    ($pa:expr, $pb:expr, $pm:expr, $ps:expr, $po:expr, $pairs:expr, $zp:expr, $scale:literal, $shift:literal, $mul:expr) => {{
-        let (mut pa, mut pb, mut pm, mut ps, mut po) = ($pa, $pb, $pm, $ps, $po);
-        core::arch::asm!(
-            "2:",
-            "ldrd {a}, {c}, [{pa}], #8",
-            "ldrd {t}, {u}, [{pb}], #8",
-            $scale,
-            "ldrd {t}, {u}, [{pm}], #8",
-            $mul,
-            "ldrd {t}, {u}, [{ps}], #8",
-            $shift,
-            "add {a}, {a}, {a}, asr #31",
-            "add {c}, {c}, {c}, asr #31",
-            "asr {a}, {a}, {t}",
-            "asr {c}, {c}, {u}",
-            "add {a}, {a}, {zp}",
-            "add {c}, {c}, {zp}",
-            "ssat {a}, #8, {a}, asr #1",
-            "ssat {c}, #8, {c}, asr #1",
-            "strb {a}, [{po}], #1",
-            "strb {c}, [{po}], #1",
-            "subs {k}, {k}, #1",
-            "bne 2b",
-            pa = inout(reg) pa, pb = inout(reg) pb, pm = inout(reg) pm, ps = inout(reg) ps, po = inout(reg) po,
-            k = inout(reg) $pairs => _, zp = in(reg) $zp, a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
-            options(nostack),
-        );
-        (pa, pb, pm, ps, po)
-    }};
+macro_rules! requant_pair_end {
+    ($sa:literal, $sc:literal) => {
+        concat!(
+            "add {a}, {a}, {a}, asr #31\n",
+            "add {c}, {c}, {c}, asr #31\n",
+            "asr {a}, {a}, ", $sa, "\n",
+            "asr {c}, {c}, ", $sc, "\n",
+            "add {a}, {a}, {zp}\n",
+            "add {c}, {c}, {zp}\n",
+            "ssat {a}, #8, {a}, asr #1\n",
+            "ssat {c}, #8, {c}, asr #1\n",
+            "strb {a}, [{po}], #1\n",
+            "strb {c}, [{po}], #1\n",
+        )
+    };
 }
 
 /// [`requant_n`] of an even number of channels from a prepared requantization: per pair, one
 /// LDM of its four prepared words (`2 bias` or `bias` for `wide`, then `!shift`: explicit
-/// ascending registers, loaded in address order), its multipliers by LDRD, then the pairs loop
-/// of [`requant_pairs`]. `zp` is `2 zp + 1`.
+/// ascending registers, loaded in address order), its multipliers by LDRD, the product by
+/// SMMULR of the doubled sum (Right) or by SMULL rounded to bits 31..62 (`wide`:
+/// `2 hi + bit 31 + bit 30 of lo`, LSLS putting bit 31 in the carry), then
+/// [`requant_pair_end`]. `zp` is `2 zp + 1`.
 ///
 /// # Safety
 /// `out.len()` is even (an odd last channel would be left unwritten), and `acc` and `m` hold
@@ -853,16 +829,7 @@ unsafe fn prepared_pairs(acc: *const i32, m: *const u8, prep: *const u32, zp: i3
                 $scale,
                 "ldrd r8, r9, [{pm}], #8\n",
                 $mul,
-                "add {a}, {a}, {a}, asr #31\n",
-                "add {c}, {c}, {c}, asr #31\n",
-                "asr {a}, {a}, r10\n",
-                "asr {c}, {c}, r11\n",
-                "add {a}, {a}, {zp}\n",
-                "add {c}, {c}, {zp}\n",
-                "ssat {a}, #8, {a}, asr #1\n",
-                "ssat {c}, #8, {c}, asr #1\n",
-                "strb {a}, [{po}], #1\n",
-                "strb {c}, [{po}], #1\n",
+                requant_pair_end!("r10", "r11"),
             )
         };
     }
@@ -915,8 +882,29 @@ unsafe fn requant_body(acc: *const i32, sections: [*const u8; 3], zp: i32, lo: i
     if fast == Fast::Right && (lo, hi) == (i8::MIN, i8::MAX) && n >= 2 {
         // SAFETY: reads 2 (n / 2) words of `acc` and of each section, writes as many bytes of
         // `out` (the caller's guarantee); the pointers come back past them for the odd channel.
+        // Per pair: `2 (acc + bias)` by SMMULR with the multipliers, then the `!shift`s.
         unsafe {
-            (pa, pb, pm, ps, po) = requant_pairs!(pa, pb, pm, ps, po, n / 2, zp, "add {a}, {a}, {t}\nadd {c}, {c}, {u}\nlsl {a}, {a}, #1\nlsl {c}, {c}, #1\n", "mvn {t}, {t}\nmvn {u}, {u}\n", "smmulr {a}, {a}, {t}\nsmmulr {c}, {c}, {u}\n");
+            core::arch::asm!(
+                "2:",
+                "ldrd {a}, {c}, [{pa}], #8",
+                "ldrd {t}, {u}, [{pb}], #8",
+                "add {a}, {a}, {t}",
+                "add {c}, {c}, {u}",
+                "lsl {a}, {a}, #1",
+                "lsl {c}, {c}, #1",
+                "ldrd {t}, {u}, [{pm}], #8",
+                "smmulr {a}, {a}, {t}",
+                "smmulr {c}, {c}, {u}",
+                "ldrd {t}, {u}, [{ps}], #8",
+                "mvn {t}, {t}",
+                "mvn {u}, {u}",
+                requant_pair_end!("{t}", "{u}"),
+                "subs {k}, {k}, #1",
+                "bne 2b",
+                pa = inout(reg) pa, pb = inout(reg) pb, pm = inout(reg) pm, ps = inout(reg) ps, po = inout(reg) po,
+                k = inout(reg) n / 2 => _, zp = in(reg) zp, a = out(reg) _, c = out(reg) _, t = out(reg) _, u = out(reg) _,
+                options(nostack),
+            );
         }
         if n % 2 == 0 {
             return;
@@ -2516,7 +2504,7 @@ mod tests {
         }
     }
 
-    /// The M4 paired loop's Wide form (see requant_body): the 64-bit product rounded to its bits
+    /// The M4 paired loop's Wide form (see prepared_pairs): the 64-bit product rounded to its bits
     /// 31..62 as `2 hi + bit 31 of lo + bit 30 of lo`, then the halving rounding shift, equals
     /// TFLM's for every right shift and accumulators up to Any's bound, where doubling them
     /// would overflow.
