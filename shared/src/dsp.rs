@@ -74,6 +74,13 @@ pub fn smmulr(a: i32, b: i32) -> i32 {
     }
 }
 
+/// `SMMLAR acc, a, b`: the high word of `acc * 2^32 + a * b`, rounded:
+/// `(acc * 2^32 + a * b + 2^31) >> 32` (modulo 2^32, as the instruction wraps).
+#[inline(always)]
+pub fn smmlar(a: i32, b: i32, acc: i32) -> i32 {
+    (((acc as i64) << 32).wrapping_add(a as i64 * b as i64).wrapping_add(1i64 << 31) >> 32) as i32
+}
+
 /// `SXTB16 x`: bytes 0 and 2 of `x`, sign-extended into the low and high halfwords.
 #[inline(always)]
 pub fn sxtb16(x: u32) -> u32 {
@@ -205,6 +212,9 @@ mod tests {
         assert_eq!(smlatt(pack16(100, -3), pack16(100, 5), 1), -14);
         assert_eq!(smmulr(-3, 1 << 30), -1); // (-3 * 2^30 + 2^31) >> 32 = floor(-0.25)
         assert_eq!(smmulr(3, i32::MAX), 1); // (3 * (2^31 - 1) + 2^31) >> 32 = floor(1.99..)
+        assert_eq!(smmlar(3, i32::MAX, 5), 6);
+        assert_eq!(smmlar(-3, 1 << 30, -7), -8);
+        assert_eq!(smmlar(i32::MIN, i32::MIN, i32::MAX), -(1 << 30) - 1); // 0xBFFF_FFFF: the sum wraps past 2^63
         let (a, b) = widen_quad(u32::from_le_bytes([1, 2, 3, 0x80]), offset_pair(-128));
         assert_eq!((a, b), (pack16(129, 131), pack16(130, 0)));
         assert_eq!(sxtab16(pack16(-1, 128), 0x80_11_7F_22), pack16(0x21, 0x91));

@@ -236,6 +236,27 @@ macro_rules! oc4_i16_quad_ldm {
     };
 }
 
+/// [`oc4_i16_quad_ldm`] as a round's first quad: each sum starts from its first product
+/// (SMUAD), which spares zeroing the four sums.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+macro_rules! oc4_i16_quad_head {
+    () => {
+        concat!(
+            "ldrd r10, r11, [r12], #8\n",
+            "ldm lr!, {{r4, r5, r8, r9}}\n",
+            "smuad r0, r10, r4\n",
+            "smlad r0, r11, r5, r0\n",
+            "smuad r1, r10, r8\n",
+            "smlad r1, r11, r9, r1\n",
+            "ldm lr!, {{r4, r5, r8, r9}}\n",
+            "smuad r2, r10, r4\n",
+            "smlad r2, r11, r5, r2\n",
+            "smuad r3, r10, r8\n",
+            "smlad r3, r11, r9, r3\n",
+        )
+    };
+}
+
 /// [`dot_oc4`] for pre-widened weights: per quad 8 words, `(w0, w2), (w1, w3)` per channel.
 /// On the M4: one LDRD of patch, two LDM of weights and eight SMLAD per 16 MACs.
 #[inline(never)]
@@ -393,8 +414,9 @@ fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: us
 }
 
 /// [`dot_rounds_i16`] with the same patch every round (the channel groups of one pixel): per
-/// round the four sums start at 0, the quads run 4 a pass in [`oc4_i16_quad_ldm`]'s body,
-/// entered `(-quads) & 3` quads after its start for a count not a multiple of 4, until the patch
+/// round the first quad starts the four sums ([`oc4_i16_quad_head`]), the other `quads - 1` run
+/// 4 a pass in [`oc4_i16_quad_ldm`]'s body, entered `(quads - 1) & 3` quads before its end
+/// check (at the check for a multiple of 4, where it branches back to the start), until the patch
 /// pointer reaches the patch's end (no counter: the twelve registers hold the patch pair, four
 /// weight words, four sums and the two pointers), and the sums are stored by one STM.
 ///
@@ -418,18 +440,18 @@ unsafe fn pointwise_rounds(patch: *const u32, weights: *const u32, quads: usize,
             "add r1, r12, r2, lsl #3",
             "str r1, [sp, #16]",
             ".p2align 2",
-            "adr r1, 2f",
-            "rsbs r2, r2, #0",
+            // The head takes the first quad; the other `quads - 1` enter the loop
+            // `(quads - 1) & 3` quads before its end check (none left: at the check).
+            "adr r1, 5f",
+            "adds r2, r2, #3",
             "and r2, r2, #3",
             "movs r3, #44",
-            "mla r1, r2, r3, r1",
+            "mls r1, r2, r3, r1",
             "orr r1, r1, #1",
             "str r1, [sp, #12]",
             "4:",
             "ldr r12, [sp, #8]",
-            "movs r0, #0",
-            "movs r1, #0",
-            "umull r2, r3, r0, r0",
+            oc4_i16_quad_head!(),
             "ldr pc, [sp, #12]",
             "2:",
             oc4_i16_quad_ldm!(),
@@ -441,6 +463,10 @@ unsafe fn pointwise_rounds(patch: *const u32, weights: *const u32, quads: usize,
             oc4_i16_quad_ldm!(),
             oc4_i16_quad_ldm!(),
             oc4_i16_quad_ldm!(),
+            "5:",
+            ".if 5b - 2b - 176",
+            ".error \"the pointwise loop is not 4 quads\"",
+            ".endif",
             "ldr r4, [sp, #16]",
             "cmp r12, r4",
             "bne 2b",
@@ -607,6 +633,28 @@ fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
         }
     }
     Some(fast)
+}
+
+/// Whether every channel's zero point can be folded into its rounding ([`folded_zero_point`]):
+/// no multiplier is negative, and every live channel shifts right by at most 22.
+fn zero_point_folds(r: &Requant) -> bool {
+    r.multipliers.iter().zip(r.shifts.iter()).all(|(m, s)| m == 0 || (m > 0 && s >= -22))
+}
+
+/// A channel's requantization constants with its zero point folded in: `(k, s)` with
+/// `s = r - 1` (`r = -shift`; 0 for a dead channel) and `k = (2 zp + 1) << s`: for
+/// `a = 2 (acc + bias)` under [`Fast::Right`], [`requant_n`]'s `sat8((((x' >> s) + 2 zp + 1) >> 1)`
+/// is `sat8((SMMLAR(a, m, k + (a >> 31)) >> s) >> 1)`, one instruction a channel less.
+///
+/// Why it is exact: `k` is a multiple of `2^s`, so `(x' + k) >> s = (x' >> s) + 2 zp + 1`,
+/// [`requant_n`]'s halving form; and its `x' = x - [x < 0]` (`x = SMMULR(a, m)`) may take the
+/// sign of `a` instead of `x`: with `m >= 0` they differ only where `x = 0 > a`, and there
+/// `(-1 >> s) + 2 zp + 1 = 2 zp` and `2 zp + 1` both halve to `zp`. A dead channel (`m = 0`)
+/// has `x = 0` whatever `a` is: shift 0 gives it `zp` too. With `s <= 21`, `|k| < 2^29`, and
+/// `|x| <= 2^30`, nothing overflows.
+fn folded_zero_point(m: i32, shift: i32, zp: i32) -> (u32, u32) {
+    let s = if m == 0 { 0 } else { !shift & 31 };
+    (zp.wrapping_mul(2).wrapping_add(1).wrapping_shl(s as u32) as u32, s as u32)
 }
 
 /// TFLM's requantization of `acc` for a channel with multiplier `m` and right shift `-shift`
@@ -1925,10 +1973,18 @@ fn window_maxima_3x3_2x2(patches: &[u32], weights: &[u32], maxes: &mut [u32]) {
 // Depthwise convolution, four channels at a time
 
 /// Depth multiplier 1, channels a multiple of 4 (one word of input and one of weights carry
-/// four channels' taps), requantization by [`Fast::Right`] and no clamp but int8's (TFLM's
-/// Prepare gives both to ReLU and ReLU6 layers quantized to their range, and to every
-/// depthwise conv of the MLPerf Tiny models): the kernel requantizes inline.
+/// four channels' taps), requantization by [`Fast::Right`] with the zero point folded
+/// ([`zero_point_folds`]) and no clamp but int8's (TFLM's Prepare gives these to ReLU and
+/// ReLU6 layers quantized to their range, and to every depthwise conv of the MLPerf Tiny
+/// models): the kernel requantizes inline.
 pub fn depthwise_conv2d_s8_fast_supported(p: &DepthwiseConv2d) -> bool {
+    depthwise_fast_shape(p) && zero_point_folds(&p.requant)
+}
+
+/// [`depthwise_conv2d_s8_fast_supported`] but for the zero points' folding, which the kernel
+/// checks as it prepares the constants ([`depthwise_prepare`]).
+#[inline(always)]
+fn depthwise_fast_shape(p: &DepthwiseConv2d) -> bool {
     let taps = p.kernel_h as usize * p.kernel_w as usize;
     p.depth_multiplier == 1 && p.input.c.is_multiple_of(4) && (p.requant.act_min, p.requant.act_max) == (i8::MIN, i8::MAX) && fast_requant(&p.requant, p.bias, taps) == Some(Fast::Right)
 }
@@ -1943,10 +1999,11 @@ fn depthwise_taps(p: &DepthwiseConv2d) -> usize {
 }
 
 /// Words of one channel group's unit in the depthwise scratch: each channel's sum to start
-/// from (4), the widened weights (2 a tap), then multipliers and `!shift`s (8), in the order
+/// from (4), the widened weights (2 a tap), then per pair of channels their folded zero points,
+/// multipliers and right shifts less one (6, see [`folded_zero_point`]), in the order
 /// [`depthwise_pixel`] reads them.
 fn depthwise_unit_words(taps: usize) -> usize {
-    2 * taps + 12
+    2 * taps + 16
 }
 
 /// Words of the depthwise scratch: two tap tables (of a window inside the input, and of the
@@ -1966,29 +2023,40 @@ pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
 /// and widened, and a start of `2 (bias - zp x (sum of the channel's weights))`, so that the
 /// sum over every tap (those outside the input read the zero point, adding 0 as TFLite's
 /// skipped taps do) is `2 (acc + bias)`, what [`requant_smmulr`] multiplies (exact under
-/// [`Fast::Right`]); then the multipliers and `!shift`s of channels 0 and 1, then of 2 and 3.
-fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, units: &mut [u32]) {
-    let (c, real) = (p.input.c as usize, p.kernel_h as usize * p.kernel_w as usize);
-    for (g, unit) in units.chunks_exact_mut(depthwise_unit_words(taps)).enumerate() {
+/// [`Fast::Right`]); then per pair of channels (0 and 1, then 2 and 3) their folded zero points,
+/// multipliers and right shifts less one ([`folded_zero_point`]). False where a channel's
+/// zero point does not fold ([`zero_point_folds`]).
+fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, units: &mut [u32]) -> bool {
+    let (c, real, words) = (p.input.c as usize, p.kernel_h as usize * p.kernel_w as usize, depthwise_unit_words(taps));
+    for (g, unit) in units.chunks_exact_mut(words).enumerate() {
         let Some((start, rest)) = unit.split_first_chunk_mut::<4>() else { continue };
-        let Some((w, scale)) = rest.split_last_chunk_mut::<8>() else { continue };
         // Each channel's sum of doubled weights, lane by lane (SMLABB / SMLATT by 1).
         let (mut s0, mut s1, mut s2, mut s3) = (0, 0, 0, 0);
-        for (t, w) in w.as_chunks_mut::<2>().0.iter_mut().enumerate() {
+        for (t, w) in rest.as_chunks_mut::<2>().0.iter_mut().take(taps).enumerate() {
             let q = p.weights.get(t * c + 4 * g..).and_then(|q| q.first_chunk::<4>()).filter(|_| t < real).map_or(0, |q| u32::from_le_bytes(q.map(|v| v as u8)));
             let (even, odd) = (sxtb16(q), sxtb16_ror8(q));
             let (even, odd) = (sadd16(even, even), sadd16(odd, odd));
             *w = [even, odd];
             (s0, s1, s2, s3) = (smlabb(even, 1, s0), smlabb(odd, 1, s1), smlatt(even, 1 << 16, s2), smlatt(odd, 1 << 16, s3));
         }
-        // The start is 2 bias - zp x (sum of 2w).
-        for (j, sum) in [s0, s1, s2, s3].into_iter().enumerate() {
-            let (ch, at) = (4 * g + j, 4 * (j / 2) + j % 2);
-            start[j & 3] = sum.wrapping_mul(p.input_zp.wrapping_neg()).wrapping_add(p.bias.get(ch).wrapping_mul(2)) as u32;
-            scale[at & 7] = p.requant.multipliers.get(ch) as u32;
-            scale[(at + 2) & 7] = !p.requant.shifts.get(ch) as u32;
+        *start = [s0, s1, s2, s3].map(|s| s as u32);
+    }
+    // Per channel: the start, 2 bias - zp x (sum of 2w), and the folded constants.
+    // The sign of `m | (21 - s)` is clear while every channel folds (m >= 0, s <= 21).
+    let (r, mut folds) = (&p.requant, 0i32);
+    for (ch, ((b, m), shift)) in p.bias.iter().zip(r.multipliers.iter()).zip(r.shifts.iter()).enumerate() {
+        let (unit, j) = (words * (ch / 4), ch & 3);
+        let (k, s) = folded_zero_point(m, shift, r.output_zp);
+        folds |= m | (21 - s as i32);
+        if let Some(start) = units.get_mut(unit + j) {
+            *start = (*start as i32).wrapping_mul(p.input_zp.wrapping_neg()).wrapping_add(b.wrapping_mul(2)) as u32;
+        }
+        let at = unit + 4 + 2 * taps + 6 * (j / 2) + j % 2;
+        if let Some([k_at, _, m_at, _, s_at]) = units.get_mut(at..).and_then(|w| w.first_chunk_mut::<5>()) {
+            (*k_at, *m_at, *s_at) = (k, m as u32, s);
         }
     }
+    folds >= 0
 }
 
 /// The taps of output pixel `(oy, ox)`: each the byte offset of its input pixel, or `outside`
@@ -2015,10 +2083,11 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 
 /// One output pixel's `groups` groups of four channels, from `input` (the table's offsets are
 /// from there; each next group is 4 bytes on) and `units` (see [`depthwise_prepare`], read in
-/// one pass): per group the sums start from the unit's first 4 words, per tap one LDR of input
-/// (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round (a 3x3
-/// window unrolled), then the four channels are requantized ([`requant_smmulr`] of sums already
-/// doubled, int8 clamp: the paired loop of [`requant_n`] without its doubling) into `out`.
+/// one pass): per group the sums start from the unit's first 4 words (one LDM), per tap one LDR
+/// of input (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round
+/// (a 3x3 window unrolled), then the four channels are requantized with their zero points
+/// folded ([`folded_zero_point`]: per pair one LDM and one LDRD of constants, per channel ADD,
+/// SMMLAR, ASR, SSAT) into `out`.
 ///
 /// `pixels` such output pixels of a row, the same table for all: after a pixel, the input
 /// pointer moves `in_step` bytes on from past its last group and the output pointer `out_step`
@@ -2031,106 +2100,106 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 /// has `4 groups` bytes. `table.len()` is a multiple of 3.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, out: *mut i8, (groups, zp): (usize, i32), (pixels, in_step, out_step): (usize, usize, usize)) {
+unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, out: *mut i8, groups: usize, (pixels, in_step, out_step): (usize, usize, usize)) {
     let rounds = table.len() / 3;
     if groups == 0 || rounds == 0 || pixels == 0 {
         return;
     }
+    // Registers: sums r0-r3 (LDM), input pointer r4, units pointer r5, weights (and requant
+    // constants) r8-r9, the input word r10, the table pointer r11, the tap offset (and the
+    // output pointer while requantizing) r12, the rounds lr. r8-r11 take one LDM of a pair's
+    // folded zero points and multipliers.
     macro_rules! tap { () => { concat!(
-        "ldr {t}, [{tab}], #4\n",
-        "ldr {x}, [{pin}, {t}]\n",
-        "ldrd {w0}, {w1}, [{pw}], #8\n",
-        "sxtb16 {t}, {x}\n",
-        "sxtb16 {x}, {x}, ror #8\n",
-        "smlabb {a0}, {t}, {w0}, {a0}\n",
-        "smlatt {a2}, {t}, {w0}, {a2}\n",
-        "smlabb {a1}, {x}, {w1}, {a1}\n",
-        "smlatt {a3}, {x}, {w1}, {a3}\n",
+        "ldr r12, [r11], #4\n",
+        "ldr r10, [r4, r12]\n",
+        "ldrd r8, r9, [r5], #8\n",
+        "sxtb16 r12, r10\n",
+        "sxtb16 r10, r10, ror #8\n",
+        "smlabb r0, r12, r8, r0\n",
+        "smlatt r2, r12, r8, r2\n",
+        "smlabb r1, r10, r9, r1\n",
+        "smlatt r3, r10, r9, r3\n",
     ) } }
-    // Channels $a and $b of the group: their multipliers, then their `!shift`s (see
-    // requant_n), the unit's next two LDRDs.
+    // Channels $a and $b of the group: k + (a >> 31), SMMLAR by the multiplier, then the right
+    // shift less one.
     macro_rules! scale2 { ($a:literal, $b:literal) => { concat!(
-        "ldrd {w0}, {w1}, [{pw}], #8\n",
-        "smmulr {", $a, "}, {", $a, "}, {w0}\n",
-        "smmulr {", $b, "}, {", $b, "}, {w1}\n",
-        "ldrd {w0}, {w1}, [{pw}], #8\n",
-        "add {", $a, "}, {", $a, "}, {", $a, "}, asr #31\n",
-        "add {", $b, "}, {", $b, "}, {", $b, "}, asr #31\n",
-        "asr {", $a, "}, {", $a, "}, {w0}\n",
-        "asr {", $b, "}, {", $b, "}, {w1}\n",
+        "ldm r5!, {{r8, r9, r10, r11}}\n",
+        "add r8, r8, ", $a, ", asr #31\n",
+        "add r9, r9, ", $b, ", asr #31\n",
+        "smmlar ", $a, ", ", $a, ", r10, r8\n",
+        "smmlar ", $b, ", ", $b, ", r11, r9\n",
+        "ldrd r8, r9, [r5], #8\n",
+        "asr ", $a, ", ", $a, ", r8\n",
+        "asr ", $b, ", ", $b, ", r9\n",
     ) } }
-    // Channel $a: plus 2 zp + 1, halved and clamped to int8, stored.
+    // Channel $a halved and clamped to int8, stored.
     macro_rules! store { ($a:literal) => { concat!(
-        "add {", $a, "}, {", $a, "}, {x}\n",
-        "ssat {", $a, "}, #8, {", $a, "}, asr #1\n",
-        "strb {", $a, "}, [{t}], #1\n",
+        "ssat ", $a, ", #8, ", $a, ", asr #1\n",
+        "strb ", $a, ", [r12], #1\n",
     ) } }
-    // SAFETY: the caller's guarantees. The 40 bytes below sp hold the table start, the end of
-    // the units, the output pointer, 2 zp + 1, the rounds, the pixels left, the units' start
-    // and the two steps, restored before the end. `k` keeps the rounds through a 3x3 window
-    // (the round loop counts it down to 0, which is not 3: the next group reloads it).
+    // SAFETY: the caller's guarantees. The 32 bytes below sp hold the table start, the end of
+    // the units, the output pointer, the rounds, the pixels left, the units' start and the two
+    // steps, restored before the end. lr keeps the rounds through a 3x3 window (the round loop
+    // counts it down to 0, which is not 3: the next group reloads it).
     unsafe {
         core::arch::asm!(
-            "sub sp, sp, #40",
-            "str {tab}, [sp]",
-            "str {t}, [sp, #4]",
-            "str {w0}, [sp, #8]",
-            "str {w1}, [sp, #12]",
-            "str {k}, [sp, #16]",
-            "str {a0}, [sp, #20]",
-            "str {pw}, [sp, #24]",
-            "str {a1}, [sp, #28]",
-            "str {a2}, [sp, #32]",
+            "sub sp, sp, #32",
+            "str r11, [sp]",
+            "str r12, [sp, #4]",
+            "str r8, [sp, #8]",
+            "str lr, [sp, #12]",
+            "str r0, [sp, #16]",
+            "str r5, [sp, #20]",
+            "str r1, [sp, #24]",
+            "str r2, [sp, #28]",
             "4:",
-            "ldrd {a0}, {a1}, [{pw}], #8",
-            "ldrd {a2}, {a3}, [{pw}], #8",
-            "ldr {tab}, [sp]",
+            "ldm r5!, {{r0, r1, r2, r3}}",
+            "ldr r11, [sp]",
             // A 3x3 window (3 rounds, the common case) runs unrolled; others loop below.
-            "cmp {k}, #3",
+            "cmp lr, #3",
             "bne 8f",
             tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(),
             "7:",
-            "ldr {t}, [sp, #8]",
-            "ldr {x}, [sp, #12]",
-            scale2!("a0", "a1"),
-            scale2!("a2", "a3"),
-            store!("a0"), store!("a1"), store!("a2"), store!("a3"),
-            "str {t}, [sp, #8]",
-            "adds {pin}, {pin}, #4",
-            "ldr {t}, [sp, #4]",
-            "cmp {pw}, {t}",
+            scale2!("r0", "r1"),
+            scale2!("r2", "r3"),
+            "ldr r12, [sp, #8]",
+            store!("r0"), store!("r1"), store!("r2"), store!("r3"),
+            "str r12, [sp, #8]",
+            "adds r4, r4, #4",
+            "ldr r12, [sp, #4]",
+            "cmp r5, r12",
             "bne 4b",
-            "ldr {t}, [sp, #20]",
-            "subs {t}, {t}, #1",
+            "ldr r12, [sp, #16]",
+            "subs r12, r12, #1",
             "beq 9f",
-            "str {t}, [sp, #20]",
-            "ldr {t}, [sp, #28]",
-            "add {pin}, {pin}, {t}",
-            "ldr {t}, [sp, #8]",
-            "ldr {x}, [sp, #32]",
-            "add {t}, {t}, {x}",
-            "str {t}, [sp, #8]",
-            "ldr {pw}, [sp, #24]",
+            "str r12, [sp, #16]",
+            "ldr r12, [sp, #24]",
+            "add r4, r4, r12",
+            "ldr r12, [sp, #8]",
+            "ldr r10, [sp, #28]",
+            "add r12, r12, r10",
+            "str r12, [sp, #8]",
+            "ldr r5, [sp, #20]",
             "b 4b",
             "8:",
-            "ldr {k}, [sp, #16]",
-            "add {k}, {k}, {k}, lsl #1",
+            "ldr lr, [sp, #12]",
+            "add lr, lr, lr, lsl #1",
             "5:",
             tap!(),
-            "subs {k}, {k}, #1",
+            "subs lr, lr, #1",
             "bne 5b",
             "b 7b",
             "9:",
-            "add sp, sp, #40",
-            tab = inout(reg) table.as_ptr() => _,
-            pin = inout(reg) input => _,
-            pw = inout(reg) units => _,
-            t = inout(reg) units.wrapping_add(depthwise_unit_words(table.len()) * groups) => _,
-            x = out(reg) _,
-            w0 = inout(reg) out => _,
-            w1 = inout(reg) 2 * zp + 1 => _,
-            k = inout(reg) rounds => _,
-            a0 = inout(reg) pixels => _, a1 = inout(reg) in_step => _, a2 = inout(reg) out_step => _, a3 = out(reg) _,
+            "add sp, sp, #32",
+            inout("r11") table.as_ptr() => _,
+            inout("r4") input => _,
+            inout("r5") units => _,
+            inout("r12") units.wrapping_add(depthwise_unit_words(table.len()) * groups) => _,
+            out("r10") _,
+            inout("r8") out => _,
+            out("r9") _,
+            inout("lr") rounds => _,
+            inout("r0") pixels => _, inout("r1") in_step => _, inout("r2") out_step => _, out("r3") _,
         );
     }
 }
@@ -2138,7 +2207,8 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
 /// Portable [`depthwise_pixel`] of group `g`: its four requantized channels. `outside` marks
 /// the zero-point taps.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32, i32), unit: &[u32], g: usize) -> [i8; 4] {
+fn depthwise_group(table: &[u32], outside: u32, input: &[i8], zp: i32, unit: &[u32], g: usize) -> [i8; 4] {
+    use crate::dsp::smmlar;
     let (start, rest) = unit.split_at(4.min(unit.len()));
     let (weights, scale) = rest.split_at((2 * table.len()).min(rest.len()));
     let mut acc = [0i32; 4];
@@ -2153,11 +2223,9 @@ fn depthwise_group(table: &[u32], outside: u32, input: &[i8], (zp, out_zp): (i32
     }
     let mut out = [0i8; 4];
     for (j, (o, &a)) in out.iter_mut().zip(&acc).enumerate() {
-        let at = 4 * (j / 2) + j % 2;
-        let (m, not_shift) = (scale.get(at).map_or(0, |&v| v as i32), scale.get(at + 2).map_or(0, |&v| v as i32));
-        let x = smmulr(a, m);
-        let v = (x + (x >> 31)) >> (not_shift & 31);
-        *o = ((v + 2 * out_zp + 1) >> 1).bounded(-128, 127) as i8;
+        let word = |i: usize| scale.get(6 * (j / 2) + j % 2 + i).map_or(0, |&v| v as i32);
+        let (k, m, s) = (word(0), word(2), word(4));
+        *o = (smmlar(a, m, k.wrapping_add(a >> 31)) >> (s & 31) >> 1).bounded(-128, 127) as i8;
     }
     out
 }
@@ -2180,8 +2248,9 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     expect_len(p.output.c as usize, c)?;
     expect_len(p.weights.len(), kh * kw * c)?;
     expect_len(p.bias.len().min(p.requant.multipliers.len()).min(p.requant.shifts.len()), c)?;
-    if !depthwise_conv2d_s8_fast_supported(p) {
-        return Err(Error::BadParameter { layer: 0, what: "depthwise parameters the fast kernel does not take" });
+    let unsupported = Error::BadParameter { layer: 0, what: "depthwise parameters the fast kernel does not take" };
+    if !depthwise_fast_shape(p) {
+        return Err(unsupported);
     }
     let (taps, groups) = (depthwise_taps(p), c / 4);
     let words = depthwise_scratch_words(p);
@@ -2192,7 +2261,9 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
     let (zeros, rest) = rest.split_at_mut_checked(groups).ok_or(short)?;
     let units = rest.get_mut(..depthwise_unit_words(taps) * groups).ok_or(short)?;
     zeros.fill(u32::from_ne_bytes([p.input_zp as u8; 4]));
-    depthwise_prepare(p, taps, units);
+    if !depthwise_prepare(p, taps, units) {
+        return Err(unsupported);
+    }
     let pads = (p.padding.leading(ih, kh, p.stride_h as usize, oh), p.padding.leading(iw, kw, p.stride_w as usize, ow));
     // The taps of a window inside the input, from its first tap (which the extra taps read):
     // the table of a window at the input's corner, with 0 for "outside" (no pixel is inside
@@ -2234,7 +2305,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
             // above) or the zero-point words, c bytes from each; its output pixel q + j pixel
             // lies in the same row (ox + j <= min(last_inside, ow - 1), or ox - j >=
             // first_inside), c bytes in the output; `units` holds every group's unit.
-            unsafe { depthwise_pixel(tab, input.add(from), units.as_ptr(), output.add(q * c), (groups, p.requant.output_zp), (run, window.wrapping_sub(c), pixel.wrapping_sub(c))) };
+            unsafe { depthwise_pixel(tab, input.add(from), units.as_ptr(), output.add(q * c), groups, (run, window.wrapping_sub(c), pixel.wrapping_sub(c))) };
             run
         };
         #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
@@ -2247,7 +2318,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
             };
             for g in 0..groups {
                 let unit = units.chunks_exact(depthwise_unit_words(taps)).nth(g).unwrap_or(&[]);
-                let out = depthwise_group(tab, u32::MAX, io.input().get(from..).unwrap_or(&[]), (p.input_zp, p.requant.output_zp), unit, g);
+                let out = depthwise_group(tab, u32::MAX, io.input().get(from..).unwrap_or(&[]), p.input_zp, unit, g);
                 for (o, v) in io.output(q * c + 4 * g, 4).iter_mut().zip(out) {
                     *o = v;
                 }
