@@ -740,6 +740,16 @@ impl<'r> Requantizer<'r> {
         (rq, rest)
     }
 
+    /// Channels `0..n` by [`prepared_pairs`], where a prepared requantization serves them all
+    /// (`n` even and at least 2): checked once, for a pixel loop to call it with no more checks.
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    #[inline(always)]
+    fn pairs_run(&self, n: usize) -> Option<PairsRun> {
+        let ready = n >= 2 && n % 2 == 0 && n <= self.sections && self.prep.len() >= prep_words(self.sections);
+        let fast = self.fast.filter(|_| ready)?;
+        Some(PairsRun { m: self.requant.multipliers.bytes().as_ptr(), prep: self.prep.as_ptr(), zp: 2 * self.requant.output_zp + 1, pairs: n / 2, wide: fast == Fast::Wide })
+    }
+
     /// One channel, TFLM's general arithmetic (the fast forms run a group or more at a time;
     /// this serves layers without one and sections the fast forms could not slice).
     #[inline(never)]
@@ -817,17 +827,31 @@ fn requant_n(rq: &Requantizer, fast: Fast, acc: &[i32], first: usize, out: &mut 
     // A prepared requantization (Right or Wide with the full int8 clamp, see
     // Requantizer::prepared) of whole pairs first, with nothing else to decide.
     if (n | first) % 2 == 0 && rq.prep.len() >= prep_words(rq.sections) {
-        // SAFETY: the multipliers hold first + n words, and the prepared requantization
-        // 2 (first + n) words (first + n <= sections, checked above); `acc` holds n.
+        // SAFETY: n is even and not 0 (at least a pair); the multipliers hold first + n words,
+        // and the prepared requantization 2 (first + n) words (first + n <= sections, checked
+        // above); `acc` holds n.
         unsafe {
             let (m, prep) = (r.multipliers.bytes().as_ptr().add(4 * first), rq.prep.as_ptr().add(2 * first));
-            return prepared_pairs(acc.as_ptr(), m, prep, 2 * r.output_zp + 1, fast == Fast::Wide, out);
+            let run = PairsRun { m, prep, zp: 2 * r.output_zp + 1, pairs: n / 2, wide: fast == Fast::Wide };
+            return prepared_pairs(acc.as_ptr(), out.as_mut_ptr(), &run);
         }
     }
     // SAFETY: each section holds rq.sections >= first + n words (checked above).
     let (b, m, s) = unsafe { (rq.bias.bytes().as_ptr().add(4 * first), r.multipliers.bytes().as_ptr().add(4 * first), r.shifts.bytes().as_ptr().add(4 * first)) };
     // SAFETY: `acc` holds n words, the sections n from their pointers.
     unsafe { requant_body(acc.as_ptr(), [b, m, s], r.output_zp, r.act_min, r.act_max, fast, out) }
+}
+
+/// [`prepared_pairs`]'s constants: the multipliers and the prepared words of the first pair,
+/// `2 zp + 1`, the pairs, and whether the product is Wide's (SMULL) or Right's (SMMULR).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[derive(Clone, Copy)]
+struct PairsRun {
+    m: *const u8,
+    prep: *const u32,
+    zp: i32,
+    pairs: usize,
+    wide: bool,
 }
 
 /// The end of a pair of channels in [`requant_n`]'s paired loops, once `{a}` and `{c}` hold
@@ -858,16 +882,16 @@ macro_rules! requant_pair_end {
 /// `2 hi + bit 31 + bit 30 of lo`, LSLS putting bit 31 in the carry), then
 /// [`requant_pair_end`]. `zp` is `2 zp + 1`.
 ///
+/// Out of line, called by [`requant_n`] and, once per pixel without its checks, by the
+/// pointwise pixel loop of [`conv2d_s8_fast_io`] (see [`Requantizer::pairs_run`]).
+///
 /// # Safety
-/// `out.len()` is even (an odd last channel would be left unwritten), and `acc` and `m` hold
-/// `out.len()` words from their pointers, `prep` `2 out.len()`.
+/// `run.pairs` is at least 1; `acc` and `run.m` hold `2 run.pairs` words from their pointers,
+/// `run.prep` `4 run.pairs`, and `out` `2 run.pairs` bytes.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
-#[inline(always)]
-unsafe fn prepared_pairs(acc: *const i32, m: *const u8, prep: *const u32, zp: i32, wide: bool, out: &mut [i8]) {
-    let pairs = out.len() / 2;
-    if pairs == 0 {
-        return;
-    }
+#[inline(never)]
+unsafe fn prepared_pairs(acc: *const i32, out: *mut i8, run: &PairsRun) {
+    let PairsRun { m, prep, zp, pairs, wide } = *run;
     // One pair of channels; the loop runs two a pass (an odd count enters the second).
     macro_rules! pair {
         ($scale:literal, $mul:literal) => {
@@ -894,7 +918,7 @@ unsafe fn prepared_pairs(acc: *const i32, m: *const u8, prep: *const u32, zp: i3
                 pair!($scale, $mul),
                 "subs {k}, {k}, #1",
                 "bne 2b",
-                pa = inout(reg) acc => _, pp = inout(reg) prep => _, pm = inout(reg) m => _, po = inout(reg) out.as_mut_ptr() => _,
+                pa = inout(reg) acc => _, pp = inout(reg) prep => _, pm = inout(reg) m => _, po = inout(reg) out => _,
                 k = inout(reg) pairs => _, zp = in(reg) zp, a = out(reg) _, c = out(reg) _,
                 out("r8") _, out("r9") _, out("r10") _, out("r11") _,
                 options(nostack),
@@ -1383,7 +1407,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let (quads, groups) = (patch.len() / 2, weights.len() / group);
         let single = p.layout == WeightLayout::Oc4PairsI16 && group == 8 * quads && groups <= CHANNEL_GROUPS && 4 * groups >= oc;
         #[cfg(all(target_arch = "arm", feature = "dsp"))]
-        let in_len = io.input().len();
+        let (in_len, pairs) = (io.input().len(), rq.pairs_run(oc).filter(|_| single));
         for k in 0..pixels {
             let q = io.pixel(k, pixels);
             // On the M4 both views from one call (the pixel loop's costliest overhead in the
@@ -1404,6 +1428,15 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
                 pixel_patch(&window, io.input(), q, patch);
                 io.output(q * oc, oc)
             };
+            #[cfg(all(target_arch = "arm", feature = "dsp"))]
+            if let Some(run) = &pairs {
+                dot_rounds_i16::<false>(patch, weights, quads, acc.get_mut(..groups).unwrap_or(&mut []));
+                // SAFETY: `acc` holds 4 groups >= oc sums, the sections and the prepared
+                // requantization oc channels (pairs_run), `out` oc bytes.
+                unsafe { prepared_pairs(acc.as_ptr() as *const i32, out.as_mut_ptr(), run) };
+                continue;
+            }
+            #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
             if single {
                 dot_rounds_i16::<false>(patch, weights, quads, acc.get_mut(..groups).unwrap_or(&mut []));
                 rq.channels(acc.as_flattened(), 0, out);
@@ -2026,6 +2059,7 @@ pub fn depthwise_conv2d_s8_fast_scratch_bytes(p: &DepthwiseConv2d) -> usize {
 /// [`Fast::Right`]); then per pair of channels (0 and 1, then 2 and 3) their folded zero points,
 /// multipliers and right shifts less one ([`folded_zero_point`]). False where a channel's
 /// zero point does not fold ([`zero_point_folds`]).
+#[inline(always)]
 fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, units: &mut [u32]) -> bool {
     let (c, real, words) = (p.input.c as usize, p.kernel_h as usize * p.kernel_w as usize, depthwise_unit_words(taps));
     for (g, unit) in units.chunks_exact_mut(words).enumerate() {
@@ -2439,7 +2473,7 @@ fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, tabl
 /// [`add_rows`] on the M4: 16 instructions an element (full-range clamp), 20 otherwise.
 #[allow(clippy::too_many_arguments)]
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
-#[inline(never)]
+#[inline(always)]
 fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
     let n = out.len().min(half.len()).min(other.len());
     // The caller's checks (a right shift, so `fix` is -1; a whole table) make this unreachable.
