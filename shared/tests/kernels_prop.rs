@@ -642,7 +642,7 @@ proptest! {
 
     /// The fast depthwise kernel takes exactly the layers it requantizes inline (right shifts of
     /// at most 22 where the multiplier is not 0, the full int8 clamp) and matches the reference
-    /// there, with any kernel (the tap count rounded up to whole rounds of 3), stride, padding
+    /// there, with any kernel (any tap count; 3x3 runs unrolled), stride, padding
     /// and zero points.
     #[test]
     fn fast_depthwise_matches_reference(

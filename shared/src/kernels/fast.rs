@@ -2025,10 +2025,9 @@ fn depthwise_fast_shape(p: &DepthwiseConv2d) -> bool {
 /// Channel groups per requantization call of the direct conv (their sums sit on the stack).
 const CHANNEL_GROUPS: usize = 16;
 
-/// Taps per window, rounded up to whole rounds of 3 (the tap loop's unrolling; the extra taps
-/// have weight 0 and read the window's first tap or the zero-point word).
+/// Taps per window (the tap loop takes any count; a 3x3 window runs unrolled).
 fn depthwise_taps(p: &DepthwiseConv2d) -> usize {
-    (p.kernel_h as usize * p.kernel_w as usize).div_ceil(3) * 3
+    p.kernel_h as usize * p.kernel_w as usize
 }
 
 /// Words of one channel group's unit in the depthwise scratch: each channel's sum to start
@@ -2094,8 +2093,7 @@ fn depthwise_prepare(p: &DepthwiseConv2d, taps: usize, units: &mut [u32]) -> boo
 }
 
 /// The taps of output pixel `(oy, ox)`: each the byte offset of its input pixel, or `outside`
-/// (which addresses the zero-point words) where the window leaves the input, then `outside`
-/// up to the rounded tap count.
+/// (which addresses the zero-point words) where the window leaves the input.
 fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_left): (usize, usize), outside: u32, table: &mut [u32]) {
     let (ih, iw, c) = (p.input.h as isize, p.input.w as isize, p.input.c as usize);
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
@@ -2110,16 +2108,13 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
             }
         }
     }
-    for entry in entries {
-        *entry = outside;
-    }
 }
 
 /// One output pixel's `groups` groups of four channels, from `input` (the table's offsets are
 /// from there; each next group is 4 bytes on) and `units` (see [`depthwise_prepare`], read in
 /// one pass): per group the sums start from the unit's first 4 words (one LDM), per tap one LDR
-/// of input (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), three taps per round
-/// (a 3x3 window unrolled), then the four channels are requantized with their zero points
+/// of input (two SXTB16) and one LDRD of widened weights (SMLABB/SMLATT), in a loop of one
+/// tap (a 3x3 window unrolled), then the four channels are requantized with their zero points
 /// folded ([`folded_zero_point`]: per pair one LDM and one LDRD of constants, per channel ADD,
 /// SMMLAR, ASR, SSAT) into `out`.
 ///
@@ -2131,17 +2126,17 @@ fn depthwise_table(p: &DepthwiseConv2d, (oy, ox): (usize, usize), (pad_top, pad_
 /// Every table offset plus `4 g + 3` for `g < groups` addresses readable memory from
 /// each pixel's input pointer; `units` holds `groups` units of
 /// [`depthwise_unit_words`]`(table.len())` words (word-aligned); each pixel's output pointer
-/// has `4 groups` bytes. `table.len()` is a multiple of 3.
+/// has `4 groups` bytes.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, out: *mut i8, groups: usize, (pixels, in_step, out_step): (usize, usize, usize)) {
-    let rounds = table.len() / 3;
-    if groups == 0 || rounds == 0 || pixels == 0 {
+    let taps = table.len();
+    if groups == 0 || taps == 0 || pixels == 0 {
         return;
     }
     // Registers: sums r0-r3 (LDM), input pointer r4, units pointer r5, weights (and requant
     // constants) r8-r9, the input word r10, the table pointer r11, the tap offset (and the
-    // output pointer while requantizing) r12, the rounds lr. r8-r11 take one LDM of a pair's
+    // output pointer while requantizing) r12, the taps lr. r8-r11 take one LDM of a pair's
     // folded zero points and multipliers.
     macro_rules! tap { () => { concat!(
         "ldr r12, [r11], #4\n",
@@ -2172,9 +2167,9 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
         "strb ", $a, ", [r12], #1\n",
     ) } }
     // SAFETY: the caller's guarantees. The 32 bytes below sp hold the table start, the end of
-    // the units, the output pointer, the rounds, the pixels left, the units' start and the two
-    // steps, restored before the end. lr keeps the rounds through a 3x3 window (the round loop
-    // counts it down to 0, which is not 3: the next group reloads it).
+    // the units, the output pointer, the taps, the pixels left, the units' start and the two
+    // steps, restored before the end. lr keeps the taps through a 3x3 window (the tap loop
+    // counts it down to 0, which is not 9: the next group reloads it).
     unsafe {
         core::arch::asm!(
             "sub sp, sp, #32",
@@ -2189,8 +2184,8 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
             "4:",
             "ldm r5!, {{r0, r1, r2, r3}}",
             "ldr r11, [sp]",
-            // A 3x3 window (3 rounds, the common case) runs unrolled; others loop below.
-            "cmp lr, #3",
+            // A 3x3 window (9 taps, the common case) runs unrolled; others loop below.
+            "cmp lr, #9",
             "bne 8f",
             tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(), tap!(),
             "7:",
@@ -2217,7 +2212,6 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
             "b 4b",
             "8:",
             "ldr lr, [sp, #12]",
-            "add lr, lr, lr, lsl #1",
             "5:",
             tap!(),
             "subs lr, lr, #1",
@@ -2232,7 +2226,7 @@ unsafe fn depthwise_pixel(table: &[u32], input: *const i8, units: *const u32, ou
             out("r10") _,
             inout("r8") out => _,
             out("r9") _,
-            inout("lr") rounds => _,
+            inout("lr") taps => _,
             inout("r0") pixels => _, inout("r1") in_step => _, inout("r2") out_step => _, out("r3") _,
         );
     }
@@ -2299,8 +2293,7 @@ pub fn depthwise_conv2d_s8_fast_io(p: &DepthwiseConv2d, io: &mut Io, scratch: &m
         return Err(unsupported);
     }
     let pads = (p.padding.leading(ih, kh, p.stride_h as usize, oh), p.padding.leading(iw, kw, p.stride_w as usize, ow));
-    // The taps of a window inside the input, from its first tap (which the extra taps read):
-    // the table of a window at the input's corner, with 0 for "outside" (no pixel is inside
+    // The taps of a window inside the input, from its first tap: the table of a window at the input's corner, with 0 for "outside" (no pixel is inside
     // if a tap of that window is outside).
     depthwise_table(p, (0, 0), (0, 0), 0, inner);
     // On the M4, a run of pixels of a row whose windows are inside the input (columns
