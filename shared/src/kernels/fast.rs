@@ -854,6 +854,14 @@ struct PairsRun {
     wide: bool,
 }
 
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+impl PairsRun {
+    /// Channels `first..first + n` of a run that starts at channel 0 (`n` even).
+    fn from(&self, first: usize, n: usize) -> PairsRun {
+        PairsRun { m: self.m.wrapping_add(4 * first), prep: self.prep.wrapping_add(2 * first), pairs: n / 2, ..*self }
+    }
+}
+
 /// The end of a pair of channels in [`requant_n`]'s paired loops, once `{a}` and `{c}` hold
 /// their rounded products: the halving rounding shift by the `!shift`s in `$sa` and `$sc` (see
 /// [`requant_n`]), `2 zp + 1` from `{zp}`, the int8 clamp, the two stores through `{po}`.
@@ -1407,7 +1415,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
         let (quads, groups) = (patch.len() / 2, weights.len() / group);
         let single = p.layout == WeightLayout::Oc4PairsI16 && group == 8 * quads && groups <= CHANNEL_GROUPS && 4 * groups >= oc;
         #[cfg(all(target_arch = "arm", feature = "dsp"))]
-        let (in_len, pairs) = (io.input().len(), rq.pairs_run(oc).filter(|_| single));
+        let (in_len, pairs) = (io.input().len(), rq.pairs_run(oc));
         for k in 0..pixels {
             let q = io.pixel(k, pixels);
             // On the M4 both views from one call (the pixel loop's costliest overhead in the
@@ -1429,7 +1437,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
                 io.output(q * oc, oc)
             };
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
-            if let Some(run) = &pairs {
+            if let Some(run) = pairs.as_ref().filter(|_| single) {
                 dot_rounds_i16::<false>(patch, weights, quads, acc.get_mut(..groups).unwrap_or(&mut []));
                 // SAFETY: `acc` holds 4 groups >= oc sums, the sections and the prepared
                 // requantization oc channels (pairs_run), `out` oc bytes.
@@ -1447,7 +1455,15 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
                 let n = 4 * dot_groups(patch, groups, group, p.layout, &mut acc);
                 let first = 4 * CHANNEL_GROUPS * chunk;
                 let len = n.min(oc.saturating_sub(first));
-                rq.channels(acc.as_flattened(), first, out.get_mut(first..first + len).unwrap_or(&mut []));
+                let out = out.get_mut(first..first + len).unwrap_or(&mut []);
+                #[cfg(all(target_arch = "arm", feature = "dsp"))]
+                if let Some(run) = pairs.as_ref().filter(|_| len % 2 == 0 && !out.is_empty()) {
+                    // SAFETY: `acc` holds n >= len sums, the sections and the prepared
+                    // requantization first + len <= oc channels (pairs_run), `out` len bytes.
+                    unsafe { prepared_pairs(acc.as_ptr() as *const i32, out.as_mut_ptr(), &run.from(first, len)) };
+                    continue;
+                }
+                rq.channels(acc.as_flattened(), first, out);
             }
         }
         return Ok(());
