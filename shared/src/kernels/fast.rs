@@ -1221,7 +1221,21 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
     if inside {
         let start = y0 as usize * pitch + x0 as usize * ic;
         if row.is_multiple_of(4) {
+            // On the M4 the rows by the leaf loop; a window past the input (only an input
+            // shorter than its shape, which the kernels check first) or an empty row gives a
+            // zero patch.
+            #[cfg(all(target_arch = "arm", feature = "dsp"))]
+            if row == 0 || start + kh.saturating_sub(1) * pitch + row > input.len() || kh * row / 2 > patch.len() {
+                patch.fill(0);
+                return;
+            }
             for ky in 0..kh {
+                #[cfg(all(target_arch = "arm", feature = "dsp"))]
+                // SAFETY: row ky's bytes start + ky pitch.. + row lie in the input and its
+                // row / 2 words ky row / 2.. in the patch (both checked above); row is a
+                // nonzero multiple of 4.
+                unsafe { widen_pixel(input.as_ptr().add(start + ky * pitch), patch.as_mut_ptr().add(ky * row / 2), row / 4, w.offset) };
+                #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
                 widen(sub(input, start + ky * pitch, row), w.offset, sub_mut(patch, ky * row / 2, row / 2));
             }
             patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
@@ -1293,7 +1307,8 @@ fn is_pointwise(p: &Conv2d) -> bool {
 }
 
 /// `quads` quads of int8 from `src` widened to `dst` with `offset` added (a pointwise conv's
-/// patch), on the M4.
+/// patch, a row of a window), on the M4: two quads a pass (two LDR, which may be unaligned, four
+/// SXTAB16, one STM; an odd count widens its first quad alone).
 ///
 /// # Safety
 /// `src` holds `4 quads` readable bytes, `dst` `2 quads` writable words (word-aligned);
@@ -1301,23 +1316,37 @@ fn is_pointwise(p: &Conv2d) -> bool {
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
 unsafe fn widen_pixel(src: *const i8, dst: *mut u32, quads: usize, offset: u32) {
-    // SAFETY: the caller's guarantees.
+    // SAFETY: the caller's guarantees. Each quad's odd bytes widen in place of the word read
+    // (r5, lr), its even bytes into the register below (r4, r12): STM stores them ascending.
     unsafe {
         core::arch::asm!(
+            "lsrs r2, r2, #1",
+            "bcc 2f",
+            "ldr r5, [r0], #4",
+            "sxtab16 r4, r3, r5",
+            "sxtab16 r5, r3, r5, ror #8",
+            "strd r4, r5, [r1], #8",
+            // The flags are still LSRS's: no pair left.
+            "beq 3f",
             "2:",
-            "ldr {t}, [{s}], #4",
-            "sxtab16 {lo}, {off}, {t}",
-            "sxtab16 {hi}, {off}, {t}, ror #8",
-            "strd {lo}, {hi}, [{d}], #8",
-            "subs {n}, {n}, #1",
+            "ldr r5, [r0], #4",
+            "ldr lr, [r0], #4",
+            "sxtab16 r4, r3, r5",
+            "sxtab16 r5, r3, r5, ror #8",
+            "sxtab16 r12, r3, lr",
+            "sxtab16 lr, r3, lr, ror #8",
+            "stm r1!, {{r4, r5, r12, lr}}",
+            "subs r2, r2, #1",
             "bne 2b",
-            s = inout(reg) src => _,
-            d = inout(reg) dst => _,
-            n = inout(reg) quads => _,
-            off = in(reg) offset,
-            t = out(reg) _,
-            lo = out(reg) _,
-            hi = out(reg) _,
+            "3:",
+            inout("r0") src => _,
+            inout("r1") dst => _,
+            inout("r2") quads => _,
+            in("r3") offset,
+            out("r4") _,
+            out("r5") _,
+            out("r12") _,
+            out("lr") _,
             options(nostack),
         );
     }
