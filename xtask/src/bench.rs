@@ -119,6 +119,8 @@ pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, o
     // the memory plan: `Model::parse`, `Engine::new`) run once at boot and are reported apart.
     let inference = lepton_core::device::call_graph(&elf_bytes, &["lepton_firmware5infer"])?;
     let code_bytes: u64 = inference.iter().map(|f| f.size).sum();
+    let mut by_size: Vec<_> = inference.iter().map(|f| json!({"function": f.name, "bytes": f.size})).collect();
+    by_size.sort_by_key(|f| std::cmp::Reverse(f["bytes"].as_u64()));
     // Parse and plan, apart from what they share with the inference.
     let inference: std::collections::BTreeSet<String> = inference.into_iter().map(|f| f.name).collect();
     let loader_bytes: u64 = lepton_core::device::call_graph(&elf_bytes, &crate::INFERENCE_ROOTS[..2])?.iter().filter(|f| !inference.contains(&f.name)).map(|f| f.size).sum();
@@ -137,6 +139,7 @@ pub fn bench(model_path: &Path, npy: Option<&Path>, images: usize, elf: &Path, o
         "stack_peak_bytes": run.stack_peak_bytes,
         "code_bytes": code_bytes,
         "model_loader_code_bytes": loader_bytes,
+        "code_functions": by_size,
         "model_bytes": run.model_bytes,
     });
     if is_seed_cnn(&cost) {
