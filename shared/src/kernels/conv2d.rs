@@ -87,35 +87,81 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]
     if winograd {
         decode_winograd(p, scratch)?;
     }
+    let weights = if winograd { Taps::Decoded(scratch) } else { Taps::Stored(p.weights, p.layout) };
+    let geometry = Geometry { input: p.input, output: p.output, kernel: (kh, kw), stride: (sh, sw), pad: (pad_top, pad_left), input_zp: p.input_zp };
+    convolve(&geometry, ic, &weights, input, output, &p.bias, &p.requant);
+    Ok(())
+}
+
+/// The output geometry both reference convolutions share.
+pub(crate) struct Geometry {
+    pub input: Shape,
+    pub output: Shape,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    /// Rows above and columns left of the input that the windows read as padding.
+    pub pad: (usize, usize),
+    pub input_zp: i32,
+}
+
+/// Where [`convolve`] reads weight `(channel, tap)` of a window of `group` taps per position.
+pub(crate) enum Taps<'a> {
+    /// A conv's, in its layout.
+    Stored(&'a [i8], WeightLayout),
+    /// A conv's Winograd weights decoded by `decode_winograd`.
+    #[cfg_attr(not(feature = "winograd-reference"), allow(dead_code))]
+    Decoded(&'a [u8]),
+    /// A depthwise conv's, `[kernel_h, kernel_w, channels]`.
+    Depthwise(&'a [i8]),
+}
+
+impl Taps<'_> {
+    /// Weight `tap` of output channel `c` (of `channels`), windows of `taps`. Out of line, so
+    /// that [`convolve`] keeps one loop, not one per kind of weights (code size).
+    #[inline(never)]
+    fn get(&self, c: usize, tap: usize, taps: usize, channels: usize) -> i32 {
+        match self {
+            Taps::Stored(w, layout) => layout.weight(w, c, tap, taps),
+            Taps::Decoded(d) => decoded_weight(d, c, tap, taps),
+            Taps::Depthwise(w) => w.get(tap * channels + c).map_or(0, |&w| w as i32),
+        }
+    }
+}
+
+/// The reference convolution of both conv (`group` = the input's channels, each output channel
+/// reads all of them) and depthwise conv (`group` 1: output channel `c` reads input channel
+/// `c / m`, `m` = output over input channels): per output value the wide sum over its window
+/// (sums wrap, as the Winograd kernel's do: the plan bounds every accumulator, and a crafted
+/// blob must not panic here), then the requantization. One loop for both ops (code size).
+#[inline(never)]
+pub(crate) fn convolve(g: &Geometry, group: usize, weights: &Taps, input: &[i8], output: &mut [i8], bias: &I32Le, requant: &Requant) {
+    let (ih, iw, ic) = (g.input.h as usize, g.input.w as usize, g.input.c as usize);
+    let (oh, ow, oc) = (g.output.h as usize, g.output.w as usize, g.output.c as usize);
+    let ((kh, kw), (sh, sw)) = (g.kernel, g.stride);
+    let (taps, per_input) = (kh * kw * group, (oc / ic.max(1)).max(1));
     let mut out = output.iter_mut();
     for oy in 0..oh {
-        let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
+        let (ky0, ky1, y0) = window(oy, sh, g.pad.0, kh, ih);
         for ox in 0..ow {
-            let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
+            let (kx0, kx1, x0) = window(ox, sw, g.pad.1, kw, iw);
             for c in 0..oc {
+                let first = if group == ic { 0 } else { c / per_input };
                 let mut acc = 0i32;
                 for ky in ky0..ky1 {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
                         let ix = (x0 + kx as isize) as usize;
-                        let pixel = sub(input, (iy * iw + ix) * ic, ic);
+                        let pixel = sub(input, (iy * iw + ix) * ic + first, group);
                         for (i, &x) in pixel.iter().enumerate() {
-                            let tap = (ky * kw + kx) * ic + i;
-                            // Winograd sums wrap, as the Winograd kernel's do (the plan checks
-                            // its accumulator bound; a crafted blob must not panic here).
-                            acc = if winograd {
-                                acc.wrapping_add(decoded_weight(scratch, c, tap, taps).wrapping_mul(x as i32 - p.input_zp))
-                            } else {
-                                acc + p.layout.weight(p.weights, c, tap, taps) * (x as i32 - p.input_zp)
-                            };
+                            let tap = (ky * kw + kx) * group + i;
+                            acc = acc.wrapping_add(weights.get(c, tap, taps, oc).wrapping_mul(x as i32 - g.input_zp));
                         }
                     }
                 }
                 if let Some(o) = out.next() {
-                    *o = p.requant.apply(acc + p.bias.get(c), c);
+                    *o = requant.apply(acc.wrapping_add(bias.get(c)), c);
                 }
             }
         }
     }
-    Ok(())
 }

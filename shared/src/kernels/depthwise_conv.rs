@@ -2,8 +2,8 @@
 //! (TFLM's `reference_integer_ops::DepthwiseConvPerChannel`). Output channel `oc = ic * m + j`
 //! reads input channel `ic` for depth multiplier `m`.
 
-use super::window;
-use crate::types::{expect_len, sub_mut, I32Le, Padding, Requant, Shape};
+use super::conv2d::{convolve, Geometry, Taps};
+use crate::types::{expect_len, I32Le, Padding, Requant, Shape};
 use crate::Error;
 
 #[derive(Clone, Copy, Debug)]
@@ -42,24 +42,7 @@ pub fn depthwise_conv2d_s8(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8],
     expect_len(p.bias.len(), oc)?;
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
-    for oy in 0..oh {
-        let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
-        for ox in 0..ow {
-            let (kx0, kx1, x0) = window(ox, sw, pad_left, kw, iw);
-            let out = sub_mut(output, (oy * ow + ox) * oc, oc);
-            for (c, o) in out.iter_mut().enumerate() {
-                let mut acc = 0i32;
-                for ky in ky0..ky1 {
-                    let iy = (y0 + ky as isize) as usize;
-                    for kx in kx0..kx1 {
-                        let ix = (x0 + kx as isize) as usize;
-                        let x = input.get((iy * iw + ix) * ic + c / m.max(1)).map_or(0, |&x| x as i32 - p.input_zp);
-                        acc += p.weights.get((ky * kw + kx) * oc + c).map_or(0, |&w| w as i32) * x;
-                    }
-                }
-                *o = p.requant.apply(acc + p.bias.get(c), c);
-            }
-        }
-    }
+    let geometry = Geometry { input: p.input, output: p.output, kernel: (kh, kw), stride: (sh, sw), pad: (pad_top, pad_left), input_zp: p.input_zp };
+    convolve(&geometry, 1, &Taps::Depthwise(p.weights), input, output, &p.bias, &p.requant);
     Ok(())
 }

@@ -1657,7 +1657,8 @@ fn pooled(conv: &Conv2d, pool: &Pool, max_acc: i32, c: usize) -> i8 {
 
 /// A block of pooled outputs at a time: the patches of every conv pixel under the block's
 /// pooling windows are built once, then each group of four channels runs over them (int8
-/// quads widened once per block).
+/// quads and int4 widened once per block where the scratch has room for a widened group, other
+/// weights read as stored).
 #[inline(never)]
 pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
     check_conv(conv, input)?;
@@ -1672,9 +1673,9 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
     let input_offset = offset_pair(conv.input_zp);
     let outputs = ph * pw;
     let b = Blocks::new(scratch, conv.layout, taps, window * wpp, outputs, 1)?;
-    if !b.widen {
-        return conv_maxpool_by_window(conv, pool, input, output, weights, input_offset, b.patches);
-    }
+    // Weights read as stored where the scratch holds no widened group (i16, or int8 quads
+    // with too little scratch), else widened once per block.
+    let dot: fn(&[u32], &[u32]) -> [i32; 4] = if b.widen || conv.layout == WeightLayout::Oc4PairsI16 { dot_oc4_i16 } else { dot_oc4_quads };
     let mut first = 0;
     while first < outputs {
         let count = b.block.min(outputs - first);
@@ -1684,11 +1685,14 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
             conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), input_offset, patch);
         }
         for (g, stored_group) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
-            widen_any(conv.layout, stored_group, b.wide);
+            if b.widen {
+                widen_any(conv.layout, stored_group, b.wide);
+            }
+            let group_weights = if b.widen { &*b.wide } else { stored_group };
             for (i, group) in b.patches.chunks_exact((window * wpp).max(1)).take(count).enumerate() {
                 let mut max = [i32::MIN; 4];
                 for patch in group.chunks_exact(wpp) {
-                    let acc = dot_oc4_i16(patch, b.wide);
+                    let acc = dot(patch, group_weights);
                     for j in 0..4 {
                         max[j] = max[j].max(acc[j]);
                     }
@@ -1705,41 +1709,6 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
             }
         }
         first += count;
-    }
-    Ok(())
-}
-
-/// [`conv2d_maxpool_s8_fast`] one pooled output at a time (weights used as stored): the
-/// patches of the conv pixels under its window are built once, in `patches`.
-#[inline(always)]
-fn conv_maxpool_by_window(conv: &Conv2d, pool: &Pool, input: &[i8], output: &mut [i8], weights: &[u32], input_offset: u32, patches: &mut [u32]) -> Result<(), Error> {
-    let taps = conv.kernel_h as usize * conv.kernel_w as usize * conv.input.c as usize;
-    let (ph, pw, oc) = (pool.output.h as usize, pool.output.w as usize, conv.output.c as usize);
-    let (kh, kw, sh, sw) = (pool.kernel_h as usize, pool.kernel_w as usize, pool.stride_h as usize, pool.stride_w as usize);
-    let words_per_patch = patch_words(taps);
-    let patches = patches.get_mut(..kh * kw * words_per_patch).ok_or(Error::BufferSize { expected: kh * kw * words_per_patch, found: 0 })?;
-    for py in 0..ph {
-        for px in 0..pw {
-            for (slot, patch) in patches.chunks_exact_mut(words_per_patch.max(1)).enumerate() {
-                conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), input_offset, patch);
-            }
-            let out = sub_mut(output, (py * pw + px) * oc, oc);
-            for (g, w) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
-                let mut max = [i32::MIN; 4];
-                for patch in patches.chunks_exact(words_per_patch.max(1)) {
-                    let acc = dot_oc4(patch, w, conv.layout);
-                    for j in 0..4 {
-                        max[j] = max[j].max(acc[j]);
-                    }
-                }
-                for (j, &m) in max.iter().enumerate() {
-                    let c = 4 * g + j;
-                    if let Some(o) = out.get_mut(c) {
-                        *o = pooled(conv, pool, m, c);
-                    }
-                }
-            }
-        }
     }
     Ok(())
 }
