@@ -47,6 +47,7 @@ fn decode_winograd(p: &Conv2d, scratch: &mut [u8]) -> Result<(), Error> {
 }
 
 /// Decoded weight `tap` of channel `c` (see `decode_winograd`); 0 outside the scratch.
+#[cfg(feature = "winograd-reference")]
 #[inline(always)]
 fn decoded_weight(scratch: &[u8], c: usize, tap: usize, taps: usize) -> i32 {
     let at = (c * taps + tap) * 4;
@@ -87,16 +88,20 @@ pub fn conv2d_s8(p: &Conv2d, input: &[i8], output: &mut [i8], scratch: &mut [u8]
     if winograd {
         decode_winograd(p, scratch)?;
     }
+    #[cfg(feature = "winograd-reference")]
     let weights = if winograd { Taps::Decoded(scratch) } else { Taps::Stored(p.weights, p.layout) };
-    let geometry = Geometry { input: p.input, output: p.output, kernel: (kh, kw), stride: (sh, sw), pad: (pad_top, pad_left), input_zp: p.input_zp };
+    #[cfg(not(feature = "winograd-reference"))]
+    let (weights, _) = (Taps::Stored(p.weights, p.layout), scratch);
+    let geometry = Geometry { input: (ih, iw, ic), output: (oh, ow, oc), kernel: (kh, kw), stride: (sh, sw), pad: (pad_top, pad_left), input_zp: p.input_zp };
     convolve(&geometry, ic, &weights, input, output, &p.bias, &p.requant);
     Ok(())
 }
 
 /// The output geometry both reference convolutions share.
 pub(crate) struct Geometry {
-    pub input: Shape,
-    pub output: Shape,
+    /// Height, width and channels of the input and of the output.
+    pub input: (usize, usize, usize),
+    pub output: (usize, usize, usize),
     pub kernel: (usize, usize),
     pub stride: (usize, usize),
     /// Rows above and columns left of the input that the windows read as padding.
@@ -109,7 +114,7 @@ pub(crate) enum Taps<'a> {
     /// A conv's, in its layout.
     Stored(&'a [i8], WeightLayout),
     /// A conv's Winograd weights decoded by `decode_winograd`.
-    #[cfg_attr(not(feature = "winograd-reference"), allow(dead_code))]
+    #[cfg(feature = "winograd-reference")]
     Decoded(&'a [u8]),
     /// A depthwise conv's, `[kernel_h, kernel_w, channels]`.
     Depthwise(&'a [i8]),
@@ -122,21 +127,21 @@ impl Taps<'_> {
     fn get(&self, c: usize, tap: usize, taps: usize, channels: usize) -> i32 {
         match self {
             Taps::Stored(w, layout) => layout.weight(w, c, tap, taps),
+            #[cfg(feature = "winograd-reference")]
             Taps::Decoded(d) => decoded_weight(d, c, tap, taps),
             Taps::Depthwise(w) => w.get(tap * channels + c).map_or(0, |&w| w as i32),
         }
     }
 }
 
-/// The reference convolution of both conv (`group` = the input's channels, each output channel
-/// reads all of them) and depthwise conv (`group` 1: output channel `c` reads input channel
+/// The reference convolution of conv and fully connected (`group` = the input's channels, each
+/// output channel reads all of them; fully connected as a 1x1 conv of a 1x1 map) and depthwise conv (`group` 1: output channel `c` reads input channel
 /// `c / m`, `m` = output over input channels): per output value the wide sum over its window
 /// (sums wrap, as the Winograd kernel's do: the plan bounds every accumulator, and a crafted
 /// blob must not panic here), then the requantization. One loop for both ops (code size).
 #[inline(never)]
 pub(crate) fn convolve(g: &Geometry, group: usize, weights: &Taps, input: &[i8], output: &mut [i8], bias: &I32Le, requant: &Requant) {
-    let (ih, iw, ic) = (g.input.h as usize, g.input.w as usize, g.input.c as usize);
-    let (oh, ow, oc) = (g.output.h as usize, g.output.w as usize, g.output.c as usize);
+    let ((ih, iw, ic), (oh, ow, oc)) = (g.input, g.output);
     let ((kh, kw), (sh, sw)) = (g.kernel, g.stride);
     let (taps, per_input) = (kh * kw * group, (oc / ic.max(1)).max(1));
     let mut out = output.iter_mut();

@@ -42,7 +42,7 @@ pub fn depthwise_conv2d_s8(p: &DepthwiseConv2d, input: &[i8], output: &mut [i8],
     expect_len(p.bias.len(), oc)?;
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
-    let geometry = Geometry { input: p.input, output: p.output, kernel: (kh, kw), stride: (sh, sw), pad: (pad_top, pad_left), input_zp: p.input_zp };
+    let geometry = Geometry { input: (ih, iw, ic), output: (oh, ow, oc), kernel: (kh, kw), stride: (sh, sw), pad: (pad_top, pad_left), input_zp: p.input_zp };
     convolve(&geometry, 1, &Taps::Depthwise(p.weights), input, output, &p.bias, &p.requant);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Fully connected, int8 activations, per-output-channel int8 weights `[out, in]`, int32 bias.
 
+use super::conv2d::{convolve, Geometry, Taps};
 use crate::types::{expect_len, I32Le, Requant, WeightLayout};
 use crate::Error;
 
@@ -27,13 +28,8 @@ pub fn fully_connected_s8(p: &FullyConnected, input: &[i8], output: &mut [i8], _
     if p.input_len == 0 {
         return Ok(());
     }
-    for (c, o) in output.iter_mut().enumerate() {
-        let acc: i32 = input
-            .iter()
-            .enumerate()
-            .map(|(k, &x)| p.layout.weight(p.weights, c, k, p.input_len) * (x as i32 - p.input_zp))
-            .sum();
-        *o = p.requant.apply(acc + p.bias.get(c), c);
-    }
+    let (n, m) = (p.input_len, p.output_len);
+    let geometry = Geometry { input: (1, 1, n), output: (1, 1, m), kernel: (1, 1), stride: (1, 1), pad: (0, 0), input_zp: p.input_zp };
+    convolve(&geometry, n, &Taps::Stored(p.weights, p.layout), input, output, &p.bias, &p.requant);
     Ok(())
 }
