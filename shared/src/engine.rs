@@ -716,35 +716,30 @@ fn step_scratch_bytes(kernel: &Kernel) -> usize {
 }
 
 /// The step's output and scratch (mutable) and its inputs (shared) out of one arena. The plan
-/// keeps them apart; should it not, this is an error, never aliasing.
+/// keeps them apart; should it not, this is an error, never aliasing: each range lies in the
+/// arena, and no input or the scratch meets the output, no input meets the scratch (empty
+/// ranges meet nothing).
 fn regions(arena: &mut [u8], out: Range<usize>, scratch: Range<usize>, inputs: [Option<Range<usize>>; 2]) -> Result<(&mut [u8], &mut [u8], [&[i8]; 2]), Error> {
-    let scratch = if scratch.is_empty() { out.end..out.end } else { scratch };
-    let out_first = out.start <= scratch.start;
-    let (a, b) = if out_first { (out.clone(), scratch.clone()) } else { (scratch.clone(), out.clone()) };
-    let bad = Error::ArenaTooSmall { needed: b.end.max(a.end), available: arena.len() };
-    if a.end > b.start || b.end > arena.len() {
-        return Err(bad);
+    let len = arena.len();
+    let inside = |r: &Range<usize>| r.start <= r.end && r.end <= len;
+    let apart = |a: &Range<usize>, b: &Range<usize>| a.is_empty() || b.is_empty() || a.end <= b.start || b.end <= a.start;
+    let input_ok = |r: &Option<Range<usize>>| r.as_ref().is_none_or(|r| inside(r) && apart(r, &out) && apart(r, &scratch));
+    if !(inside(&out) && inside(&scratch) && apart(&out, &scratch) && input_ok(&inputs[0]) && input_ok(&inputs[1])) {
+        let end = |r: &Option<Range<usize>>| r.as_ref().map_or(0, |r| r.end);
+        return Err(Error::ArenaTooSmall { needed: out.end.max(scratch.end).max(end(&inputs[0])).max(end(&inputs[1])), available: len });
     }
-    let (seg0, rest) = arena.split_at_mut_checked(a.start).ok_or(bad)?;
-    let (ma, rest) = rest.split_at_mut_checked(a.len()).ok_or(bad)?;
-    let (seg2, rest) = rest.split_at_mut_checked(b.start - a.end).ok_or(bad)?;
-    let (mb, seg4) = rest.split_at_mut_checked(b.len()).ok_or(bad)?;
-    let (seg0, seg2, seg4): (&[u8], &[u8], &[u8]) = (seg0, seg2, seg4);
-    let segments = [(0, seg0), (a.end, seg2), (b.end, seg4)];
-    let total = b.end + seg4.len();
-    let inputs = [pick(&segments, &inputs[0], total)?, pick(&segments, &inputs[1], total)?];
-    Ok(if out_first { (ma, mb, inputs) } else { (mb, ma, inputs) })
-}
-
-/// Input range `r` out of the read-only segments `(start, bytes)` of the arena.
-fn pick<'a>(segments: &[(usize, &'a [u8]); 3], r: &Option<Range<usize>>, arena_len: usize) -> Result<&'a [i8], Error> {
-    let Some(r) = r else { return Ok(&[]) };
-    for &(base, seg) in segments {
-        if let Some(bytes) = r.start.checked_sub(base).zip(r.end.checked_sub(base)).and_then(|(s, e)| seg.get(s..e)) {
-            return Ok(as_i8(bytes));
-        }
+    let base = arena.as_mut_ptr();
+    // SAFETY: every range lies in the arena, which this call borrows mutably for the lifetime
+    // of the slices; the two mutable ones are disjoint from each other and from every shared
+    // one (checked above), so no byte is reachable mutably through two slices or mutably and
+    // shared at once.
+    unsafe {
+        let input = |r: &Option<Range<usize>>| r.as_ref().map_or(&[][..], |r| as_i8(core::slice::from_raw_parts(base.add(r.start), r.len())));
+        let inputs = [input(&inputs[0]), input(&inputs[1])];
+        let out = core::slice::from_raw_parts_mut(base.add(out.start), out.len());
+        let scratch = core::slice::from_raw_parts_mut(base.add(scratch.start), scratch.len());
+        Ok((out, scratch, inputs))
     }
-    Err(Error::ArenaTooSmall { needed: r.end, available: arena_len })
 }
 
 /// Run an in-place step: its input and output in one span of the arena, its scratch apart.
