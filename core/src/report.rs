@@ -193,6 +193,7 @@ pub fn report(blob: &[u8]) -> Result<Report> {
             Some(lepton_nn::WeightLayout::Canonical) => "canonical",
             Some(lepton_nn::WeightLayout::Oc4Quads) => "int8",
             Some(lepton_nn::WeightLayout::Oc4PairsI16) => "i16",
+            Some(lepton_nn::WeightLayout::Oc4SplitI16) => "i16",
             Some(lepton_nn::WeightLayout::Winograd2x2) => "winograd",
             Some(lepton_nn::WeightLayout::Oc4Int4) => "int4",
             None => "?",

@@ -208,6 +208,11 @@ pub enum WeightLayout {
     /// quad, `(t0, t2), (t1, t3)` and `(t4, t6), (t5, t7)`, each 16 times the weight; the kernels
     /// divide the (exact, 16-fold) sums by 16. Half of `Oc4Quads`' flash.
     Oc4Int4 = 4,
+    /// The values of [`WeightLayout::Oc4PairsI16`] with each quad's eight words ordered by pair,
+    /// then channel: `(w0, w2)` of the group's four channels, then their `(w1, w3)`. A pointwise
+    /// conv's layout (1x1 kernel, stride 1): one load of two words gives two channels' weights
+    /// for the same patch word, which the two-pixel kernel applies to both pixels.
+    Oc4SplitI16 = 5,
 }
 
 /// [`WeightLayout::Winograd2x2`]'s `G`: twice the textbook F(2x2, 3x3) filter transform.
@@ -273,6 +278,7 @@ impl WeightLayout {
             2 => Some(WeightLayout::Oc4PairsI16),
             3 => Some(WeightLayout::Winograd2x2),
             4 => Some(WeightLayout::Oc4Int4),
+            5 => Some(WeightLayout::Oc4SplitI16),
             _ => None,
         }
     }
@@ -294,7 +300,7 @@ impl WeightLayout {
         match self {
             WeightLayout::Canonical => channels.checked_mul(taps),
             WeightLayout::Oc4Quads => channels.div_ceil(4).checked_mul(4)?.checked_mul(taps),
-            WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 => channels.div_ceil(4).checked_mul(8)?.checked_mul(taps),
+            WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 | WeightLayout::Oc4SplitI16 => channels.div_ceil(4).checked_mul(8)?.checked_mul(taps),
             WeightLayout::Oc4Int4 => channels.div_ceil(4).checked_mul(2)?.checked_mul(taps),
         }
     }
@@ -315,7 +321,7 @@ impl WeightLayout {
             let shift = Self::nibble_shift(tap);
             let byte = weights[at] as u8 & !(0xF << shift) | ((value as u8 & 0xF) << shift);
             weights[at] = byte as i8;
-        } else if self == WeightLayout::Oc4PairsI16 {
+        } else if matches!(self, WeightLayout::Oc4PairsI16 | WeightLayout::Oc4SplitI16) {
             let [lo, hi] = (value as i16).to_le_bytes();
             weights[at] = lo as i8;
             weights[at + 1] = hi as i8;
@@ -366,7 +372,7 @@ impl WeightLayout {
     pub fn weight(self, weights: &[i8], channel: usize, tap: usize, taps: usize) -> i32 {
         let i16_at = |at: usize| self.weight_value(weights, at);
         match self {
-            WeightLayout::Oc4PairsI16 => i16_at(self.index(channel, tap, taps)),
+            WeightLayout::Oc4PairsI16 | WeightLayout::Oc4SplitI16 => i16_at(self.index(channel, tap, taps)),
             // The kernel value from its Winograd block (tap = (ky * 3 + kx) * ic + i); builds
             // without the winograd-reference feature (the device) never read them one by one.
             #[cfg(not(feature = "winograd-reference"))]
@@ -397,6 +403,10 @@ impl WeightLayout {
             WeightLayout::Oc4PairsI16 | WeightLayout::Winograd2x2 => {
                 let j = tap % 4;
                 ((((channel / 4) * (taps / 4) + tap / 4) * 4 + channel % 4) * 2 + j % 2) * 4 + (j / 2) * 2
+            }
+            WeightLayout::Oc4SplitI16 => {
+                let j = tap % 4;
+                ((((channel / 4) * (taps / 4) + tap / 4) * 2 + j % 2) * 4 + channel % 4) * 4 + (j / 2) * 2
             }
         }
     }

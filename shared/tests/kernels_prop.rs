@@ -387,6 +387,37 @@ proptest! {
         prop_assert_eq!(out, reference_conv_pool(&p, None, &f.conv.input));
     }
 
+    /// Pointwise convs with split i16 weights (the two-pixel kernel; over 16 channel groups it
+    /// runs in chunks): apart, and in place over their input in the direction the planner would
+    /// choose (forward from a common start where the output is no wider, from a common end where
+    /// it is; backward mirrored), equal to the naive definition, as the reference kernel is.
+    #[test]
+    fn split_pointwise_conv_matches_naive(
+        c in (1usize..=7, 1usize..=7, prop_oneof![Just(4usize), Just(8), Just(16), Just(20)], prop_oneof![1usize..=12, Just(34usize), Just(36)])
+            .prop_flat_map(|(h, w, ci, half)| conv_values((h, w, ci, 2 * half, (1, 1), (1, 1), false), 1i32 << 30..=i32::MAX, -20..=-1))
+            .prop_map(|mut c| { c.act = (i8::MIN, i8::MAX); c }),
+        reverse in any::<bool>(),
+    ) {
+        let layout = WeightLayout::Oc4SplitI16;
+        let b = build(&c, layout);
+        let p = conv_params(&c, &b, layout);
+        prop_assert!(conv2d_s8_fast_supported(&p));
+        let want = naive_conv(&c);
+        prop_assert_eq!(&reference_conv_pool(&p, None, &c.input), &want);
+        let mut scratch = vec![0u8; conv2d_s8_fast_scratch_bytes(&p)];
+        let mut out = vec![0i8; want.len()];
+        conv2d_s8_fast(&p, &c.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(&out, &want);
+        let (n_in, n_out) = (c.input.len(), want.len());
+        let span = n_in.max(n_out);
+        let from_start = (n_out <= n_in) != reverse;
+        let (input, output) = if from_start { (0..n_in, 0..n_out) } else { (span - n_in..span, span - n_out..span) };
+        let mut shared = vec![0i8; span];
+        shared[input.clone()].copy_from_slice(&c.input);
+        conv2d_s8_fast_io(&p, &mut Io::Shared { io: &mut shared, input, output: output.clone(), reverse }, &mut scratch).unwrap();
+        prop_assert_eq!(&shared[output.clone()], &want[..], "in place: {} -> {} bytes, reverse {}, output {:?}", n_in, n_out, reverse, output);
+    }
+
     /// Any kernel, stride, padding and channel count (taps padded to whole quads), right or left
     /// shifts (the prepared requantization or TFLM's general one).
     #[test]
@@ -766,3 +797,4 @@ proptest! {
         prop_assert_eq!(&shared, &want);
     }
 }
+

@@ -290,6 +290,8 @@ fn set_weights(
         _ if one_channel_kernel(r, taps) => WeightLayout::Canonical,
         None | Some(Packing::Canonical) => WeightLayout::Canonical,
         Some(Packing::Int8) => WeightLayout::Oc4Quads,
+        // Pointwise convs the two-pixel kernel runs: its order.
+        Some(Packing::I16) if pointwise(r, taps) && pairs_requantize(r, weights, &multipliers, &shifts, output, taps) => WeightLayout::Oc4SplitI16,
         Some(Packing::I16) => WeightLayout::Oc4PairsI16,
         Some(Packing::Fast) => WeightLayout::Winograd2x2,
         Some(Packing::Int4) => WeightLayout::Oc4Int4,
@@ -310,6 +312,20 @@ fn set_weights(
 /// quads: the canonical layout suits its kernel best.
 fn one_channel_kernel(r: &OpRecord, taps: usize) -> bool {
     r.op == Op::Conv2d as u8 && taps == r.kernel_h as usize * r.kernel_w as usize && taps <= 9 && !taps.is_multiple_of(4)
+}
+
+/// Whether the two-pixel pointwise kernel requantizes this conv's channels (see
+/// `lepton_nn::kernels::fast::pairs_requantize`); `r`'s activation range is set.
+fn pairs_requantize(r: &OpRecord, weights: &Weights, multipliers: &[i32], shifts: &[i32], output: QParams, taps: usize) -> bool {
+    let bytes = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (m, s, b) = (bytes(multipliers), bytes(shifts), bytes(&weights.bias));
+    let requant = lepton_nn::Requant { multipliers: lepton_nn::I32Le::new(&m), shifts: lepton_nn::I32Le::new(&s), output_zp: output.zero_point, act_min: r.act_min, act_max: r.act_max };
+    lepton_nn::kernels::fast::pairs_requantize(&requant, lepton_nn::I32Le::new(&b), weights.scales.len(), taps)
+}
+
+/// A 1x1, stride-1 conv over whole quads of input channels.
+fn pointwise(r: &OpRecord, taps: usize) -> bool {
+    r.op == Op::Conv2d as u8 && (r.kernel_h, r.kernel_w, r.stride_h, r.stride_w) == (1, 1, 1, 1) && taps.is_multiple_of(4)
 }
 
 impl Packing {

@@ -493,6 +493,259 @@ unsafe fn pointwise_rounds(patch: *const u32, weights: *const u32, quads: usize,
     }
 }
 
+/// One quad of [`pair_rounds`] ([`WeightLayout::Oc4SplitI16`] weights, the interleaved patch):
+/// per patch word, one LDM of both pixels' words (r0, r1), then two LDM of two channels'
+/// weights each (r2, r3), every weight word applied to both pixels by two SMLAD: 32 MACs in
+/// 34 cycles (six 3-cycle LDM, sixteen SMLAD), 22 instructions.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+macro_rules! pair_quad {
+    () => {
+        concat!(
+            pair_word!(),
+            pair_word!(),
+        )
+    };
+}
+
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+macro_rules! pair_word {
+    () => {
+        concat!(
+            "ldm r6!, {{r0, r1}}\n",
+            "ldm r7!, {{r2, r3}}\n",
+            "smlad r4, r0, r2, r4\n",
+            "smlad r10, r1, r2, r10\n",
+            "smlad r5, r0, r3, r5\n",
+            "smlad r11, r1, r3, r11\n",
+            "ldm r7!, {{r2, r3}}\n",
+            "smlad r8, r0, r2, r8\n",
+            "smlad r12, r1, r2, r12\n",
+            "smlad r9, r0, r3, r9\n",
+            "smlad lr, r1, r3, lr\n",
+        )
+    };
+}
+
+/// The sums of `rounds` channel groups for two pixels of a pointwise conv in one loop: the
+/// four sums of each pixel stay in eight registers (r4, r5, r8, r9 for A, r10, r11, r12, lr
+/// for B) while each weight word serves both pixels, which halves the weight loads per MAC of
+/// [`pointwise_rounds`] (1.06 cycles a MAC in the quads, against 1.31). Four quads a pass,
+/// entered `quads & 3` quads before the end check as in [`pointwise_rounds`]. A's sums go to
+/// `sums[..rounds]`, B's to `sums[rounds..2 rounds]`.
+///
+/// # Safety
+/// `patch` holds `4 quads` words (word `j` of A's widened patch at `2j`, of B's at `2j + 1`),
+/// `weights` `8 quads rounds` words in [`WeightLayout::Oc4SplitI16`]'s order, `sums` `2 rounds`
+/// groups; all word-aligned; `quads` and `rounds` are at least 1.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+unsafe fn pair_rounds(patch: *const u32, weights: *const u32, quads: usize, sums: *mut [i32; 4], rounds: usize) {
+    // SAFETY: the caller's guarantees. r6 and r7 (reserved to the compiler, so not operands)
+    // are the patch and weight pointers, saved and restored here; the 24 bytes below them hold
+    // A's and B's next sums, A's end, the patch's start, its end and the loop's entry (Thumb
+    // bit set for the `ldr pc`). The `.p2align` before the ADR: see [`pointwise_rounds`].
+    unsafe {
+        core::arch::asm!(
+            "push {{r6, r7}}",
+            "sub sp, sp, #24",
+            "mov r7, r1",
+            "str r3, [sp]",
+            "add r4, r3, r4, lsl #4",
+            "str r4, [sp, #4]",
+            "str r4, [sp, #8]",
+            "str r0, [sp, #12]",
+            "add r1, r0, r2, lsl #4",
+            "str r1, [sp, #16]",
+            ".p2align 2",
+            "adr r1, 5f",
+            "and r2, r2, #3",
+            "movs r3, #76",
+            "mls r1, r2, r3, r1",
+            "orr r1, r1, #1",
+            "str r1, [sp, #20]",
+            "4:",
+            "ldr r6, [sp, #12]",
+            "movs r0, #0",
+            "umull r4, r5, r0, r0",
+            "umull r8, r9, r0, r0",
+            "umull r10, r11, r0, r0",
+            "umull r12, lr, r0, r0",
+            "ldr pc, [sp, #20]",
+            "2:",
+            pair_quad!(),
+            "3:",
+            // The entry takes a quad as 76 bytes (six narrow LDM, sixteen SMLAD).
+            ".if 3b - 2b - 76",
+            ".error \"pair_quad is not 76 bytes\"",
+            ".endif",
+            pair_quad!(),
+            pair_quad!(),
+            pair_quad!(),
+            "5:",
+            ".if 5b - 2b - 304",
+            ".error \"the pair loop is not 4 quads\"",
+            ".endif",
+            "ldr r0, [sp, #16]",
+            "cmp r6, r0",
+            "bne 2b",
+            "ldr r0, [sp]",
+            "stm r0!, {{r4, r5, r8, r9}}",
+            "str r0, [sp]",
+            "ldr r1, [sp, #4]",
+            "stm r1!, {{r10, r11, r12, lr}}",
+            "str r1, [sp, #4]",
+            "ldr r2, [sp, #8]",
+            "cmp r0, r2",
+            "bne 4b",
+            "add sp, sp, #24",
+            "pop {{r6, r7}}",
+            inout("r0") patch => _,
+            inout("r1") weights => _,
+            inout("r2") quads => _,
+            inout("r3") sums => _,
+            inout("r4") rounds => _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+            out("r12") _,
+            out("lr") _,
+        )
+    }
+}
+
+/// The int8 quads of two pixels (`a`, `b`) widened with `offset` added into one interleaved
+/// patch for [`pair_rounds`]: per quad two LDR (which may be unaligned), four SXTAB16 and one
+/// STM of A's even, B's even, A's odd and B's odd halfword pairs.
+///
+/// # Safety
+/// `a` and `b` hold `4 quads` readable bytes, `dst` `4 quads` writable words (word-aligned);
+/// `quads` is at least 1.
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+unsafe fn widen_pair(a: *const i8, b: *const i8, dst: *mut u32, quads: usize, offset: u32) {
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldr r12, [r0], #4",
+            "ldr lr, [r1], #4",
+            "sxtab16 r4, r3, r12",
+            "sxtab16 r5, r3, lr",
+            "sxtab16 r12, r3, r12, ror #8",
+            "sxtab16 lr, r3, lr, ror #8",
+            "stm r2!, {{r4, r5, r12, lr}}",
+            "subs r8, r8, #1",
+            "bne 2b",
+            inout("r0") a => _,
+            inout("r1") b => _,
+            inout("r2") dst => _,
+            in("r3") offset,
+            inout("r8") quads => _,
+            out("r4") _,
+            out("r5") _,
+            out("r12") _,
+            out("lr") _,
+            options(nostack),
+        );
+    }
+}
+
+/// A pointwise conv with [`WeightLayout::Oc4SplitI16`] weights (see [`pairs_supported`]), on
+/// the M4 two pixels at a time: both pixels' inputs are widened before either's outputs are
+/// written (the order [`Io::Shared`] needs), then up to `CHANNEL_GROUPS` groups a call of
+/// [`pair_rounds`] and of [`prepared_pairs`] per pixel. An odd last pixel runs as both pixels
+/// of its pair (its outputs written twice, the same bytes).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn pointwise_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratch: &mut [u8]) -> Result<(), Error> {
+    let (ic, oc, pixels) = (p.input.c as usize, p.output.c as usize, p.output.h as usize * p.output.w as usize);
+    let (quads, rounds) = (ic / 4, oc.div_ceil(4));
+    let patch = all_scratch_words(scratch);
+    check_pairs(quads, rounds, 4 * quads, patch.len(), weights.len())?;
+    let run = rq.pairs_run(oc).ok_or(Error::BadParameter { layer: 0, what: "split i16 weights without a paired requantization" })?;
+    let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
+    // Written by pair_rounds before prepared_pairs reads it.
+    let mut acc = core::mem::MaybeUninit::<[[i32; 4]; 2 * CHANNEL_GROUPS]>::uninit();
+    let (offset, sums) = (offset_pair(p.input_zp), acc.as_mut_ptr() as *mut [i32; 4]);
+    let mut k = 0;
+    while k < pixels {
+        let (qa, qb) = (io.pixel(k, pixels), io.pixel((k + 1).min(pixels - 1), pixels));
+        // SAFETY: pixels qa and qb (< pixels) have ic input bytes each (check_conv), the patch
+        // 4 quads words (check_pairs).
+        unsafe { widen_pair(input.add(qa * ic), input.add(qb * ic), patch.as_mut_ptr(), quads, offset) };
+        let mut group = 0;
+        while group < rounds {
+            let n = (rounds - group).min(CHANNEL_GROUPS);
+            let first = 4 * group;
+            let part = run.from(first, (4 * n).min(oc - first));
+            // SAFETY: groups group..group + n have 8 quads words each and `acc` holds 2 n
+            // groups (check_pairs, CHANNEL_GROUPS); the requantization is prepared for
+            // first + 2 part.pairs <= oc channels (pairs_run: oc even), and output pixels qa
+            // and qb have oc bytes each (the caller's checks).
+            unsafe {
+                pair_rounds(patch.as_ptr(), weights.as_ptr().add(8 * quads * group), quads, sums, n);
+                prepared_pairs(sums as *const i32, output.add(qa * oc + first), &part);
+                prepared_pairs(sums.add(n) as *const i32, output.add(qb * oc + first), &part);
+            }
+            group += n;
+        }
+        k += 2;
+    }
+    Ok(())
+}
+
+/// Portable [`pointwise_pairs`]: the same outputs, a pixel at a time.
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn pointwise_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratch: &mut [u8]) -> Result<(), Error> {
+    let (ic, oc, pixels) = (p.input.c as usize, p.output.c as usize, p.output.h as usize * p.output.w as usize);
+    let (quads, rounds, offset) = (ic / 4, oc.div_ceil(4), offset_pair(p.input_zp));
+    let patch = all_scratch_words(scratch);
+    check_pairs(quads, rounds, 4 * quads, patch.len(), weights.len())?;
+    let patch = &mut patch[..2 * quads];
+    let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
+    for k in 0..pixels {
+        let q = io.pixel(k, pixels);
+        widen(sub(io.input(), q * ic, ic), offset, patch);
+        for first_group in (0..rounds).step_by(CHANNEL_GROUPS) {
+            let n = (rounds - first_group).min(CHANNEL_GROUPS);
+            for (g, a) in acc.iter_mut().take(n).enumerate() {
+                let at = 8 * quads * (first_group + g);
+                *a = dot_oc4_split(patch, weights.get(at..at + 8 * quads).unwrap_or(&[]));
+            }
+            let first = 4 * first_group;
+            let len = (4 * n).min(oc - first);
+            rq.channels(acc.as_flattened(), first, io.output(q * oc + first, len));
+        }
+    }
+    Ok(())
+}
+
+/// Four channels' sums of one patch with a group's [`WeightLayout::Oc4SplitI16`] weights.
+#[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+fn dot_oc4_split(patch: &[u32], weights: &[u32]) -> [i32; 4] {
+    let mut a = [0i32; 4];
+    for (p, w) in patch.chunks_exact(2).zip(weights.chunks_exact(8)) {
+        for (c, a) in a.iter_mut().enumerate() {
+            *a = smlad(p[1], w[4 + c], smlad(p[0], w[c], *a));
+        }
+    }
+    a
+}
+
+/// The patch scratch (`patch_words`, of `need`) and the weights (`weight_words`, for `rounds`
+/// groups of `quads` quads) that [`pointwise_pairs`] reads.
+fn check_pairs(quads: usize, rounds: usize, need: usize, patch_words: usize, weight_words: usize) -> Result<(), Error> {
+    if patch_words < need {
+        return Err(Error::BufferSize { expected: 4 * need, found: 4 * patch_words });
+    }
+    if quads == 0 || weight_words < 8 * quads * rounds {
+        return Err(Error::BadParameter { layer: 0, what: "split i16 weights do not cover the conv" });
+    }
+    Ok(())
+}
+
 /// Portable [`dot_rounds_i16`]: the same sums.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
 fn dot_rounds_i16<const ADVANCE: bool>(patch: &[u32], weights: &[u32], quads: usize, acc: &mut [[i32; 4]]) {
@@ -1078,7 +1331,7 @@ fn group_words(layout: WeightLayout, taps: usize) -> usize {
 
 /// Weights in an OC4 layout, word-aligned.
 pub fn conv2d_s8_fast_supported(p: &Conv2d) -> bool {
-    p.layout.is_oc4() && words(p.weights).is_some()
+    (p.layout.is_oc4() || pairs_supported(p)) && words(p.weights).is_some()
 }
 
 pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
@@ -1089,12 +1342,13 @@ pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
         WeightLayout::Oc4Int4 => blocked_scratch_bytes(patch_words(taps), pixels, taps, 1),
         _ => None,
     };
-    prep_scratch_bytes(p.output.c as usize) + blocked.unwrap_or(4 * patch_words(taps) + 3)
+    let patches = if p.layout == WeightLayout::Oc4SplitI16 { 2 } else { 1 };
+    prep_scratch_bytes(p.output.c as usize) + blocked.unwrap_or(4 * patches * patch_words(taps) + 3)
 }
 
 /// VALID convolutions whose kernel rows are whole quads of input bytes: the fused kernels' patches.
 fn conv_rows_in_quads(p: &Conv2d) -> bool {
-    p.padding == Padding::Valid && conv2d_s8_fast_supported(p) && (p.kernel_w as usize * p.input.c as usize).is_multiple_of(4)
+    p.padding == Padding::Valid && p.layout.is_oc4() && conv2d_s8_fast_supported(p) && (p.kernel_w as usize * p.input.c as usize).is_multiple_of(4)
 }
 
 /// Build the widened patch of output pixel `(oy, ox)` of a VALID conv whose kernel rows are
@@ -1306,6 +1560,28 @@ fn is_pointwise(p: &Conv2d) -> bool {
     p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && p.input.c.is_multiple_of(4)
 }
 
+/// A conv with [`WeightLayout::Oc4SplitI16`] weights that [`pointwise_pairs`] runs: a
+/// pointwise one (the only convs the writer gives them).
+fn pairs_supported(p: &Conv2d) -> bool {
+    p.layout == WeightLayout::Oc4SplitI16 && is_pointwise(p) && paired_requant(p)
+}
+
+/// Whether [`prepared_pairs`] requantizes all of a conv's channels (an even count, Right or
+/// Wide, the full int8 range): [`pointwise_pairs`] has no other requantization. The reference
+/// kernel runs split weights without it.
+fn paired_requant(p: &Conv2d) -> bool {
+    pairs_requantize(&p.requant, p.bias, p.output.c as usize, p.input.c as usize)
+}
+
+/// Whether the two-pixel pointwise kernel can requantize `channels` channels of `taps` taps
+/// with `requant` and `bias`: the writer gives [`WeightLayout::Oc4SplitI16`] only to the
+/// pointwise convs where it can (elsewhere the plan would run them with the reference kernel).
+pub fn pairs_requantize(requant: &Requant, bias: I32Le, channels: usize, taps: usize) -> bool {
+    let rq = Requantizer::new(requant, bias, taps);
+    let full = (requant.act_min, requant.act_max) == (i8::MIN, i8::MAX);
+    channels.is_multiple_of(2) && full && rq.sections >= channels && matches!(rq.fast, Some(Fast::Right | Fast::Wide))
+}
+
 /// `quads` quads of int8 from `src` widened to `dst` with `offset` added (a pointwise conv's
 /// patch, a row of a window), on the M4: two quads a pass (two LDR, which may be unaligned, four
 /// SXTAB16, one STM; an odd count widens its first quad alone).
@@ -1429,6 +1705,14 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let stored = p.layout.stored_taps(taps);
     let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
     let (rq, scratch) = Requantizer::prepared(&p.requant, p.bias, taps, scratch, 4 * wpp + 3);
+    if p.layout == WeightLayout::Oc4SplitI16 {
+        // The requantization is checked where it is prepared (`pairs_run`: the plan gives these
+        // weights to this kernel only where it is paired, see `pairs_supported`).
+        if !is_pointwise(p) {
+            return Err(Error::BadParameter { layer: 0, what: "split i16 weights on a conv that is not pointwise" });
+        }
+        return pointwise_pairs(p, io, weights, &rq, scratch);
+    }
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
     let window = Window::new(p, is_pointwise(p) && stored == taps);
     if !b.widen {
@@ -1525,7 +1809,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
 /// it needs, so output row `r` may be written over input row `r`:
 /// `kernel_h(B) >= top_pad(A) + top_pad(B) + 1`.
 pub fn residual_block_s8_fast_supported(a: &Conv2d, b: &Conv2d, add: &Add) -> bool {
-    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && conv2d_s8_fast_supported(p);
+    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && p.layout.is_oc4() && conv2d_s8_fast_supported(p);
     let h = a.input.h as usize;
     let (ta, tb) = (a.padding.leading(h, a.kernel_h as usize, 1, h), b.padding.leading(h, b.kernel_h as usize, 1, h));
     keeps_size(a) && keeps_size(b) && b.input == a.output && b.output == a.input && add_s8_fast_supported(add) && a.input.len() == Ok(add.len) && b.kernel_h as usize > ta + tb
