@@ -1561,16 +1561,11 @@ fn is_pointwise(p: &Conv2d) -> bool {
 }
 
 /// A conv with [`WeightLayout::Oc4SplitI16`] weights that [`pointwise_pairs`] runs: a
-/// pointwise one (the only convs the writer gives them).
+/// pointwise one (the only convs the writer gives them) whose requantization
+/// [`prepared_pairs`] does for all its channels ([`pointwise_pairs`] has no other; the
+/// reference kernel runs split weights without it).
 fn pairs_supported(p: &Conv2d) -> bool {
-    p.layout == WeightLayout::Oc4SplitI16 && is_pointwise(p) && paired_requant(p)
-}
-
-/// Whether [`prepared_pairs`] requantizes all of a conv's channels (an even count, Right or
-/// Wide, the full int8 range): [`pointwise_pairs`] has no other requantization. The reference
-/// kernel runs split weights without it.
-fn paired_requant(p: &Conv2d) -> bool {
-    pairs_requantize(&p.requant, p.bias, p.output.c as usize, p.input.c as usize)
+    p.layout == WeightLayout::Oc4SplitI16 && is_pointwise(p) && pairs_requantize(&p.requant, p.bias, p.output.c as usize, p.input.c as usize)
 }
 
 /// Whether the two-pixel pointwise kernel can requantize `channels` channels of `taps` taps
@@ -1969,10 +1964,12 @@ pub fn conv2d_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], output: 
             conv_patch(conv, input, py * sh + slot / kw.max(1), px * sw + slot % kw.max(1), input_offset, patch);
         }
         for (g, stored_group) in weights.chunks_exact(group_words(conv.layout, taps).max(1)).enumerate() {
-            if b.widen {
+            let group_weights = if b.widen {
                 widen_any(conv.layout, stored_group, b.wide);
-            }
-            let group_weights = if b.widen { &*b.wide } else { stored_group };
+                &*b.wide
+            } else {
+                stored_group
+            };
             for (i, group) in b.patches.chunks_exact((window * wpp).max(1)).take(count).enumerate() {
                 let mut max = [i32::MIN; 4];
                 for patch in group.chunks_exact(wpp) {
