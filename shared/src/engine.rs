@@ -390,7 +390,10 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>
     if let Some((a, b, add, x_first)) = optimized.then(|| residual_at(model, i, layer)).flatten() {
         let scratch = Buffer { len: fast::residual_block_s8_fast_scratch_bytes(&a, &b) as u32, ..Buffer::NONE };
         let (op, output) = (i as u8, model.op_record(i + 2).output);
-        let kernel = Kernel::Residual { a, aux: 0, x_first };
+        let mut kernel = Kernel::Residual { a, aux: 0, x_first };
+        plan_requant(&mut kernel);
+        let mut b = b;
+        plan_conv_requant(&mut b);
         return Ok((Step { first: op, last: op + 2, kernel, inputs: rec.inputs, output, scratch, in_place: None }, Some((b, add))));
     }
     let next = if optimized && i + 1 < model.op_count() && fusable(model, i) { Some(model.op(i + 1)?) } else { None };
@@ -413,9 +416,27 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>
         }
         _ => (i, Kernel::Reference(layer)),
     };
+    let mut kernel = kernel;
+    plan_requant(&mut kernel);
     let output = model.op_record(last).output;
     let scratch = Buffer { len: step_scratch_bytes(&kernel) as u32, ..Buffer::NONE };
     Ok((Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch, in_place: None }, None))
+}
+
+/// Choose the requantization form of a fast kernel's conv, FC or depthwise conv once, for
+/// every inference (see [`fast::plan_requant`]).
+fn plan_requant(kernel: &mut Kernel) {
+    match kernel {
+        Kernel::Conv(c) | Kernel::ConvMaxPool(c, _) | Kernel::WinogradMaxPool(c, _) | Kernel::Conv1ChannelMaxPool(c, _) | Kernel::Residual { a: c, .. } => plan_conv_requant(c),
+        Kernel::FullyConnected(f) => fast::plan_requant(&mut f.requant, f.bias, f.input_len),
+        Kernel::Depthwise(d) => fast::plan_requant(&mut d.requant, d.bias, d.kernel_h as usize * d.kernel_w as usize),
+        _ => {}
+    }
+}
+
+fn plan_conv_requant(c: &mut Conv2d) {
+    let taps = c.kernel_h as usize * c.kernel_w as usize * c.input.c as usize;
+    fast::plan_requant(&mut c.requant, c.bias, taps);
 }
 
 /// Ops `i..=i + 2` as one residual block (conv A on X, conv B on A's output only, ADD of B's

@@ -865,7 +865,7 @@ fn weight_layout(i: u16, rec: &OpRecord) -> Result<WeightLayout, Error> {
 fn requant<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, channels: usize, values: Values) -> Result<Requant<'a>, Error> {
     let multipliers = I32Le::new(section(payload, i, rec.multipliers, "multipliers", 4 * channels)?);
     let shifts = I32Le::new(section(payload, i, rec.shifts, "shifts", 4 * channels)?);
-    let requant = Requant { multipliers, shifts, output_zp: io.output.zero_point, act_min: rec.act_min, act_max: rec.act_max };
+    let requant = Requant::new(multipliers, shifts, io.output.zero_point, rec.act_min, rec.act_max);
     if values == Values::Trusted {
         return Ok(requant);
     }

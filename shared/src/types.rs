@@ -135,6 +135,15 @@ pub struct Requant<'a> {
     pub output_zp: i32,
     pub act_min: i8,
     pub act_max: i8,
+    /// The fast requantization the engine's plan chose for the kernel that runs this layer
+    /// (`kernels::fast::plan_requant`); None until then, and a fast kernel chooses at each call.
+    pub(crate) planned: Option<Option<crate::kernels::fast::Fast>>,
+}
+
+impl<'a> Requant<'a> {
+    pub const fn new(multipliers: I32Le<'a>, shifts: I32Le<'a>, output_zp: i32, act_min: i8, act_max: i8) -> Self {
+        Requant { multipliers, shifts, output_zp, act_min, act_max, planned: None }
+    }
 }
 
 impl Requant<'_> {

@@ -319,7 +319,7 @@ fn one_channel_kernel(r: &OpRecord, taps: usize) -> bool {
 fn pairs_requantize(r: &OpRecord, weights: &Weights, multipliers: &[i32], shifts: &[i32], output: QParams, taps: usize) -> bool {
     let bytes = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (m, s, b) = (bytes(multipliers), bytes(shifts), bytes(&weights.bias));
-    let requant = lepton_nn::Requant { multipliers: lepton_nn::I32Le::new(&m), shifts: lepton_nn::I32Le::new(&s), output_zp: output.zero_point, act_min: r.act_min, act_max: r.act_max };
+    let requant = lepton_nn::Requant::new(lepton_nn::I32Le::new(&m), lepton_nn::I32Le::new(&s), output.zero_point, r.act_min, r.act_max);
     lepton_nn::kernels::fast::pairs_requantize(&requant, lepton_nn::I32Le::new(&b), weights.scales.len(), taps)
 }
 

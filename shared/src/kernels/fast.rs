@@ -861,11 +861,23 @@ fn accumulator_bound(bias: i64, taps: usize) -> i64 {
 /// near ±2^30 and shifts of -26 to -31), so [`requant_n`]'s paired loop takes the product in 64
 /// bits (SMULL) and rounds it to its bits 31..62; a dead channel's product is 0 whatever its
 /// shift, and so is what the rounding shift makes of it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fast {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fast {
     Right,
     Wide,
     Any,
+}
+
+/// `r`'s fast form for a kernel of `taps` taps an output: the plan's choice, or made now.
+fn requant_form(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
+    r.planned.unwrap_or_else(|| fast_requant(r, bias, taps))
+}
+
+/// Choose `r`'s fast form once, as the engine plans (a scan of every channel that would
+/// otherwise run at every call: 6% of AD's autoencoder). `taps` must be what the kernel that
+/// runs it passes to [`requant_form`]: a conv's `kh kw ic`, a depthwise conv's `kh kw`.
+pub(crate) fn plan_requant(r: &mut Requant, bias: I32Le, taps: usize) {
+    r.planned = Some(fast_requant(r, bias, taps));
 }
 
 #[inline(never)]
@@ -961,7 +973,7 @@ fn prep_scratch_bytes(channels: usize) -> usize {
 impl<'r> Requantizer<'r> {
     fn new(requant: &'r Requant<'r>, bias: I32Le<'r>, taps: usize) -> Self {
         let sections = bias.len().min(requant.multipliers.len()).min(requant.shifts.len());
-        Requantizer { requant, bias, fast: fast_requant(requant, bias, taps), sections, prep: &[] }
+        Requantizer { requant, bias, fast: requant_form(requant, bias, taps), sections, prep: &[] }
     }
 
     /// [`Requantizer::new`] for a kernel with many pixels: where the paired loop of
@@ -1699,7 +1711,9 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     let (oh, ow, oc) = (p.output.h as usize, p.output.w as usize, p.output.c as usize);
     let stored = p.layout.stored_taps(taps);
     let (wpp, pixels) = (patch_words(stored).max(1), oh * ow);
-    let (rq, scratch) = Requantizer::prepared(&p.requant, p.bias, taps, scratch, 4 * wpp + 3);
+    // int4 weights are always widened: the prepared requantization leaves room for that too.
+    let wide = if p.layout == WeightLayout::Oc4Int4 { 2 * stored } else { 0 };
+    let (rq, scratch) = Requantizer::prepared(&p.requant, p.bias, taps, scratch, 4 * (wpp + wide) + 3);
     if p.layout == WeightLayout::Oc4SplitI16 {
         // The requantization is checked where it is prepared (`pairs_run`: the plan gives these
         // weights to this kernel only where it is paired, see `pairs_supported`).
@@ -2174,7 +2188,7 @@ pub fn conv2d_c1_maxpool_s8_fast(conv: &Conv2d, pool: &Pool, input: &[i8], outpu
     let zp = conv.input_zp;
     // The SMMULR form where it is exact (one clamp to both the conv's and the pool's range:
     // clamping twice to two ranges is clamping once to their intersection).
-    let right = fast_requant(&conv.requant, conv.bias, taps) == Some(Fast::Right) && conv.requant.act_min.max(pool.act_min) <= conv.requant.act_max.min(pool.act_max);
+    let right = requant_form(&conv.requant, conv.bias, taps) == Some(Fast::Right) && conv.requant.act_min.max(pool.act_min) <= conv.requant.act_max.min(pool.act_max);
     for py in 0..ph {
         // The patches of every conv pixel under every pooling window of this row.
         for (n, patch) in patches.chunks_exact_mut(pairs).enumerate() {
@@ -2314,7 +2328,7 @@ pub fn depthwise_conv2d_s8_fast_supported(p: &DepthwiseConv2d) -> bool {
 #[inline(always)]
 fn depthwise_fast_shape(p: &DepthwiseConv2d) -> bool {
     let taps = p.kernel_h as usize * p.kernel_w as usize;
-    p.depth_multiplier == 1 && p.input.c.is_multiple_of(4) && (p.requant.act_min, p.requant.act_max) == (i8::MIN, i8::MAX) && fast_requant(&p.requant, p.bias, taps) == Some(Fast::Right)
+    p.depth_multiplier == 1 && p.input.c.is_multiple_of(4) && (p.requant.act_min, p.requant.act_max) == (i8::MIN, i8::MAX) && requant_form(&p.requant, p.bias, taps) == Some(Fast::Right)
 }
 
 /// Channel groups per requantization call of the direct conv (their sums sit on the stack).
@@ -2823,7 +2837,7 @@ fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, tabl
 // Fully connected with Oc4Quads weights
 
 pub fn fully_connected_s8_fast_supported(p: &FullyConnected) -> bool {
-    p.layout.is_oc4() && p.input_len.is_multiple_of(4) && words(p.weights).is_some()
+    p.layout.is_oc4() && p.input_len.is_multiple_of(4) && words(p.weights).is_some() && as_pointwise(p).is_some()
 }
 
 pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
@@ -2832,32 +2846,31 @@ pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
     4 * (patch_words(stored) + wide) + 3
 }
 
+/// A fully connected layer as the 1x1 conv of one pixel it is (same weight layouts): the conv
+/// kernel sums up to [`CHANNEL_GROUPS`] groups in one loop and requantizes them in one call,
+/// where a call per group of four cost AD's autoencoder a fifth of its cycles. None where the
+/// sizes leave a conv's shape.
+fn as_pointwise<'a>(p: &FullyConnected<'a>) -> Option<Conv2d<'a>> {
+    let (input, output) = (u16::try_from(p.input_len).ok()?, u16::try_from(p.output_len).ok()?);
+    Some(Conv2d {
+        input: Shape::new(1, 1, input),
+        output: Shape::new(1, 1, output),
+        kernel_h: 1,
+        kernel_w: 1,
+        stride_h: 1,
+        stride_w: 1,
+        padding: Padding::Valid,
+        input_zp: p.input_zp,
+        weights: p.weights,
+        layout: p.layout,
+        bias: p.bias,
+        requant: p.requant,
+    })
+}
+
 pub fn fully_connected_s8_fast(p: &FullyConnected, input: &[i8], output: &mut [i8], scratch: &mut [u8]) -> Result<(), Error> {
-    expect_len(input.len(), p.input_len)?;
-    expect_len(output.len(), p.output_len)?;
-    expect_len(p.weights.len(), p.layout.bytes(p.output_len, p.input_len).unwrap_or(usize::MAX))?;
-    expect_len(p.bias.len(), p.output_len)?;
-    let weights = words(p.weights).ok_or(Error::BadParameter { layer: 0, what: "weights not word-aligned" })?;
-    let stored = p.layout.stored_taps(p.input_len);
-    let int4 = p.layout == WeightLayout::Oc4Int4;
-    // The patch, then (int4) one group's widened weights.
-    let all = scratch_words(scratch, patch_words(stored) + if int4 { 2 * stored } else { 0 })?;
-    let (patch, wide) = all.split_at_mut_checked(patch_words(stored)).ok_or(Error::BufferSize { expected: patch_words(stored), found: 0 })?;
-    let rq = Requantizer::new(&p.requant, p.bias, p.input_len);
-    widen(input, offset_pair(p.input_zp), patch);
-    for w in patch.get_mut(p.input_len / 2..).unwrap_or(&mut []) {
-        *w = 0; // the stored taps beyond the inputs (int4 octets)
-    }
-    for (g, w) in weights.chunks_exact(group_words(p.layout, p.input_len).max(1)).enumerate() {
-        let acc = if int4 {
-            widen_group_int4(w, wide);
-            int4_sums(p.layout, dot_oc4_i16(patch, wide))
-        } else {
-            dot_oc4(patch, w, p.layout)
-        };
-        rq.group(acc, g, output);
-    }
-    Ok(())
+    let conv = as_pointwise(p).ok_or(Error::BadParameter { layer: 0, what: "fully connected too wide for the fast kernel" })?;
+    conv2d_s8_fast_io(&conv, &mut Io::Apart { input, output }, scratch)
 }
 
 #[cfg(test)]
@@ -2932,7 +2945,7 @@ mod tests {
         };
         let choose = |bias: [i32; 2], multipliers: [i32; 2], shifts: [i32; 2]| {
             let (b, m, s) = (le(bias), le(multipliers), le(shifts));
-            let r = Requant { multipliers: I32Le::new(&m), shifts: I32Le::new(&s), output_zp: 0, act_min: -128, act_max: 127 };
+            let r = Requant::new(I32Le::new(&m), I32Le::new(&s), 0, -128, 127);
             fast_requant(&r, I32Le::new(&b), 64)
         };
         let m = 1 << 30;
