@@ -642,9 +642,6 @@ fn conv2d<'a>(payload: &'a [u8], i: u16, rec: &OpRecord, io: &Io, values: Values
     if winograd && (rec.kernel_h, rec.kernel_w, rec.stride_h, rec.stride_w) != (3, 3, 1, 1) {
         return Err(Error::BadParameter { layer: i, what: "Winograd weights need a 3x3 kernel with stride 1" });
     }
-    if layout == WeightLayout::Oc4SplitI16 && (rec.kernel_h, rec.kernel_w, rec.stride_h, rec.stride_w) != (1, 1, 1, 1) {
-        return Err(Error::BadParameter { layer: i, what: "split i16 weights need a 1x1 kernel with stride 1" });
-    }
     let weights = section(payload, i, rec.weights, "weights", layout.bytes(channels, taps).ok_or(Error::SizeOverflow)?)?;
     let bias = I32Le::new(section(payload, i, rec.bias, "bias", 4 * channels)?);
     if values == Values::Check {

@@ -418,6 +418,28 @@ proptest! {
         prop_assert_eq!(&shared[output.clone()], &want[..], "in place: {} -> {} bytes, reverse {}, output {:?}", n_in, n_out, reverse, output);
     }
 
+    /// Split i16 weights on any kernel, stride, padding and channel count (taps padded to whole
+    /// quads; the two-pixel kernel with im2col patches, built apart or straight from the input
+    /// where both windows lie inside it), equal to the naive definition.
+    #[test]
+    fn split_conv_of_any_geometry_matches_naive(
+        c in (1usize..=9, 1usize..=9, 1usize..=8, 1usize..=10, 1usize..=4, 1usize..=3, 1usize..=2, 1usize..=2, any::<bool>())
+            .prop_filter("VALID needs kernel <= input", |&(h, w, _, _, kh, kw, _, _, same)| same || (kh <= h && kw <= w))
+            .prop_flat_map(|(h, w, ci, half, kh, kw, sh, sw, same)| conv_values((h, w, ci, 2 * half, (kh, kw), (sh, sw), same), 1i32 << 30..=i32::MAX, -20..=-1))
+            .prop_map(|mut c| { c.act = (i8::MIN, i8::MAX); c }),
+    ) {
+        let layout = WeightLayout::Oc4SplitI16;
+        let b = build(&c, layout);
+        let p = conv_params(&c, &b, layout);
+        prop_assert!(conv2d_s8_fast_supported(&p));
+        let want = naive_conv(&c);
+        let mut out = vec![0i8; want.len()];
+        let mut scratch = vec![0u8; conv2d_s8_fast_scratch_bytes(&p)];
+        conv2d_s8_fast(&p, &c.input, &mut out, &mut scratch).unwrap();
+        prop_assert_eq!(&out, &want);
+        prop_assert_eq!(reference_conv_pool(&p, None, &c.input), want);
+    }
+
     /// Any kernel, stride, padding and channel count (taps padded to whole quads), right or left
     /// shifts (the prepared requantization or TFLM's general one).
     #[test]

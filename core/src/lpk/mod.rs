@@ -202,11 +202,19 @@ impl QModel {
     /// A 3x3 stride-1 VALID conv whose output only a 2x2 stride-2 VALID max-pool reads (the
     /// Winograd kernel's shape).
     fn winograd_fits(&self, node: &QNode, w: &Window) -> bool {
-        let readers: Vec<&QNode> = self.nodes.iter().filter(|n| n.inputs.contains(&node.output)).collect();
-        let pooled = matches!(readers.as_slice(), [n] if matches!(&n.op, QOp::MaxPool2d { window: p, .. }
-            if (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.padding) == (2, 2, 2, 2, Padding::Valid)));
+        let pooled = matches!(self.only_reader(node), Some(QOp::MaxPool2d { window: p, .. })
+            if (p.kernel_h, p.kernel_w, p.stride_h, p.stride_w, p.padding) == (2, 2, 2, 2, Padding::Valid));
         let quads = node.inputs.first().is_some_and(|&t| self.tensors[t].shape.c.is_multiple_of(4));
         (w.kernel_h, w.kernel_w, w.stride_h, w.stride_w, w.padding) == (3, 3, 1, 1, Padding::Valid) && pooled && quads && node.output != self.output
+    }
+
+    /// The op of the one node that reads `node`'s output, if one alone does.
+    fn only_reader(&self, node: &QNode) -> Option<&QOp> {
+        let mut readers = self.nodes.iter().filter(|n| n.inputs.contains(&node.output));
+        match (readers.next(), readers.next()) {
+            (Some(n), None) => Some(&n.op),
+            _ => None,
+        }
     }
 
     fn op_record(&self, node: &QNode, packing: Packing, tables: usize, data: &mut Vec<u8>) -> Result<OpRecord> {
@@ -230,14 +238,17 @@ impl QModel {
             QOp::Conv2d { window, weights, activation } => {
                 set_window(&mut r, window);
                 let packing = if packing == Packing::Fast && self.winograd_fits(node, window) { Packing::Fast } else { packing.direct(false, weights) };
-                set_weights(&mut r, weights, *activation, input.q, out, Some(packing), tables, data)?;
+                // A conv that a max-pool alone reads keeps the layouts of the fused conv+pool
+                // kernels (the two-pixel kernel would cost the pooled map's RAM).
+                let pairs = !matches!(self.only_reader(node), Some(QOp::MaxPool2d { .. }));
+                set_weights(&mut r, weights, *activation, input.q, out, Some(packing), pairs, tables, data)?;
             }
             QOp::DepthwiseConv2d { window, depth_multiplier, weights, activation } => {
                 set_window(&mut r, window);
                 r.depth_multiplier = *depth_multiplier;
-                set_weights(&mut r, weights, *activation, input.q, out, None, tables, data)?;
+                set_weights(&mut r, weights, *activation, input.q, out, None, false, tables, data)?;
             }
-            QOp::FullyConnected { weights, activation } => set_weights(&mut r, weights, *activation, input.q, out, Some(packing.direct(true, weights)), tables, data)?,
+            QOp::FullyConnected { weights, activation } => set_weights(&mut r, weights, *activation, input.q, out, Some(packing.direct(true, weights)), false, tables, data)?,
             QOp::MaxPool2d { window, activation } | QOp::AvgPool2d { window, activation } => {
                 set_window(&mut r, window);
                 (r.act_min, r.act_max) = activation_range(*activation, out.scale, out.zero_point);
@@ -265,7 +276,8 @@ impl QModel {
 }
 
 /// Weights, bias, multipliers and shifts of a conv, depthwise or fully-connected op.
-/// `packing = None`: the canonical layout only (depthwise).
+/// `packing = None`: the canonical layout only (depthwise); `pairs`: the two-pixel conv kernel
+/// may run it.
 #[allow(clippy::too_many_arguments)]
 fn set_weights(
     r: &mut OpRecord,
@@ -274,6 +286,7 @@ fn set_weights(
     input: QParams,
     output: QParams,
     packing: Option<Packing>,
+    pairs: bool,
     tables: usize,
     data: &mut Vec<u8>,
 ) -> Result<()> {
@@ -290,8 +303,8 @@ fn set_weights(
         _ if one_channel_kernel(r, taps) => WeightLayout::Canonical,
         None | Some(Packing::Canonical) => WeightLayout::Canonical,
         Some(Packing::Int8) => WeightLayout::Oc4Quads,
-        // Pointwise convs the two-pixel kernel runs: its order.
-        Some(Packing::I16) if pointwise(r, taps) && pairs_requantize(r, weights, &multipliers, &shifts, output, taps) => WeightLayout::Oc4SplitI16,
+        // Convs the two-pixel kernel runs: its order.
+        Some(Packing::I16) if pairs && quad_conv(r, taps) && pairs_requantize(r, weights, &multipliers, &shifts, output, taps) => WeightLayout::Oc4SplitI16,
         Some(Packing::I16) => WeightLayout::Oc4PairsI16,
         Some(Packing::Fast) => WeightLayout::Winograd2x2,
         Some(Packing::Int4) => WeightLayout::Oc4Int4,
@@ -314,7 +327,7 @@ fn one_channel_kernel(r: &OpRecord, taps: usize) -> bool {
     r.op == Op::Conv2d as u8 && taps == r.kernel_h as usize * r.kernel_w as usize && taps <= 9 && !taps.is_multiple_of(4)
 }
 
-/// Whether the two-pixel pointwise kernel requantizes this conv's channels (see
+/// Whether the two-pixel conv kernel requantizes this conv's channels (see
 /// `lepton_nn::kernels::fast::pairs_requantize`); `r`'s activation range is set.
 fn pairs_requantize(r: &OpRecord, weights: &Weights, multipliers: &[i32], shifts: &[i32], output: QParams, taps: usize) -> bool {
     let bytes = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -323,9 +336,9 @@ fn pairs_requantize(r: &OpRecord, weights: &Weights, multipliers: &[i32], shifts
     lepton_nn::kernels::fast::pairs_requantize(&requant, lepton_nn::I32Le::new(&b), weights.scales.len(), taps)
 }
 
-/// A 1x1, stride-1 conv over whole quads of input channels.
-fn pointwise(r: &OpRecord, taps: usize) -> bool {
-    r.op == Op::Conv2d as u8 && (r.kernel_h, r.kernel_w, r.stride_h, r.stride_w) == (1, 1, 1, 1) && taps.is_multiple_of(4)
+/// A conv whose taps are whole quads (the two-pixel kernel's patches).
+fn quad_conv(r: &OpRecord, taps: usize) -> bool {
+    r.op == Op::Conv2d as u8 && taps.is_multiple_of(4)
 }
 
 impl Packing {

@@ -652,29 +652,87 @@ unsafe fn widen_pair(a: *const i8, b: *const i8, dst: *mut u32, quads: usize, of
     }
 }
 
-/// A pointwise conv with [`WeightLayout::Oc4SplitI16`] weights (see [`pairs_supported`]), on
-/// the M4 two pixels at a time: both pixels' inputs are widened before either's outputs are
-/// written (the order [`Io::Shared`] needs), then up to `CHANNEL_GROUPS` groups a call of
-/// [`pair_rounds`] and of [`prepared_pairs`] per pixel. An odd last pixel runs as both pixels
-/// of its pair (its outputs written twice, the same bytes).
+/// Two pixels' patches of `2 quads` words each into [`pair_rounds`]' interleaved one (word `j`
+/// of `a` at `2j`, of `b` at `2j + 1`): per quad two LDM and one STM.
+///
+/// # Safety
+/// `a` and `b` hold `2 quads` words, `dst` `4 quads`, all word-aligned; `quads` is at least 1.
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(never)]
-fn pointwise_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratch: &mut [u8]) -> Result<(), Error> {
+unsafe fn interleave(a: *const u32, b: *const u32, dst: *mut u32, quads: usize) {
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        core::arch::asm!(
+            "2:",
+            "ldm r0!, {{r4, r8}}",
+            "ldm r1!, {{r5, r9}}",
+            "stm r2!, {{r4, r5, r8, r9}}",
+            "subs r3, r3, #1",
+            "bne 2b",
+            inout("r0") a => _,
+            inout("r1") b => _,
+            inout("r2") dst => _,
+            inout("r3") quads => _,
+            out("r4") _,
+            out("r5") _,
+            out("r8") _,
+            out("r9") _,
+            options(nostack),
+        );
+    }
+}
+
+/// A conv with [`WeightLayout::Oc4SplitI16`] weights (see [`pairs_supported`]), on the M4 two
+/// pixels at a time: both pixels' patches are built before either's outputs are written (the
+/// order [`Io::Shared`] needs; a pointwise conv's by [`widen_pair`] straight from its inputs,
+/// any other's by [`pixel_patch`] each, then interleaved), then up to `CHANNEL_GROUPS` groups
+/// a call of [`pair_rounds`] and of [`prepared_pairs`] per pixel. An odd last pixel runs as
+/// both pixels of its pair (its outputs written twice, the same bytes).
+#[cfg(all(target_arch = "arm", feature = "dsp"))]
+#[inline(never)]
+fn conv_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratch: &mut [u8]) -> Result<(), Error> {
     let (ic, oc, pixels) = (p.input.c as usize, p.output.c as usize, p.output.h as usize * p.output.w as usize);
-    let (quads, rounds) = (ic / 4, oc.div_ceil(4));
+    let (quads, rounds) = (p.layout.stored_taps(p.kernel_h as usize * p.kernel_w as usize * ic) / 4, oc.div_ceil(4));
+    let window = Window::new(p, is_pointwise(p));
+    let kh = p.kernel_h as usize;
+    let rows_in_quads = window.row > 0 && window.row.is_multiple_of(4) && kh * window.row == 4 * quads;
     let patch = all_scratch_words(scratch);
-    check_pairs(quads, rounds, 4 * quads, patch.len(), weights.len())?;
+    check_pairs(quads, rounds, if window.pointwise { 4 * quads } else { 8 * quads }, patch.len(), weights.len())?;
+    let (pair, singles) = patch.split_at_mut_checked(4 * quads).ok_or(Error::BufferSize { expected: 4 * quads, found: 0 })?;
+    // Each pixel's patch, exactly its 2 quads words (pixel_patch's layout depends on it).
+    let (one, other) = singles.split_at_mut_checked(singles.len().min(2 * quads)).unwrap_or((&mut [], &mut []));
+    let other = other.get_mut(..2 * quads).unwrap_or(&mut []);
     let run = rq.pairs_run(oc).ok_or(Error::BadParameter { layer: 0, what: "split i16 weights without a paired requantization" })?;
+    let in_len = io.input().len();
     let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
     // Written by pair_rounds before prepared_pairs reads it.
     let mut acc = core::mem::MaybeUninit::<[[i32; 4]; 2 * CHANNEL_GROUPS]>::uninit();
-    let (offset, sums) = (offset_pair(p.input_zp), acc.as_mut_ptr() as *mut [i32; 4]);
+    let sums = acc.as_mut_ptr() as *mut [i32; 4];
     let mut k = 0;
     while k < pixels {
         let (qa, qb) = (io.pixel(k, pixels), io.pixel((k + 1).min(pixels - 1), pixels));
-        // SAFETY: pixels qa and qb (< pixels) have ic input bytes each (check_conv), the patch
-        // 4 quads words (check_pairs).
-        unsafe { widen_pair(input.add(qa * ic), input.add(qb * ic), patch.as_mut_ptr(), quads, offset) };
+        if window.pointwise {
+            // SAFETY: pixels qa and qb (< pixels) have ic input bytes each (check_conv), the
+            // patch 4 quads words (check_pairs).
+            unsafe { widen_pair(input.add(qa * ic), input.add(qb * ic), pair.as_mut_ptr(), quads, window.offset) };
+        } else if let (true, Some(sa), Some(sb)) = (rows_in_quads, window.inside(qa), window.inside(qb)) {
+            // Both windows inside the input: each window row of both pixels by one call.
+            for ky in 0..kh {
+                // SAFETY: row ky of both windows (row bytes from start + ky pitch, inside the
+                // input: Window::inside, check_conv) widens to pair words ky row.. (ky + 1) row
+                // <= 4 quads (stored taps = kh row, rows in quads); row / 4 >= 1.
+                unsafe { widen_pair(input.add(sa + ky * window.pitch), input.add(sb + ky * window.pitch), pair.as_mut_ptr().add(ky * window.row), window.row / 4, window.offset) };
+            }
+        } else {
+            // SAFETY: the input's in_len bytes are only read, and nothing is written while the
+            // patches are built from them.
+            let x = unsafe { core::slice::from_raw_parts(input, in_len) };
+            pixel_patch(&window, x, qa, one);
+            pixel_patch(&window, x, qb, other);
+            // SAFETY: both patches hold 2 quads words (check_pairs: 8 quads words in all), the
+            // pair 4 quads; quads is at least 1.
+            unsafe { interleave(one.as_ptr(), other.as_ptr(), pair.as_mut_ptr(), quads) };
+        }
         let mut group = 0;
         while group < rounds {
             let n = (rounds - group).min(CHANNEL_GROUPS);
@@ -685,7 +743,7 @@ fn pointwise_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, s
             // first + 2 part.pairs <= oc channels (pairs_run: oc even), and output pixels qa
             // and qb have oc bytes each (the caller's checks).
             unsafe {
-                pair_rounds(patch.as_ptr(), weights.as_ptr().add(8 * quads * group), quads, sums, n);
+                pair_rounds(pair.as_ptr(), weights.as_ptr().add(8 * quads * group), quads, sums, n);
                 prepared_pairs(sums as *const i32, output.add(qa * oc + first), &part);
                 prepared_pairs(sums.add(n) as *const i32, output.add(qb * oc + first), &part);
             }
@@ -696,18 +754,19 @@ fn pointwise_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, s
     Ok(())
 }
 
-/// Portable [`pointwise_pairs`]: the same outputs, a pixel at a time.
+/// Portable [`conv_pairs`]: the same outputs, a pixel at a time.
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn pointwise_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratch: &mut [u8]) -> Result<(), Error> {
-    let (ic, oc, pixels) = (p.input.c as usize, p.output.c as usize, p.output.h as usize * p.output.w as usize);
-    let (quads, rounds, offset) = (ic / 4, oc.div_ceil(4), offset_pair(p.input_zp));
+fn conv_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratch: &mut [u8]) -> Result<(), Error> {
+    let (oc, pixels) = (p.output.c as usize, p.output.h as usize * p.output.w as usize);
+    let (quads, rounds) = (p.layout.stored_taps(p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize) / 4, oc.div_ceil(4));
+    let window = Window::new(p, is_pointwise(p));
     let patch = all_scratch_words(scratch);
-    check_pairs(quads, rounds, 4 * quads, patch.len(), weights.len())?;
+    check_pairs(quads, rounds, if window.pointwise { 4 * quads } else { 8 * quads }, patch.len(), weights.len())?;
     let patch = &mut patch[..2 * quads];
     let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
     for k in 0..pixels {
         let q = io.pixel(k, pixels);
-        widen(sub(io.input(), q * ic, ic), offset, patch);
+        pixel_patch(&window, io.input(), q, patch);
         for first_group in (0..rounds).step_by(CHANNEL_GROUPS) {
             let n = (rounds - first_group).min(CHANNEL_GROUPS);
             for (g, a) in acc.iter_mut().take(n).enumerate() {
@@ -735,7 +794,7 @@ fn dot_oc4_split(patch: &[u32], weights: &[u32]) -> [i32; 4] {
 }
 
 /// The patch scratch (`patch_words`, of `need`) and the weights (`weight_words`, for `rounds`
-/// groups of `quads` quads) that [`pointwise_pairs`] reads.
+/// groups of `quads` quads) that [`conv_pairs`] reads.
 fn check_pairs(quads: usize, rounds: usize, need: usize, patch_words: usize, weight_words: usize) -> Result<(), Error> {
     if patch_words < need {
         return Err(Error::BufferSize { expected: 4 * need, found: 4 * patch_words });
@@ -1354,7 +1413,12 @@ pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
         WeightLayout::Oc4Int4 => blocked_scratch_bytes(patch_words(taps), pixels, taps, 1),
         _ => None,
     };
-    let patches = if p.layout == WeightLayout::Oc4SplitI16 { 2 } else { 1 };
+    // Split i16: the interleaved patch of two pixels, and (not pointwise) each one's own.
+    let patches = match p.layout {
+        WeightLayout::Oc4SplitI16 if is_pointwise(p) => 2,
+        WeightLayout::Oc4SplitI16 => 4,
+        _ => 1,
+    };
     prep_scratch_bytes(p.output.c as usize) + blocked.unwrap_or(4 * patches * patch_words(taps) + 3)
 }
 
@@ -1473,6 +1537,18 @@ impl<'a> Window<'a> {
     }
 }
 
+impl Window<'_> {
+    /// Where output pixel `q`'s window starts in the input, if all of it lies inside.
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    fn inside(&self, q: usize) -> Option<usize> {
+        let p = self.p;
+        let ow = (p.output.w as usize).max(1);
+        let (y0, x0) = (((q / ow) * p.stride_h as usize) as isize - self.top as isize, ((q % ow) * p.stride_w as usize) as isize - self.left as isize);
+        let inside = y0 >= 0 && x0 >= 0 && y0 as usize + p.kernel_h as usize <= p.input.h as usize && x0 as usize + p.kernel_w as usize <= p.input.w as usize;
+        inside.then(|| y0 as usize * self.pitch + x0 as usize * p.input.c as usize)
+    }
+}
+
 /// The widened patch of output pixel `(oy, ox)` of any conv: taps in OHWI order, the input
 /// minus its zero point, 0 where the window leaves the input (TFLite skips those taps: the same
 /// sum), zeros up to the stored taps.
@@ -1572,17 +1648,17 @@ fn is_pointwise(p: &Conv2d) -> bool {
     p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && p.input.c.is_multiple_of(4)
 }
 
-/// A conv with [`WeightLayout::Oc4SplitI16`] weights that [`pointwise_pairs`] runs: a
-/// pointwise one (the only convs the writer gives them) whose requantization
-/// [`prepared_pairs`] does for all its channels ([`pointwise_pairs`] has no other; the
-/// reference kernel runs split weights without it).
+/// A conv with [`WeightLayout::Oc4SplitI16`] weights that [`conv_pairs`] runs: one whose
+/// requantization [`prepared_pairs`] does for all its channels ([`conv_pairs`] has no other;
+/// the reference kernel runs split weights without it).
 fn pairs_supported(p: &Conv2d) -> bool {
-    p.layout == WeightLayout::Oc4SplitI16 && is_pointwise(p) && pairs_requantize(&p.requant, p.bias, p.output.c as usize, p.input.c as usize)
+    let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
+    p.layout == WeightLayout::Oc4SplitI16 && pairs_requantize(&p.requant, p.bias, p.output.c as usize, taps)
 }
 
-/// Whether the two-pixel pointwise kernel can requantize `channels` channels of `taps` taps
-/// with `requant` and `bias`: the writer gives [`WeightLayout::Oc4SplitI16`] only to the
-/// pointwise convs where it can (elsewhere the plan would run them with the reference kernel).
+/// Whether the two-pixel kernel can requantize `channels` channels of `taps` taps with
+/// `requant` and `bias`: the writer gives [`WeightLayout::Oc4SplitI16`] only to the convs
+/// where it can (elsewhere the plan would run them with the reference kernel).
 pub fn pairs_requantize(requant: &Requant, bias: I32Le, channels: usize, taps: usize) -> bool {
     let rq = Requantizer::new(requant, bias, taps);
     let full = (requant.act_min, requant.act_max) == (i8::MIN, i8::MAX);
@@ -1717,10 +1793,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
     if p.layout == WeightLayout::Oc4SplitI16 {
         // The requantization is checked where it is prepared (`pairs_run`: the plan gives these
         // weights to this kernel only where it is paired, see `pairs_supported`).
-        if !is_pointwise(p) {
-            return Err(Error::BadParameter { layer: 0, what: "split i16 weights on a conv that is not pointwise" });
-        }
-        return pointwise_pairs(p, io, weights, &rq, scratch);
+        return conv_pairs(p, io, weights, &rq, scratch);
     }
     let b = Blocks::new(scratch, p.layout, stored, wpp, pixels, 2)?;
     let window = Window::new(p, is_pointwise(p) && stored == taps);
@@ -1818,7 +1891,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
 /// it needs, so output row `r` may be written over input row `r`:
 /// `kernel_h(B) >= top_pad(A) + top_pad(B) + 1`.
 pub fn residual_block_s8_fast_supported(a: &Conv2d, b: &Conv2d, add: &Add) -> bool {
-    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && p.layout.is_oc4() && conv2d_s8_fast_supported(p);
+    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && (p.layout.is_oc4() || pairs_supported(p)) && conv2d_s8_fast_supported(p);
     let h = a.input.h as usize;
     let (ta, tb) = (a.padding.leading(h, a.kernel_h as usize, 1, h), b.padding.leading(h, b.kernel_h as usize, 1, h));
     keeps_size(a) && keeps_size(b) && b.input == a.output && b.output == a.input && add_s8_fast_supported(add) && a.input.len() == Ok(add.len) && b.kernel_h as usize > ta + tb
