@@ -142,6 +142,8 @@ fn weight_trade(model: &Model) -> Result<Vec<TradePoint>> {
         };
         current += rec.weights.len as usize;
         any = true;
+        // Split i16 (layout 5) is i16 in another order: the same point of the trade.
+        let layout = if layout == WeightLayout::Oc4SplitI16 { Oc4PairsI16 } else { layout };
         for (point, l) in points.iter_mut().zip([Oc4PairsI16, fast, Oc4Quads, Oc4Int4]) {
             point.1 += l.bytes(channels, taps).ok_or_else(|| anyhow!("layer {i}: weights too large"))?;
             point.2 &= layout == l;
