@@ -366,12 +366,15 @@ fn plan_steps<'m>(model: &Model<'m>, optimized: bool, plan: &mut Plan<'m>) -> Re
     let too_small = Error::PlanTooSmall { needed: model.op_count(), available: MAX_OPS };
     while i < model.op_count() {
         let (mut step, parts) = step_at(model, i, optimized)?;
+        plan_requant(&mut step.kernel);
         // Slots for a residual block's conv B and ADD, from the end: a block is one step for
         // three ops, so steps and these slots together never outnumber the ops.
         if let (Kernel::Residual { aux: at, .. }, Some((b, add))) = (&mut step.kernel, parts) {
             aux = aux.checked_sub(2).filter(|&a| a > count).ok_or(too_small)?;
             *at = aux as u8;
-            plan.steps[aux % MAX_OPS].kernel = Kernel::Conv(b);
+            let conv_b = &mut plan.steps[aux % MAX_OPS].kernel;
+            *conv_b = Kernel::Conv(b);
+            plan_requant(conv_b);
             plan.steps[(aux + 1) % MAX_OPS].kernel = Kernel::Add(add);
         }
         // At most one step per op: the plan storage always has room for a parsed model.
@@ -390,10 +393,7 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>
     if let Some((a, b, add, x_first)) = optimized.then(|| residual_at(model, i, layer)).flatten() {
         let scratch = Buffer { len: fast::residual_block_s8_fast_scratch_bytes(&a, &b) as u32, ..Buffer::NONE };
         let (op, output) = (i as u8, model.op_record(i + 2).output);
-        let mut kernel = Kernel::Residual { a, aux: 0, x_first };
-        plan_requant(&mut kernel);
-        let mut b = b;
-        plan_conv_requant(&mut b);
+        let kernel = Kernel::Residual { a, aux: 0, x_first };
         return Ok((Step { first: op, last: op + 2, kernel, inputs: rec.inputs, output, scratch, in_place: None }, Some((b, add))));
     }
     let next = if optimized && i + 1 < model.op_count() && fusable(model, i) { Some(model.op(i + 1)?) } else { None };
@@ -416,8 +416,6 @@ fn step_at<'m>(model: &Model<'m>, i: usize, optimized: bool) -> Result<(Step<'m>
         }
         _ => (i, Kernel::Reference(layer)),
     };
-    let mut kernel = kernel;
-    plan_requant(&mut kernel);
     let output = model.op_record(last).output;
     let scratch = Buffer { len: step_scratch_bytes(&kernel) as u32, ..Buffer::NONE };
     Ok((Step { first: i as u8, last: last as u8, kernel, inputs: rec.inputs, output, scratch, in_place: None }, None))

@@ -941,7 +941,8 @@ pub(crate) fn plan_requant(r: &mut Requant, bias: I32Le, taps: usize) {
 
 #[inline(never)]
 fn fast_requant(r: &Requant, bias: I32Le, taps: usize) -> Option<Fast> {
-    // The common case first, in one cheap pass per section (this runs at every kernel call).
+    // The common case first, in one cheap pass per section (this runs once per layer when the
+    // engine plans, at every call of a kernel run without a plan).
     let max_bias = bias.iter().map(i32::unsigned_abs).max().unwrap_or(0);
     if r.shifts.iter().all(|s| (-31..=-1).contains(&s)) && accumulator_bound(max_bias as i64, taps) < 1 << 30 {
         return Some(Fast::Right);
@@ -1538,14 +1539,22 @@ impl<'a> Window<'a> {
 }
 
 impl Window<'_> {
+    /// The input row and column of output pixel `(oy, ox)`'s first tap (negative in the
+    /// padding), and whether all of its window lies inside the input.
+    #[inline(always)]
+    fn origin(&self, oy: usize, ox: usize) -> (isize, isize, bool) {
+        let p = self.p;
+        let (y0, x0) = ((oy * p.stride_h as usize) as isize - self.top as isize, (ox * p.stride_w as usize) as isize - self.left as isize);
+        let inside = y0 >= 0 && x0 >= 0 && y0 as usize + p.kernel_h as usize <= p.input.h as usize && x0 as usize + p.kernel_w as usize <= p.input.w as usize;
+        (y0, x0, inside)
+    }
+
     /// Where output pixel `q`'s window starts in the input, if all of it lies inside.
     #[cfg(all(target_arch = "arm", feature = "dsp"))]
     fn inside(&self, q: usize) -> Option<usize> {
-        let p = self.p;
-        let ow = (p.output.w as usize).max(1);
-        let (y0, x0) = (((q / ow) * p.stride_h as usize) as isize - self.top as isize, ((q % ow) * p.stride_w as usize) as isize - self.left as isize);
-        let inside = y0 >= 0 && x0 >= 0 && y0 as usize + p.kernel_h as usize <= p.input.h as usize && x0 as usize + p.kernel_w as usize <= p.input.w as usize;
-        inside.then(|| y0 as usize * self.pitch + x0 as usize * p.input.c as usize)
+        let ow = (self.p.output.w as usize).max(1);
+        let (y0, x0, inside) = self.origin(q / ow, q % ow);
+        inside.then(|| y0 as usize * self.pitch + x0 as usize * self.p.input.c as usize)
     }
 }
 
@@ -1556,8 +1565,7 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
     let p = w.p;
     let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
     let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
-    let (y0, x0) = ((oy * p.stride_h as usize) as isize - w.top as isize, (ox * p.stride_w as usize) as isize - w.left as isize);
-    let inside = y0 >= 0 && x0 >= 0 && y0 as usize + kh <= ih && x0 as usize + kw <= iw;
+    let (y0, x0, inside) = w.origin(oy, ox);
     let (row, pitch) = (w.row, w.pitch);
     let half = patch.len() / 2;
     if inside {
@@ -1891,7 +1899,7 @@ pub fn conv2d_s8_fast_io(p: &Conv2d, io: &mut Io, scratch: &mut [u8]) -> Result<
 /// it needs, so output row `r` may be written over input row `r`:
 /// `kernel_h(B) >= top_pad(A) + top_pad(B) + 1`.
 pub fn residual_block_s8_fast_supported(a: &Conv2d, b: &Conv2d, add: &Add) -> bool {
-    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && (p.layout.is_oc4() || pairs_supported(p)) && conv2d_s8_fast_supported(p);
+    let keeps_size = |p: &Conv2d| p.stride_h == 1 && p.stride_w == 1 && p.input.h == p.output.h && p.input.w == p.output.w && conv2d_s8_fast_supported(p);
     let h = a.input.h as usize;
     let (ta, tb) = (a.padding.leading(h, a.kernel_h as usize, 1, h), b.padding.leading(h, b.kernel_h as usize, 1, h));
     keeps_size(a) && keeps_size(b) && b.input == a.output && b.output == a.input && add_s8_fast_supported(add) && a.input.len() == Ok(add.len) && b.kernel_h as usize > ta + tb
@@ -2907,12 +2915,14 @@ fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, tabl
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fully connected with Oc4Quads weights
+// Fully connected, as the 1x1 conv of one pixel
 
 pub fn fully_connected_s8_fast_supported(p: &FullyConnected) -> bool {
     p.layout.is_oc4() && p.input_len.is_multiple_of(4) && words(p.weights).is_some() && as_pointwise(p).is_some()
 }
 
+/// The conv kernel's patch (and int4's widened group) only: no prepared requantization, whose
+/// scratch (8 bytes a channel) would cost more RAM than one pixel's requantization saves.
 pub fn fully_connected_s8_fast_scratch_bytes(p: &FullyConnected) -> usize {
     let stored = p.layout.stored_taps(p.input_len);
     let wide = if p.layout == WeightLayout::Oc4Int4 { 2 * stored } else { 0 };
