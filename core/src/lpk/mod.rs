@@ -304,7 +304,7 @@ fn set_weights(
         None | Some(Packing::Canonical) => WeightLayout::Canonical,
         Some(Packing::Int8) => WeightLayout::Oc4Quads,
         // Convs the two-pixel kernel runs: its order.
-        Some(Packing::I16) if pairs && quad_conv(r, taps) && pairs_requantize(r, weights, &multipliers, &shifts, output, taps) => WeightLayout::Oc4SplitI16,
+        Some(Packing::I16) if pairs && pairs_conv(r, taps) && pairs_requantize(r, weights, &multipliers, &shifts, output, taps) => WeightLayout::Oc4SplitI16,
         Some(Packing::I16) => WeightLayout::Oc4PairsI16,
         Some(Packing::Fast) => WeightLayout::Winograd2x2,
         Some(Packing::Int4) => WeightLayout::Oc4Int4,
@@ -336,9 +336,9 @@ fn pairs_requantize(r: &OpRecord, weights: &Weights, multipliers: &[i32], shifts
     lepton_nn::kernels::fast::pairs_requantize(&requant, lepton_nn::I32Le::new(&b), weights.scales.len(), taps)
 }
 
-/// A conv whose taps are whole quads (the two-pixel kernel's patches).
-fn quad_conv(r: &OpRecord, taps: usize) -> bool {
-    r.op == Op::Conv2d as u8 && taps.is_multiple_of(4)
+/// A conv (the two-pixel kernel's op; it takes any taps, the stored ones rounded up to quads).
+fn pairs_conv(r: &OpRecord, taps: usize) -> bool {
+    r.op == Op::Conv2d as u8 && taps > 0
 }
 
 impl Packing {

@@ -652,40 +652,11 @@ unsafe fn widen_pair(a: *const i8, b: *const i8, dst: *mut u32, quads: usize, of
     }
 }
 
-/// Two pixels' patches of `2 quads` words each into [`pair_rounds`]' interleaved one (word `j`
-/// of `a` at `2j`, of `b` at `2j + 1`): per quad two LDM and one STM.
-///
-/// # Safety
-/// `a` and `b` hold `2 quads` words, `dst` `4 quads`, all word-aligned; `quads` is at least 1.
-#[cfg(all(target_arch = "arm", feature = "dsp"))]
-#[inline(never)]
-unsafe fn interleave(a: *const u32, b: *const u32, dst: *mut u32, quads: usize) {
-    // SAFETY: the caller's guarantees.
-    unsafe {
-        core::arch::asm!(
-            "2:",
-            "ldm r0!, {{r4, r8}}",
-            "ldm r1!, {{r5, r9}}",
-            "stm r2!, {{r4, r5, r8, r9}}",
-            "subs r3, r3, #1",
-            "bne 2b",
-            inout("r0") a => _,
-            inout("r1") b => _,
-            inout("r2") dst => _,
-            inout("r3") quads => _,
-            out("r4") _,
-            out("r5") _,
-            out("r8") _,
-            out("r9") _,
-            options(nostack),
-        );
-    }
-}
-
 /// A conv with [`WeightLayout::Oc4SplitI16`] weights (see [`pairs_supported`]), on the M4 two
 /// pixels at a time: both pixels' patches are built before either's outputs are written (the
-/// order [`Io::Shared`] needs; a pointwise conv's by [`widen_pair`] straight from its inputs,
-/// any other's by [`pixel_patch`] each, then interleaved), then up to `CHANNEL_GROUPS` groups
+/// order [`Io::Shared`] needs; by [`widen_pair`]: a pointwise conv's straight from its inputs,
+/// a window's inside the input row by row where its rows are whole quads, any other's from
+/// both pixels' int8 taps gathered by [`raw_patch`]), then up to `CHANNEL_GROUPS` groups
 /// a call of [`pair_rounds`] and of [`prepared_pairs`] per pixel. An odd last pixel runs as
 /// both pixels of its pair (its outputs written twice, the same bytes).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
@@ -697,11 +668,10 @@ fn conv_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratc
     let kh = p.kernel_h as usize;
     let rows_in_quads = window.row > 0 && window.row.is_multiple_of(4) && kh * window.row == 4 * quads;
     let patch = all_scratch_words(scratch);
-    check_pairs(quads, rounds, if window.pointwise { 4 * quads } else { 8 * quads }, patch.len(), weights.len())?;
-    let (pair, singles) = patch.split_at_mut_checked(4 * quads).ok_or(Error::BufferSize { expected: 4 * quads, found: 0 })?;
-    // Each pixel's patch, exactly its 2 quads words (pixel_patch's layout depends on it).
-    let (one, other) = singles.split_at_mut_checked(singles.len().min(2 * quads)).unwrap_or((&mut [], &mut []));
-    let other = other.get_mut(..2 * quads).unwrap_or(&mut []);
+    check_pairs(quads, rounds, if window.pointwise { 4 * quads } else { 6 * quads }, patch.len(), weights.len())?;
+    let (pair, raws) = patch.split_at_mut_checked(4 * quads).ok_or(Error::BufferSize { expected: 4 * quads, found: 0 })?;
+    // Each pixel's raw int8 taps, quads words.
+    let (one, other) = raws.split_at_mut_checked(raws.len().min(quads)).unwrap_or((&mut [], &mut []));
     let run = rq.pairs_run(oc).ok_or(Error::BadParameter { layer: 0, what: "split i16 weights without a paired requantization" })?;
     let in_len = io.input().len();
     let (input, output) = io.pointers().ok_or(Error::BadParameter { layer: 0, what: "input or output outside its buffer" })?;
@@ -715,7 +685,7 @@ fn conv_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratc
             // SAFETY: pixels qa and qb (< pixels) have ic input bytes each (check_conv), the
             // patch 4 quads words (check_pairs).
             unsafe { widen_pair(input.add(qa * ic), input.add(qb * ic), pair.as_mut_ptr(), quads, window.offset) };
-        } else if let (true, Some(sa), Some(sb)) = (rows_in_quads, window.inside(qa), window.inside(qb)) {
+        } else if let Some((sa, sb)) = rows_in_quads.then(|| window.inside(qa).zip(window.inside(qb))).flatten() {
             // Both windows inside the input: each window row of both pixels by one call.
             for ky in 0..kh {
                 // SAFETY: row ky of both windows (row bytes from start + ky pitch, inside the
@@ -727,11 +697,14 @@ fn conv_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratc
             // SAFETY: the input's in_len bytes are only read, and nothing is written while the
             // patches are built from them.
             let x = unsafe { core::slice::from_raw_parts(input, in_len) };
-            pixel_patch(&window, x, qa, one);
-            pixel_patch(&window, x, qb, other);
-            // SAFETY: both patches hold 2 quads words (check_pairs: 8 quads words in all), the
-            // pair 4 quads; quads is at least 1.
-            unsafe { interleave(one.as_ptr(), other.as_ptr(), pair.as_mut_ptr(), quads) };
+            let ow = (p.output.w as usize).max(1);
+            let built = raw_patch(&window, x, qa / ow, qa % ow, one) && raw_patch(&window, x, qb / ow, qb % ow, other);
+            if !built || other.len() < quads {
+                return Err(Error::BadParameter { layer: 0, what: "conv input shorter than its shape" });
+            }
+            // SAFETY: both raw patches hold quads words (checked), the pair 4 quads (check_pairs);
+            // quads is at least 1.
+            unsafe { widen_pair(one.as_ptr() as *const i8, other.as_ptr() as *const i8, pair.as_mut_ptr(), quads, window.offset) };
         }
         let mut group = 0;
         while group < rounds {
@@ -761,7 +734,7 @@ fn conv_pairs(p: &Conv2d, io: &mut Io, weights: &[u32], rq: &Requantizer, scratc
     let (quads, rounds) = (p.layout.stored_taps(p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize) / 4, oc.div_ceil(4));
     let window = Window::new(p, is_pointwise(p));
     let patch = all_scratch_words(scratch);
-    check_pairs(quads, rounds, if window.pointwise { 4 * quads } else { 8 * quads }, patch.len(), weights.len())?;
+    check_pairs(quads, rounds, if window.pointwise { 4 * quads } else { 6 * quads }, patch.len(), weights.len())?;
     let patch = &mut patch[..2 * quads];
     let mut acc = [[0i32; 4]; CHANNEL_GROUPS];
     for k in 0..pixels {
@@ -1417,7 +1390,7 @@ pub fn conv2d_s8_fast_scratch_bytes(p: &Conv2d) -> usize {
     // Split i16: the interleaved patch of two pixels, and (not pointwise) each one's own.
     let patches = match p.layout {
         WeightLayout::Oc4SplitI16 if is_pointwise(p) => 2,
-        WeightLayout::Oc4SplitI16 => 4,
+        WeightLayout::Oc4SplitI16 => 3,
         _ => 1,
     };
     prep_scratch_bytes(p.output.c as usize) + blocked.unwrap_or(4 * patches * patch_words(taps) + 3)
@@ -1562,12 +1535,9 @@ impl Window<'_> {
 /// minus its zero point, 0 where the window leaves the input (TFLite skips those taps: the same
 /// sum), zeros up to the stored taps.
 fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut [u32]) {
-    let p = w.p;
-    let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
-    let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
+    let (kh, ic) = (w.p.kernel_h as usize, w.p.input.c as usize);
     let (y0, x0, inside) = w.origin(oy, ox);
     let (row, pitch) = (w.row, w.pitch);
-    let half = patch.len() / 2;
     if inside {
         let start = y0 as usize * pitch + x0 as usize * ic;
         if row.is_multiple_of(4) {
@@ -1591,46 +1561,54 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
             patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
             return;
         }
-        // No padding tap: the rows straight into the raw area (see below), the zero point only
-        // past them.
-        let end = start + kh.saturating_sub(1) * pitch + row;
-        if end <= input.len() && kh * row <= 4 * (patch.len() - half) {
-            for word in patch.get_mut(half + kh * row / 4..).unwrap_or(&mut []) {
-                *word = w.zp;
-            }
-            let raw = patch.as_mut_ptr().wrapping_add(half) as *mut u8;
-            // SAFETY: window row ky goes to raw bytes ky row.. (ky + 1) row <= kh row of the
-            // raw area, from input bytes start + ky pitch.. + row <= end (both checked above).
-            unsafe { copy_rows(raw, input.as_ptr().add(start), row, (pitch, row), kh) }
-            return widen_raw(patch, w.offset);
-        }
     }
-    // The raw int8 taps go to the patch's second half (padding taps are the zero point, which
-    // widens to 0), then widen forward in place: quad q is read from word half + q before words
-    // 2q and 2q + 1 are written, and 2q + 1 <= half + q for every quad (the patch has an even
-    // number of words: stored taps are a multiple of 4).
-    if input.len() < ih * pitch || 4 * (patch.len() - half) < kh * row {
+    // The raw int8 taps go to the patch's second half, then widen forward in place: quad q is
+    // read from word half + q before words 2q and 2q + 1 are written, and 2q + 1 <= half + q for
+    // every quad (the patch has an even number of words: stored taps are a multiple of 4).
+    let half = patch.len() / 2;
+    if !patch.get_mut(half..).is_some_and(|raw| raw_patch(w, input, oy, ox, raw)) {
         patch.fill(0);
         return;
     }
-    for word in patch.get_mut(half..).unwrap_or(&mut []) {
+    widen_raw(patch, w.offset)
+}
+
+/// The int8 taps of output pixel `(oy, ox)` of any conv into `raw` (4 bytes a word, taps in
+/// OHWI order), the input's zero point for the taps where the window leaves the input and up
+/// to the end of `raw`. False (nothing written) where the input is shorter than its shape or
+/// `raw` than the window.
+fn raw_patch(w: &Window, input: &[i8], oy: usize, ox: usize, raw: &mut [u32]) -> bool {
+    let p = w.p;
+    let (ih, iw, ic) = (p.input.h as usize, p.input.w as usize, p.input.c as usize);
+    let (kh, kw) = (p.kernel_h as usize, p.kernel_w as usize);
+    let (y0, x0, inside) = w.origin(oy, ox);
+    let (row, pitch) = (w.row, w.pitch);
+    if input.len() < ih * pitch || 4 * raw.len() < kh * row {
+        return false;
+    }
+    // A window inside the input covers its rows' bytes: the zero point only past them.
+    for word in raw.get_mut(if inside { kh * row / 4 } else { 0 }..).unwrap_or(&mut []) {
         *word = w.zp;
     }
-    let raw = patch.as_mut_ptr().wrapping_add(half) as *mut u8;
-    // The window's in-bounds taps: rows top..bottom, columns first..last of it.
-    let first = (-x0).max(0).min(kw as isize) as usize;
-    let top = (-y0).max(0).min(kh as isize) as usize;
-    let (last, bottom) = ((iw as isize - x0).min(kw as isize).max(first as isize) as usize, (ih as isize - y0).min(kh as isize).max(top as isize) as usize);
+    // The window's in-bounds taps: rows top..bottom, columns first..last of it (all of them
+    // inside the input, worked out without the clamps).
+    let (top, first, last, bottom) = if inside {
+        (0, 0, kw, kh)
+    } else {
+        let first = (-x0).max(0).min(kw as isize) as usize;
+        let top = (-y0).max(0).min(kh as isize) as usize;
+        (top, first, (iw as isize - x0).min(kw as isize).max(first as isize) as usize, (ih as isize - y0).min(kh as isize).max(top as isize) as usize)
+    };
     let start = (y0 + top as isize) as usize * pitch + (x0 + first as isize) as usize * ic;
     // SAFETY: window row ky's in-bounds taps go to bytes ky row + first ic.. + (last - first) ic
-    // <= (ky + 1) row <= kh row of the raw area (4 (len - half) bytes, checked above), the rows
-    // apart; they are read from input pixels x0 + first.. x0 + last <= iw of row y0 + ky, which
-    // lies in 0..ih for top <= ky < bottom, inside the input's ih x iw x ic bytes (checked
-    // above). A window with no in-bounds tap (only a shape larger than its padding allows) has
-    // `start` past the input: wrapping_add forms that pointer without dereferencing it (no
-    // rows or no bytes are copied).
-    unsafe { copy_rows(raw.wrapping_add(top * row + first * ic), input.as_ptr().wrapping_add(start), (last - first) * ic, (pitch, row), bottom - top) }
-    widen_raw(patch, w.offset)
+    // <= (ky + 1) row <= kh row of `raw` (4 len bytes, checked above), the rows apart; they are
+    // read from input pixels x0 + first.. x0 + last <= iw of row y0 + ky, which lies in 0..ih
+    // for top <= ky < bottom, inside the input's ih x iw x ic bytes (checked above). A window
+    // with no in-bounds tap (only a shape larger than its padding allows) has `start` past the
+    // input: wrapping_add forms that pointer without dereferencing it (no rows or no bytes are
+    // copied).
+    unsafe { copy_rows((raw.as_mut_ptr() as *mut u8).wrapping_add(top * row + first * ic), input.as_ptr().wrapping_add(start), (last - first) * ic, (pitch, row), bottom - top) }
+    true
 }
 
 /// The patch's raw int8 taps (its second half) widened forward in place over the whole patch.
