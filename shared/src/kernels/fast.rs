@@ -1965,6 +1965,11 @@ fn conv_a_row(ra: &Conv2d, x: &[i8], y: isize, h: usize, window: &mut [i8], out:
     }
     let row = row_bytes(ra.input);
     let first = y - ra.padding.leading(h, ra.kernel_h as usize, 1, h) as isize;
+    // A window of rows inside the map: conv A reads them where they are.
+    let rows = ra.kernel_h as usize * row;
+    if let Some(inside) = usize::try_from(first).ok().and_then(|f| x.get(f * row..f * row + rows)) {
+        return conv2d_s8_fast(ra, inside, out, scratch);
+    }
     for (k, slot) in window.chunks_exact_mut(row.max(1)).enumerate() {
         let iy = first + k as isize;
         if iy >= 0 && (iy as usize) < h {
@@ -2810,83 +2815,99 @@ fn add_elements(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scratc
     };
     let (so, zo, shift) = (Scale::new(p.output_multiplier, p.output_shift), p.output_zp, p.left_shift);
     let table = scratch_words(scratch, 256)?;
+    // The half input's zero point, zh << (shift - 1), comes off every table entry, and the
+    // entries are doubled (the sum reaching SMMULR is 2x: below 2^30, see
+    // add_s8_fast_supported), so an element costs one shift and one add before the multiply.
+    let kh = zh << (shift - 1);
     if build_table {
         for (v, t) in table.iter_mut().enumerate() {
-            *t = st.apply(((v as u8 as i8) as i32 - zt) << shift) as u32;
+            *t = (st.apply(((v as u8 as i8) as i32 - zt) << shift) - kh).wrapping_mul(2) as u32;
         }
     }
     let out_scale = Scale(so.0, so.1, so.2 + (zo << so.1), so.3);
-    add_rows(half, other, output, zh << (shift - 1), shift - 1, table, out_scale, p.act_min as i32, p.act_max as i32);
+    add_rows(half, other, output, shift as u32, table, out_scale, (p.act_min as i32, p.act_max as i32));
     Ok(())
 }
 
-/// `out = clamp(scale(((h << shift) - kh) + table[t]))` element by element (the output scale
-/// carrying its zero point in its nudge).
-#[allow(clippy::too_many_arguments)]
+/// `out = clamp(scale_doubled((h << shift) + table[t]))` element by element (the table holds
+/// twice the other input's scaled value less the half input's zero point, the output scale
+/// carries its zero point in its nudge).
 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
+fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], shift: u32, table: &[u32], so: Scale, (lo, hi): (i32, i32)) {
     for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
-        let sum = ((h as i32) << shift) - kh + table[t as u8 as usize] as i32;
-        *o = so.apply(sum).bounded(lo, hi) as i8;
+        let sum = ((h as i32) << shift).wrapping_add(table[t as u8 as usize] as i32);
+        let t = smmulr(sum, so.0);
+        *o = ((t + so.2 + ((t >> 31) & so.3)) >> so.1).bounded(lo, hi) as i8;
     }
 }
 
-/// [`add_rows`] on the M4: 16 instructions an element (full-range clamp), 20 otherwise.
-#[allow(clippy::too_many_arguments)]
+/// [`add_rows`] on the M4, every constant in a register: 13 instructions an element with the
+/// full int8 range (SSAT), 17 with a narrower clamp (two in r6 and r7, saved here).
 #[cfg(all(target_arch = "arm", feature = "dsp"))]
 #[inline(always)]
-fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], kh: i32, shift: i32, table: &[u32], so: Scale, lo: i32, hi: i32) {
+fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], shift: u32, table: &[u32], so: Scale, (lo, hi): (i32, i32)) {
     let n = out.len().min(half.len()).min(other.len());
     // The caller's checks (a right shift, so `fix` is -1; a whole table) make this unreachable.
     if n == 0 || table.len() < 256 || so.3 == 0 {
         return;
     }
-    let consts = [kh as u32, shift as u32, so.0 as u32, so.2 as u32, so.1, lo as u32, hi as u32];
-    macro_rules! body {
-        ($clamp:literal) => {
-            concat!(
-                "2:\n",
-                "ldrsb {a}, [{ph}], #1\n",
-                "ldrb {b}, [{pt}], #1\n",
-                "ldr {s}, [{c}, #4]\n",
-                "lsl {a}, {a}, {s}\n",
-                "ldr {s}, [{c}]\n",
-                "sub {a}, {a}, {s}\n",
-                "ldr {b}, [{tab}, {b}, lsl #2]\n",
-                "add {a}, {a}, {b}\n",
-                "lsl {a}, {a}, #1\n",
-                "ldr {s}, [{c}, #8]\n",
-                "smmulr {a}, {a}, {s}\n",
-                "ldr {s}, [{c}, #12]\n",
-                "add {s}, {s}, {a}\n",
-                "add {s}, {s}, {a}, asr #31\n",
-                "ldr {b}, [{c}, #16]\n",
-                "asr {a}, {s}, {b}\n",
-                $clamp,
-                "strb {a}, [{po}], #1\n",
-                "subs {n}, {n}, #1\n",
-                "bne 2b\n",
-            )
-        };
-    }
-    // SAFETY: reads `n` bytes of `half` and `other`, words of `table` at byte indices 0..=255
-    // (`table` has 256) and of `consts`, writes `n` bytes of `out`.
+    // SAFETY: reads `n` bytes of `half` and `other` and words of `table` at byte indices
+    // 0..=255 (`table` has 256), writes `n` bytes of `out`; r6 and r7 (no operand's) are
+    // restored before the end.
     unsafe {
         if lo == -128 && hi == 127 {
             core::arch::asm!(
-                body!("ssat {a}, #8, {a}\n"),
+                // Loads first (LDRB, then LDRSB and the table word pipeline behind it).
+                "2:",
+                "ldrb {b}, [{pt}], #1",
+                "ldrsb {a}, [{ph}], #1",
+                "ldr {b}, [{tab}, {b}, lsl #2]",
+                "lsl {a}, {a}, {sh}",
+                "add {a}, {a}, {b}",
+                "smmulr {a}, {a}, {m}",
+                "add {s}, {nud}, {a}",
+                "add {s}, {s}, {a}, asr #31",
+                "asr {a}, {s}, {rsh}",
+                "ssat {a}, #8, {a}",
+                "strb {a}, [{po}], #1",
+                "subs {n}, {n}, #1",
+                "bne 2b",
                 ph = inout(reg) half.as_ptr() => _, pt = inout(reg) other.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _,
-                n = inout(reg) n => _, tab = in(reg) table.as_ptr(), c = in(reg) consts.as_ptr(),
+                n = inout(reg) n => _, tab = in(reg) table.as_ptr(), sh = in(reg) shift, m = in(reg) so.0, nud = in(reg) so.2, rsh = in(reg) so.1,
                 a = out(reg) _, b = out(reg) _, s = out(reg) _,
                 options(nostack),
             );
         } else {
+            // Every operand in a named register: the allocator may otherwise give one r6 or r7.
+            // r0 half, r1 other, r2 out, r3 count, r4 table, r5 shift, r8 multiplier, r9 nudge,
+            // r10 right shift, r11 and r12 the element, lr the packed clamp, then the sum.
             core::arch::asm!(
-                body!("ldr {s}, [{c}, #20]\ncmp {a}, {s}\nit lt\nmovlt {a}, {s}\nldr {s}, [{c}, #24]\ncmp {a}, {s}\nit gt\nmovgt {a}, {s}\n"),
-                ph = inout(reg) half.as_ptr() => _, pt = inout(reg) other.as_ptr() => _, po = inout(reg) out.as_mut_ptr() => _,
-                n = inout(reg) n => _, tab = in(reg) table.as_ptr(), c = in(reg) consts.as_ptr(),
-                a = out(reg) _, b = out(reg) _, s = out(reg) _,
-                options(nostack),
+                "push {{r6, r7}}",
+                "sxth r6, lr",
+                "asr r7, lr, #16",
+                "2:",
+                "ldrb r12, [r1], #1",
+                "ldrsb r11, [r0], #1",
+                "ldr r12, [r4, r12, lsl #2]",
+                "lsl r11, r11, r5",
+                "add r11, r11, r12",
+                "smmulr r11, r11, r8",
+                "add lr, r9, r11",
+                "add lr, lr, r11, asr #31",
+                "asr r11, lr, r10",
+                "cmp r11, r6",
+                "it lt",
+                "movlt r11, r6",
+                "cmp r11, r7",
+                "it gt",
+                "movgt r11, r7",
+                "strb r11, [r2], #1",
+                "subs r3, r3, #1",
+                "bne 2b",
+                "pop {{r6, r7}}",
+                inout("r0") half.as_ptr() => _, inout("r1") other.as_ptr() => _, inout("r2") out.as_mut_ptr() => _,
+                inout("r3") n => _, in("r4") table.as_ptr(), in("r5") shift, in("r8") so.0, in("r9") so.2, in("r10") so.1,
+                out("r11") _, out("r12") _, inout("lr") (hi << 16) | (lo & 0xFFFF) => _,
             );
         }
     }
