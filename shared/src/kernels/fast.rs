@@ -1919,7 +1919,10 @@ pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: boo
     let (kb, tb) = (b.kernel_h as usize, b.padding.leading(h, b.kernel_h as usize, 1, h));
     let rows = kb * row_y + (a.kernel_h as usize + 2) * row_x;
     let short = Error::BufferSize { expected: ADD_TABLE_BYTES + rows, found: scratch.len() };
-    let (table, rest) = scratch.split_at_mut_checked(ADD_TABLE_BYTES).ok_or(short)?;
+    // The table's words from the first aligned byte, the rows word-aligned after them (row bytes
+    // are whole words in the blocks the plan fuses), so their copies move words.
+    let table_bytes = ((scratch.as_ptr() as usize).wrapping_neg() & 3) + 4 * 256;
+    let (table, rest) = scratch.split_at_mut_checked(table_bytes).ok_or(short)?;
     let (rows, conv_scratch) = rest.split_at_mut_checked(rows).ok_or(short)?;
     let (window_b, rest) = as_i8_mut(rows).split_at_mut_checked(kb * row_y).ok_or(short)?;
     let (window_a, rest) = rest.split_at_mut_checked(a.kernel_h as usize * row_x).ok_or(short)?;
