@@ -196,6 +196,86 @@ pub fn offset_pair(zp: i32) -> u32 {
     pack16(zp.wrapping_neg(), zp.wrapping_neg())
 }
 
+/// `dst` filled with `value`. Out of line, and on the M4 a loop of STR in assembly: LLVM turns
+/// a fill in Rust into a `memset` call, which would link `memset` into the inference code.
+#[inline(never)]
+pub fn fill_words(dst: &mut [u32], value: u32) {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    if !dst.is_empty() {
+        // SAFETY: writes the len words of `dst`.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "str {v}, [{p}], #4",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                p = inout(reg) dst.as_mut_ptr() => _, n = inout(reg) dst.len() => _, v = in(reg) value,
+                options(nostack),
+            );
+        }
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    dst.fill(value);
+}
+
+/// `dst` filled with `value` ([`fill_words`] for bytes).
+#[inline(never)]
+pub fn fill_bytes(dst: &mut [i8], value: i8) {
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    if !dst.is_empty() {
+        // SAFETY: writes the len bytes of `dst`.
+        unsafe {
+            core::arch::asm!(
+                "2:",
+                "strb {v}, [{p}], #1",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                p = inout(reg) dst.as_mut_ptr() => _, n = inout(reg) dst.len() => _, v = in(reg) value as u32,
+                options(nostack),
+            );
+        }
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    dst.fill(value);
+}
+
+/// The first bytes of `src` over `dst` (as many as both have), on the M4 a word at a time
+/// while four bytes are left (unaligned LDR/STR), then bytes: not `memcpy` (see [`fill_words`]).
+#[inline(never)]
+pub fn copy_bytes(dst: &mut [i8], src: &[i8]) {
+    let n = dst.len().min(src.len());
+    #[cfg(all(target_arch = "arm", feature = "dsp"))]
+    if n > 0 {
+        // SAFETY: reads n bytes of `src` and writes n bytes of `dst`, distinct slices.
+        unsafe {
+            core::arch::asm!(
+                "subs {n}, {n}, #4",
+                "blo 3f",
+                "2:",
+                "ldr {t}, [{s}], #4",
+                "subs {n}, {n}, #4",
+                "str {t}, [{d}], #4",
+                "bhs 2b",
+                "3:",
+                "adds {n}, {n}, #4",
+                "beq 5f",
+                "4:",
+                "ldrb {t}, [{s}], #1",
+                "subs {n}, {n}, #1",
+                "strb {t}, [{d}], #1",
+                "bne 4b",
+                "5:",
+                d = inout(reg) dst.as_mut_ptr() => _, s = inout(reg) src.as_ptr() => _, n = inout(reg) n => _, t = out(reg) _,
+                options(nostack),
+            );
+        }
+    }
+    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
+    if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
+        d.copy_from_slice(s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

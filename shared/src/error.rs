@@ -5,7 +5,11 @@ use core::fmt;
 /// Where in a model a problem was found.
 pub type LayerIndex = u16;
 
+// A word-sized tag: the payload is then word-aligned and whole words, which the compiler moves
+// with loads and stores where a copy of the 11 bytes after a byte tag was a `memcpy` call (and
+// linked `memcpy` into the inference code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Error {
     /// The blob ends before a structure it declares (`needed` bytes, `available` present).
     Truncated { needed: usize, available: usize },

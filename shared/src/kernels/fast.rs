@@ -20,7 +20,7 @@
 
 use super::{Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 use crate::dsp::{smlabb, smlatt};
-use crate::dsp::{offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
+use crate::dsp::{copy_bytes, fill_bytes, fill_words, offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
 use crate::types::{as_i8_mut, expect_len, sub, sub_mut, I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::types::Bounded;
 use crate::Error;
@@ -1546,7 +1546,7 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
             // zero patch.
             #[cfg(all(target_arch = "arm", feature = "dsp"))]
             if row == 0 || start + kh.saturating_sub(1) * pitch + row > input.len() || kh * row / 2 > patch.len() {
-                patch.fill(0);
+                fill_words(patch, 0);
                 return;
             }
             for ky in 0..kh {
@@ -1558,7 +1558,7 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
                 #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
                 widen(sub(input, start + ky * pitch, row), w.offset, sub_mut(patch, ky * row / 2, row / 2));
             }
-            patch.get_mut(kh * row / 2..).unwrap_or(&mut []).fill(0);
+            fill_words(patch.get_mut(kh * row / 2..).unwrap_or(&mut []), 0);
             return;
         }
     }
@@ -1567,7 +1567,7 @@ fn conv_patch_padded(w: &Window, input: &[i8], oy: usize, ox: usize, patch: &mut
     // every quad (the patch has an even number of words: stored taps are a multiple of 4).
     let half = patch.len() / 2;
     if !patch.get_mut(half..).is_some_and(|raw| raw_patch(w, input, oy, ox, raw)) {
-        patch.fill(0);
+        fill_words(patch, 0);
         return;
     }
     widen_raw(patch, w.offset)
@@ -1717,6 +1717,7 @@ fn pixel_patch(w: &Window, input: &[i8], q: usize, patch: &mut [u32]) {
     }
 }
 
+#[inline(always)]
 fn check_conv(p: &Conv2d, input: &[i8]) -> Result<(), Error> {
     expect_len(input.len(), p.input.len()?)?;
     let taps = p.kernel_h as usize * p.kernel_w as usize * p.input.c as usize;
@@ -1904,6 +1905,17 @@ pub fn residual_block_s8_fast_scratch_bytes(a: &Conv2d, b: &Conv2d) -> usize {
     ADD_TABLE_BYTES + b.kernel_h as usize * row_bytes(b.input) + (a.kernel_h as usize + 2) * row_bytes(a.input) + conv
 }
 
+/// A row kernel's result in the block: its sizes were checked with the block's, so a failure
+/// is a plan the block does not fit, reported as one error (built here: passing the kernel's
+/// error on would copy it with `memcpy`, which the inference code then links).
+#[inline(always)]
+fn row_step(result: Result<(), Error>) -> Result<(), Error> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(_) => Err(Error::BadParameter { layer: 0, what: "residual block: a row kernel refused its rows" }),
+    }
+}
+
 /// Ops conv A, conv B, ADD(X, B) as one step over X (the input of A), row by row: B's input rows
 /// live in a window of `kernel_h(B)` rows; each output row is written once its input row has
 /// been read for the last time, so on [`Io::Shared`] with the output on the input (offset 0)
@@ -1929,7 +1941,7 @@ pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: boo
     let (conv_row, sum_row) = rest.split_at_mut_checked(row_x).ok_or(short)?;
     // Window row i holds B's input row r - tb + i (A's output row, or B's zero point outside).
     for (i, slot) in window_b.chunks_exact_mut(row_y.max(1)).enumerate() {
-        conv_a_row(&ra, io.input(), i as isize - tb as isize, h, window_a, slot, b.input_zp, conv_scratch)?;
+        row_step(conv_a_row(&ra, io.input(), i as isize - tb as isize, h, window_a, slot, b.input_zp, conv_scratch))?;
     }
     for r in 0..h {
         if r > 0 {
@@ -1939,12 +1951,12 @@ pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: boo
                 copy_over(sub_mut(upper, (i - 1) * row_y, row_y), lower);
             }
             let last = sub_mut(window_b, (kb - 1) * row_y, row_y);
-            conv_a_row(&ra, io.input(), (r + kb - 1 - tb) as isize, h, window_a, last, b.input_zp, conv_scratch)?;
+            row_step(conv_a_row(&ra, io.input(), (r + kb - 1 - tb) as isize, h, window_a, last, b.input_zp, conv_scratch))?;
         }
-        conv2d_s8_fast(&rb, window_b, conv_row, conv_scratch)?;
+        row_step(conv2d_s8_fast(&rb, window_b, conv_row, conv_scratch))?;
         let x_row = sub(io.input(), r * row_x, row_x);
         let (in1, in2) = if x_first { (x_row, &*conv_row) } else { (&*conv_row, x_row) };
-        add_elements(add, in1, in2, sum_row, table, r == 0)?;
+        row_step(add_elements(add, in1, in2, sum_row, table, r == 0))?;
         copy_over(io.output(r * row_x, row_x), sum_row);
     }
     Ok(())
@@ -1952,10 +1964,7 @@ pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: boo
 
 /// The first bytes of `src` over `dst` (as many as both have).
 fn copy_over(dst: &mut [i8], src: &[i8]) {
-    let n = dst.len().min(src.len());
-    if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
-        d.copy_from_slice(s);
-    }
+    copy_bytes(dst, src)
 }
 
 /// Output row `y` of conv A into `out` (`pad` when `y` is outside the map), from its window of
@@ -1963,7 +1972,7 @@ fn copy_over(dst: &mut [i8], src: &[i8]) {
 #[allow(clippy::too_many_arguments)]
 fn conv_a_row(ra: &Conv2d, x: &[i8], y: isize, h: usize, window: &mut [i8], out: &mut [i8], pad: i32, scratch: &mut [u8]) -> Result<(), Error> {
     if y < 0 || y >= h as isize {
-        out.fill(pad as i8);
+        fill_bytes(out, pad as i8);
         return Ok(());
     }
     let row = row_bytes(ra.input);
@@ -1978,7 +1987,7 @@ fn conv_a_row(ra: &Conv2d, x: &[i8], y: isize, h: usize, window: &mut [i8], out:
         if iy >= 0 && (iy as usize) < h {
             copy_over(slot, sub(x, iy as usize * row, row));
         } else {
-            slot.fill(ra.input_zp as i8);
+            fill_bytes(slot, ra.input_zp as i8);
         }
     }
     conv2d_s8_fast(ra, window, out, scratch)
@@ -2135,22 +2144,35 @@ fn winograd_input(input: &[i8], iw: usize, ic: usize, (y0, x0): (usize, usize), 
     let input_offset = offset_pair(zp);
     let (pixels, _) = input.as_chunks::<4>();
     for q in 0..quads {
-        // The tile's 16 pixels of this quad, each word loaded and widened once.
-        let mut d = [[[0u32; 4]; 4]; 2];
+        // The tile's 16 pixels of this quad, each word loaded and widened once. The tile arrays
+        // are written in full before they are read, not zeroed first (a zeroed array is a
+        // memset call, which the inference code would otherwise link).
+        let mut tile = core::mem::MaybeUninit::<[[[u32; 4]; 4]; 2]>::uninit();
+        let at = tile.as_mut_ptr() as *mut u32;
         for r in 0..4 {
             for s in 0..4 {
                 let word = pixels.get(((y0 + r) * iw + x0 + s) * quads + q).map_or(0, |b| u32::from_le_bytes(b.map(|x| x as u8)));
-                (d[0][r][s], d[1][r][s]) = widen_quad(word, input_offset);
+                let (lo, hi) = widen_quad(word, input_offset);
+                // SAFETY: words 4 r + s and 16 + 4 r + s of the 32 of `tile`.
+                unsafe { (at.add(4 * r + s).write(lo), at.add(16 + 4 * r + s).write(hi)) };
             }
         }
+        // SAFETY: all 32 words were written above.
+        let d = unsafe { tile.assume_init_ref() };
         for (half, d) in d.iter().enumerate() {
-            let mut t = [[0u32; 4]; 4];
+            let mut rows = core::mem::MaybeUninit::<[[u32; 4]; 4]>::uninit();
+            let at = rows.as_mut_ptr() as *mut u32;
             for s in 0..4 {
-                t[0][s] = ssub16(d[0][s], d[2][s]);
-                t[1][s] = sadd16(d[1][s], d[2][s]);
-                t[2][s] = ssub16(d[2][s], d[1][s]);
-                t[3][s] = ssub16(d[1][s], d[3][s]);
+                // SAFETY: words s, 4 + s, 8 + s and 12 + s of the 16 of `rows`.
+                unsafe {
+                    at.add(s).write(ssub16(d[0][s], d[2][s]));
+                    at.add(4 + s).write(sadd16(d[1][s], d[2][s]));
+                    at.add(8 + s).write(ssub16(d[2][s], d[1][s]));
+                    at.add(12 + s).write(ssub16(d[1][s], d[3][s]));
+                }
             }
+            // SAFETY: all 16 words were written above.
+            let t = unsafe { rows.assume_init_ref() };
             for (r, row) in t.iter().enumerate() {
                 let values = [ssub16(row[0], row[2]), sadd16(row[1], row[2]), ssub16(row[2], row[1]), ssub16(row[1], row[3])];
                 for (s, &value) in values.iter().enumerate() {

@@ -28,7 +28,7 @@ pub use fully_connected::{fully_connected_s8, fully_connected_s8_scratch_bytes, 
 pub use max_pool::{max_pool_s8, max_pool_s8_scratch_bytes};
 pub use softmax::{softmax_s8, softmax_s8_scratch_bytes, Softmax};
 
-use crate::dsp::{sxtab16, sxtab16_ror8};
+use crate::dsp::{fill_words, sxtab16, sxtab16_ror8};
 use crate::types::{expect_len, sub, sub_mut, Bounded, Padding, Shape};
 use crate::Error;
 
@@ -74,7 +74,10 @@ pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) 
     expect_len(output.len(), p.output.len()?)?;
     let pad_top = p.padding.leading(ih, kh, sh, oh);
     let pad_left = p.padding.leading(iw, kw, sw, ow);
-    let mut acc = [0i32; POOL_CHANNELS];
+    // Filled per group before use (zeroed arrays and slice fills are memset calls: see
+    // `fill_words`).
+    let mut acc = core::mem::MaybeUninit::<[i32; POOL_CHANNELS]>::uninit();
+    let mut lanes = core::mem::MaybeUninit::<[[u32; 2]; POOL_CHANNELS / 4]>::uninit();
     for oy in 0..oh {
         let (ky0, ky1, y0) = window(oy, sh, pad_top, kh, ih);
         for ox in 0..ow {
@@ -87,11 +90,16 @@ pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) 
             let taps = count.max(1);
             for first in (0..c).step_by(POOL_CHANNELS) {
                 let n = (c - first).min(POOL_CHANNELS);
-                let acc = acc.get_mut(..n).unwrap_or(&mut []);
-                acc.fill(if average { 0 } else { i8::MIN as i32 });
+                // SAFETY: the words of `acc` and `lanes`, written here before any is read.
+                let (acc, lanes) = unsafe {
+                    let words = core::slice::from_raw_parts_mut(acc.as_mut_ptr() as *mut u32, n.min(POOL_CHANNELS));
+                    fill_words(words, if average { 0 } else { i8::MIN as i32 as u32 });
+                    let lane_words = core::slice::from_raw_parts_mut(lanes.as_mut_ptr() as *mut u32, POOL_CHANNELS / 2);
+                    fill_words(lane_words, 0);
+                    (&mut *(words as *mut [u32] as *mut [i32]), &mut *lanes.as_mut_ptr())
+                };
                 // Per quad the lane sums of channels (0, 2) and (1, 3), where they fit.
                 let lanes_fit = average && n % 4 == 0 && taps <= 256;
-                let mut lanes = [[0u32; 2]; POOL_CHANNELS / 4];
                 for ky in ky0..ky1 {
                     let iy = (y0 + ky as isize) as usize;
                     for kx in kx0..kx1 {
@@ -110,7 +118,7 @@ pub(crate) fn pool_s8(p: &Pool, input: &[i8], output: &mut [i8], average: bool) 
                     }
                 }
                 if lanes_fit {
-                    for (a, &[even, odd]) in acc.as_chunks_mut::<4>().0.iter_mut().zip(&lanes) {
+                    for (a, &[even, odd]) in acc.as_chunks_mut::<4>().0.iter_mut().zip(lanes.iter()) {
                         *a = [even as i16 as i32, odd as i16 as i32, (even >> 16) as i16 as i32, (odd >> 16) as i16 as i32];
                     }
                 }

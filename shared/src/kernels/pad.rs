@@ -27,12 +27,12 @@ pub fn pad_s8(p: &Pad, input: &[i8], output: &mut [i8], _scratch: &mut [u8]) -> 
     if p.output.c as usize != c || top + ih > p.output.h as usize || left + iw > ow {
         return Err(Error::BufferSize { expected: p.output.len()?, found: output.len() });
     }
-    output.fill(p.value);
+    crate::dsp::fill_bytes(output, p.value);
     for y in 0..ih {
         let row = sub(input, y * iw * c, iw * c);
         let to = sub_mut(output, ((y + top) * ow + left) * c, iw * c);
         if to.len() == row.len() {
-            to.copy_from_slice(row);
+            crate::dsp::copy_bytes(to, row);
         }
     }
     Ok(())

@@ -60,7 +60,7 @@ fn softmax_row(p: &Softmax, row: &[i8], out: &mut [i8]) {
     }
     if sum_of_exps <= 0 {
         // Only reachable with parameters the parser rejects; keep the kernel total anyway.
-        out.fill(i8::MIN);
+        crate::dsp::fill_bytes(out, i8::MIN);
         return;
     }
     let (reciprocal, num_bits_over_unit) = get_reciprocal(sum_of_exps, ACCUMULATION_INTEGER_BITS);
