@@ -239,41 +239,77 @@ pub fn fill_bytes(dst: &mut [i8], value: i8) {
     dst.fill(value);
 }
 
-/// The first bytes of `src` over `dst` (as many as both have), on the M4 a word at a time
-/// while four bytes are left (unaligned LDR/STR), then bytes: not `memcpy` (see [`fill_words`]).
+/// The first bytes of `src` over `dst` (as many as both have): [`copy_rows`] of one row, out of
+/// line (not `memcpy`, see [`fill_words`]).
 #[inline(never)]
 pub fn copy_bytes(dst: &mut [i8], src: &[i8]) {
     let n = dst.len().min(src.len());
+    // SAFETY: n bytes of `src` are read and n bytes of `dst` written, distinct slices.
+    unsafe { copy_rows(dst.as_mut_ptr() as *mut u8, src.as_ptr(), n, (0, 0), 1) }
+}
+
+/// `rows` runs of `n` bytes, the first from `src` to `at`, each next `src_pitch` bytes on in
+/// the source and `at_pitch` on in the destination: a window's in-bounds taps, row by row. On
+/// the M4 a word at a time (it loads and stores unaligned words) in assembly: LLVM turns the
+/// same loop in Rust into `memcpy` calls, whose call and size dispatch cost more than a row of
+/// a few words.
+///
+/// # Safety
+/// For every `r < rows`, `src + r src_pitch..+ n` is readable, `at + r at_pitch..+ n` writable,
+/// and no two of these ranges overlap.
+#[inline(always)]
+pub(crate) unsafe fn copy_rows(at: *mut u8, src: *const i8, n: usize, (src_pitch, at_pitch): (usize, usize), rows: usize) {
     #[cfg(all(target_arch = "arm", feature = "dsp"))]
-    if n > 0 {
-        // SAFETY: reads n bytes of `src` and writes n bytes of `dst`, distinct slices.
-        unsafe {
-            core::arch::asm!(
-                "subs {n}, {n}, #4",
-                "blo 3f",
-                "2:",
-                "ldr {t}, [{s}], #4",
-                "subs {n}, {n}, #4",
-                "str {t}, [{d}], #4",
-                "bhs 2b",
-                "3:",
-                "adds {n}, {n}, #4",
-                "beq 5f",
-                "4:",
-                "ldrb {t}, [{s}], #1",
-                "subs {n}, {n}, #1",
-                "strb {t}, [{d}], #1",
-                "bne 4b",
-                "5:",
-                d = inout(reg) dst.as_mut_ptr() => _, s = inout(reg) src.as_ptr() => _, n = inout(reg) n => _, t = out(reg) _,
-                options(nostack),
-            );
+    // SAFETY: per row reads src..src + n and writes at..at + n (the caller's guarantee): n / 4
+    // words, then n % 4 bytes.
+    unsafe {
+        if rows == 0 {
+            return;
         }
-    }
+        core::arch::asm!(
+            "1:",
+            "mov {d}, {at}",
+            "mov {s}, {src}",
+            "subs {k}, {n}, #4",
+            "blo 3f",
+            "2:",
+            "ldr {t}, [{s}], #4",
+            "subs {k}, {k}, #4",
+            "str {t}, [{d}], #4",
+            "bhs 2b",
+            "3:",
+            "adds {k}, {k}, #4",
+            "beq 5f",
+            "4:",
+            "ldrb {t}, [{s}], #1",
+            "subs {k}, {k}, #1",
+            "strb {t}, [{d}], #1",
+            "bne 4b",
+            "5:",
+            "add {at}, {at}, {ap}",
+            "add {src}, {src}, {sp_}",
+            "subs {rows}, {rows}, #1",
+            "bne 1b",
+            at = inout(reg) at => _,
+            src = inout(reg) src => _,
+            n = in(reg) n,
+            ap = in(reg) at_pitch,
+            sp_ = in(reg) src_pitch,
+            rows = inout(reg) rows => _,
+            d = out(reg) _,
+            s = out(reg) _,
+            k = out(reg) _,
+            t = out(reg) _,
+            options(nostack),
+        );
+    };
     #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-    if let (Some(d), Some(s)) = (dst.get_mut(..n), src.get(..n)) {
-        d.copy_from_slice(s);
-    }
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        for r in 0..rows {
+            core::ptr::copy_nonoverlapping(src.wrapping_add(r * src_pitch) as *const u8, at.wrapping_add(r * at_pitch), n);
+        }
+    };
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 
 use super::{Add, Conv2d, DepthwiseConv2d, FullyConnected, Pool};
 use crate::dsp::{smlabb, smlatt};
-use crate::dsp::{copy_bytes, fill_bytes, fill_words, offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
+use crate::dsp::{copy_bytes, copy_rows, fill_bytes, fill_words, offset_pair, pack16, sadd16, smlad, smmulr, ssub16, sxtb16, sxtb16_ror8, widen_quad};
 use crate::types::{as_i8_mut, expect_len, sub, sub_mut, I32Le, Padding, Requant, Shape, WeightLayout};
 use crate::types::Bounded;
 use crate::Error;
@@ -1415,70 +1415,6 @@ fn conv_patch(p: &Conv2d, input: &[i8], oy: usize, ox: usize, input_offset: u32,
     }
 }
 
-/// `rows` runs of `n` bytes, the first from `src` to `at`, each next `src_pitch` bytes on in
-/// the source and `at_pitch` on in the destination: a window's in-bounds taps, row by row. On
-/// the M4 a word at a time (it loads and stores unaligned words) in assembly: LLVM turns the
-/// same loop in Rust into `memcpy` calls, whose call and size dispatch cost more than a row of
-/// a few words.
-///
-/// # Safety
-/// For every `r < rows`, `src + r src_pitch..+ n` is readable, `at + r at_pitch..+ n` writable,
-/// and no two of these ranges overlap.
-#[inline(always)]
-unsafe fn copy_rows(at: *mut u8, src: *const i8, n: usize, (src_pitch, at_pitch): (usize, usize), rows: usize) {
-    #[cfg(all(target_arch = "arm", feature = "dsp"))]
-    // SAFETY: per row reads src..src + n and writes at..at + n (the caller's guarantee): n / 4
-    // words, then n % 4 bytes.
-    unsafe {
-        if rows == 0 {
-            return;
-        }
-        core::arch::asm!(
-            "1:",
-            "mov {d}, {at}",
-            "mov {s}, {src}",
-            "subs {k}, {n}, #4",
-            "blo 3f",
-            "2:",
-            "ldr {t}, [{s}], #4",
-            "subs {k}, {k}, #4",
-            "str {t}, [{d}], #4",
-            "bhs 2b",
-            "3:",
-            "adds {k}, {k}, #4",
-            "beq 5f",
-            "4:",
-            "ldrb {t}, [{s}], #1",
-            "subs {k}, {k}, #1",
-            "strb {t}, [{d}], #1",
-            "bne 4b",
-            "5:",
-            "add {at}, {at}, {ap}",
-            "add {src}, {src}, {sp_}",
-            "subs {rows}, {rows}, #1",
-            "bne 1b",
-            at = inout(reg) at => _,
-            src = inout(reg) src => _,
-            n = in(reg) n,
-            ap = in(reg) at_pitch,
-            sp_ = in(reg) src_pitch,
-            rows = inout(reg) rows => _,
-            d = out(reg) _,
-            s = out(reg) _,
-            k = out(reg) _,
-            t = out(reg) _,
-            options(nostack),
-        );
-    };
-    #[cfg(not(all(target_arch = "arm", feature = "dsp")))]
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        for r in 0..rows {
-            core::ptr::copy_nonoverlapping(src.wrapping_add(r * src_pitch) as *const u8, at.wrapping_add(r * at_pitch), n);
-        }
-    };
-}
-
 /// What the patch of any pixel of a conv needs, worked out once per call (the narrow layers
 /// of the MLPerf Tiny models build thousands of small patches, where recomputing the padding
 /// and the window's bounds cost more than copying the taps).
@@ -1587,6 +1523,7 @@ fn raw_patch(w: &Window, input: &[i8], oy: usize, ox: usize, raw: &mut [u32]) ->
         return false;
     }
     // A window inside the input covers its rows' bytes: the zero point only past them.
+    // (Inline, not `fill_words`: a call per patch costs VWW 33 K cycles.)
     for word in raw.get_mut(if inside { kh * row / 4 } else { 0 }..).unwrap_or(&mut []) {
         *word = w.zp;
     }
@@ -1948,7 +1885,7 @@ pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: boo
             // Each row up by one (row-sized copies that do not overlap), A's next row last.
             for i in 1..kb {
                 let Some((upper, lower)) = window_b.split_at_mut_checked(i * row_y) else { break };
-                copy_over(sub_mut(upper, (i - 1) * row_y, row_y), lower);
+                copy_bytes(sub_mut(upper, (i - 1) * row_y, row_y), lower);
             }
             let last = sub_mut(window_b, (kb - 1) * row_y, row_y);
             row_step(conv_a_row(&ra, io.input(), (r + kb - 1 - tb) as isize, h, window_a, last, b.input_zp, conv_scratch))?;
@@ -1957,14 +1894,9 @@ pub fn residual_block_s8_fast_io(a: &Conv2d, b: &Conv2d, add: &Add, x_first: boo
         let x_row = sub(io.input(), r * row_x, row_x);
         let (in1, in2) = if x_first { (x_row, &*conv_row) } else { (&*conv_row, x_row) };
         row_step(add_elements(add, in1, in2, sum_row, table, r == 0))?;
-        copy_over(io.output(r * row_x, row_x), sum_row);
+        copy_bytes(io.output(r * row_x, row_x), sum_row);
     }
     Ok(())
-}
-
-/// The first bytes of `src` over `dst` (as many as both have).
-fn copy_over(dst: &mut [i8], src: &[i8]) {
-    copy_bytes(dst, src)
 }
 
 /// Output row `y` of conv A into `out` (`pad` when `y` is outside the map), from its window of
@@ -1985,7 +1917,7 @@ fn conv_a_row(ra: &Conv2d, x: &[i8], y: isize, h: usize, window: &mut [i8], out:
     for (k, slot) in window.chunks_exact_mut(row.max(1)).enumerate() {
         let iy = first + k as isize;
         if iy >= 0 && (iy as usize) < h {
-            copy_over(slot, sub(x, iy as usize * row, row));
+            copy_bytes(slot, sub(x, iy as usize * row, row));
         } else {
             fill_bytes(slot, ra.input_zp as i8);
         }
@@ -2796,14 +2728,6 @@ fn folds_output_zp(p: &Add) -> bool {
     (-22..=-1).contains(&p.output_shift) && p.left_shift >= 1
 }
 
-/// `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, m), right)` for `|x| < 2^30` and
-/// `right` in 0..=31, with `nudge = (1 << right) >> 1` and `fix = -1` (or 0 when `right` is 0).
-#[inline(always)]
-fn scale_smmulr(x: i32, m: i32, right: u32, nudge: i32, fix: i32) -> i32 {
-    let t = smmulr(x << 1, m);
-    (t + nudge + ((t >> 31) & fix)) >> right
-}
-
 /// The constants of one multiply-and-shift: multiplier, right shift, nudge, fix.
 #[derive(Clone, Copy)]
 struct Scale(i32, u32, i32, i32);
@@ -2814,9 +2738,19 @@ impl Scale {
         Scale(m, right, ((1u32 << right) >> 1) as i32, if right == 0 { 0 } else { -1 })
     }
 
+    /// `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x, m), right)` for `|x| < 2^30`
+    /// and `right` in 0..=31, with `nudge = (1 << right) >> 1` and `fix = -1` (or 0 when `right`
+    /// is 0).
     #[inline(always)]
     fn apply(self, x: i32) -> i32 {
-        scale_smmulr(x, self.0, self.1, self.2, self.3)
+        self.apply_doubled(x << 1)
+    }
+
+    /// [`Scale::apply`] of `x2 / 2`, given the doubled value `x2` (what SMMULR multiplies).
+    #[inline(always)]
+    fn apply_doubled(self, x2: i32) -> i32 {
+        let t = smmulr(x2, self.0);
+        (t + self.2 + ((t >> 31) & self.3)) >> self.1
     }
 }
 
@@ -2884,8 +2818,7 @@ fn add_elements(p: &Add, input1: &[i8], input2: &[i8], output: &mut [i8], scratc
 fn add_rows(half: &[i8], other: &[i8], out: &mut [i8], shift: u32, table: &[u32], so: Scale, (lo, hi): (i32, i32)) {
     for ((o, &h), &t) in out.iter_mut().zip(half).zip(other) {
         let sum = ((h as i32) << shift).wrapping_add(table[t as u8 as usize] as i32);
-        let t = smmulr(sum, so.0);
-        *o = ((t + so.2 + ((t >> 31) & so.3)) >> so.1).bounded(lo, hi) as i8;
+        *o = so.apply_doubled(sum).bounded(lo, hi) as i8;
     }
 }
 
